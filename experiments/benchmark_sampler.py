@@ -1,0 +1,126 @@
+r"""Times stn_jax's jitted affine warp against torch's affine_grid + grid_sample, in one process, interleaved.
+
+For each case (batch x H x W x C -> H_out x W_out) and each pass it reports the median wall time of both and their
+ratio (jax / torch; below 1 means stn_jax is faster):
+  forward          the warp alone (torch under no_grad),
+  bwd theta        forward + backward to theta only (an STN on raw images),
+  bwd theta+image  forward + backward to theta and to the image (an STN on feature maps).
+The backward passes differentiate sum(warp * w) for a fixed random w. Both libraries use all the cores they see.
+
+  python experiments/benchmark_sampler.py [--repeats=50] [--cases=256x40x40x1:40x40,...] [--json=FILE]
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+import stn_jax
+
+_CASES = flags.DEFINE_list(
+  "cases", ["256x40x40x1:40x40", "128x60x60x1:40x40", "32x128x128x3:128x128"], "NxHxWxC:HOxWO cases."
+)
+_REPEATS = flags.DEFINE_integer("repeats", 50, "Timed repetitions per pass and library (after warm-up).")
+_MODE = flags.DEFINE_enum("mode", "bilinear", ["bilinear", "nearest", "bicubic"], "Sampling mode.")
+_JSON = flags.DEFINE_string("json", None, "Also write the table as JSON to this file.")
+
+
+def _parse(case: str):
+  left, right = case.split(":")
+  n, h, w, c = (int(s) for s in left.split("x"))
+  ho, wo = (int(s) for s in right.split("x"))
+  return n, h, w, c, ho, wo
+
+
+def _time(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def _jax_passes(size, mode):
+  def warp(image, theta):
+    return stn_jax.grid_sample(image, stn_jax.affine_grid(theta, size), mode=mode)
+
+  def loss(image, theta, weight):
+    return jnp.sum(warp(image, theta) * weight)
+
+  return {
+    "forward": jax.jit(warp),
+    "bwd theta": jax.jit(lambda i, t, w: jax.grad(loss, argnums=1)(i, t, w)),
+    "bwd theta+image": jax.jit(lambda i, t, w: jax.grad(loss, argnums=(0, 1))(i, t, w)),
+  }
+
+
+def main(argv):
+  del argv
+  import torch
+  import torch.nn.functional as F  # noqa: N812
+
+  rows = []
+  for case in _CASES.value:
+    n, h, w, c, ho, wo = _parse(case)
+    rng = np.random.default_rng(0)
+    image = rng.random((n, h, w, c), dtype=np.float32)
+    theta = np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1)) + 0.1 * rng.standard_normal((n, 2, 3), np.float32)
+    weight = rng.standard_normal((n, ho, wo, c), np.float32)
+    j_image, j_theta, j_weight = jnp.asarray(image), jnp.asarray(theta), jnp.asarray(weight)
+    t_image = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
+    t_theta = torch.from_numpy(theta)
+    t_weight = torch.from_numpy(weight).permute(0, 3, 1, 2).contiguous()
+
+    def torch_forward():
+      with torch.no_grad():
+        grid = F.affine_grid(t_theta, (n, c, ho, wo), align_corners=False)
+        F.grid_sample(t_image, grid, mode=_MODE.value, align_corners=False)
+
+    def torch_backward(with_image):
+      image_ = t_image.detach().requires_grad_(with_image)
+      theta_ = t_theta.detach().requires_grad_(True)
+      grid = F.affine_grid(theta_, (n, c, ho, wo), align_corners=False)
+      (F.grid_sample(image_, grid, mode=_MODE.value, align_corners=False) * t_weight).sum().backward()
+
+    jax_passes = _jax_passes((ho, wo), _MODE.value)
+    torch_passes = {
+      "forward": torch_forward,
+      "bwd theta": lambda: torch_backward(False),
+      "bwd theta+image": lambda: torch_backward(True),
+    }
+    for name, jax_fn in jax_passes.items():
+      args = (j_image, j_theta) if name == "forward" else (j_image, j_theta, j_weight)
+
+      def run_jax(fn=jax_fn, args=args):
+        jax.block_until_ready(fn(*args))
+
+      for _ in range(3):  # compile and warm up both
+        run_jax()
+        torch_passes[name]()
+      jax_times, torch_times = [], []
+      for _ in range(_REPEATS.value):
+        jax_times.append(_time(run_jax))
+        torch_times.append(_time(torch_passes[name]))
+      jax_ms, torch_ms = 1e3 * np.median(jax_times), 1e3 * np.median(torch_times)
+      rows.append(dict(case=case, pass_=name, jax_ms=jax_ms, torch_ms=torch_ms, ratio=jax_ms / torch_ms))
+
+  print(
+    f"stn_jax {stn_jax.__version__}, jax {jax.__version__} on {jax.devices()[0].platform} "
+    f"({jax.devices()[0].device_kind}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    f"{platform.processor() or platform.machine()}; mode={_MODE.value}"
+  )
+  print("| case (NxHxWxC:HoxWo) | pass | stn_jax ms | torch ms | jax/torch |")
+  print("|---|---|---:|---:|---:|")
+  for r in rows:
+    print(f"| {r['case']} | {r['pass_']} | {r['jax_ms']:.2f} | {r['torch_ms']:.2f} | {r['ratio']:.2f} |")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)

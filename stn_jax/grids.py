@@ -1,0 +1,235 @@
+"""Grid generators: the transform T_theta of a spatial transformer.
+
+A sampling grid has shape (..., H_out, W_out, 2); its last axis holds the normalised (x, y) input coordinates that each
+output pixel reads, x running left to right and y top to bottom, both in [-1, 1] (the convention of
+`torch.nn.functional.affine_grid`). With `align_corners=False` (the default) -1 and 1 are the outer edges of the corner
+pixels, so pixel i of a row of W has centre (2i + 1) / W - 1; with `align_corners=True` they are the centres of the
+corner pixels, so pixel i sits at 2i / (W - 1) - 1.
+
+All functions are pure, jitted once at import, and accept any number of leading batch axes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stn_jax import _validation as v
+
+
+def pixel_centers(n: int, *, align_corners: bool = False) -> np.ndarray:
+  """Normalised coordinates of the centres of `n` pixels along one axis, as float64 numpy.
+
+  Args:
+    n: number of pixels, >= 1.
+    align_corners: see the module docstring.
+
+  Returns:
+    (n,) array: (2i + 1) / n - 1, or 2i / (n - 1) - 1 with `align_corners` (0 when n == 1).
+  """
+  i = np.arange(n, dtype=np.float64)
+  if align_corners:
+    return 2.0 * i / (n - 1) - 1.0 if n > 1 else np.zeros(1)
+  return (2.0 * i + 1.0) / n - 1.0
+
+
+def _identity_xy(size: tuple[int, int], align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
+  height, width = size
+  x, y = np.meshgrid(pixel_centers(width, align_corners=align_corners), pixel_centers(height, align_corners=align_corners))
+  return x, y
+
+
+def identity_grid(size, *, align_corners: bool = False, dtype=jnp.float32) -> jax.Array:
+  """The grid that reads every pixel at its own centre: `grid_sample(image, identity_grid(...))` returns `image`.
+
+  Args:
+    size: (H_out, W_out).
+    align_corners: see the module docstring.
+    dtype: floating dtype of the result.
+
+  Returns:
+    (H_out, W_out, 2) grid of (x, y).
+  """
+  size = v.check_size("identity_grid", "size", size)
+  align_corners = v.check_bool("identity_grid", "align_corners", align_corners)
+  x, y = _identity_xy(size, align_corners)
+  return jnp.asarray(np.stack([x, y], axis=-1), dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("size", "align_corners"))
+def affine_grid(theta: jax.Array, size, *, align_corners: bool = False) -> jax.Array:
+  """Affine sampling grid, as `torch.nn.functional.affine_grid` but channels-last and with any batch shape.
+
+  Args:
+    theta: (..., 2, 3) floating; maps output normalised (x, y, 1) to input normalised (x, y).
+    size: (H_out, W_out), static.
+    align_corners: see the module docstring.
+
+  Returns:
+    (..., H_out, W_out, 2) grid of input (x, y), dtype of `theta`.
+  """
+  func = "affine_grid"
+  v.check_floating(func, "theta", theta)
+  v.check_trailing_shape(func, "theta", theta, (2, 3), what="(..., 2, 3)")
+  size = v.check_size(func, "size", size)
+  align_corners = v.check_bool(func, "align_corners", align_corners)
+  return _affine_grid(size, align_corners, theta)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _affine_grid(size, align_corners, theta):
+  x, y = (jnp.asarray(c, theta.dtype) for c in _identity_xy(size, align_corners))
+  # Written out rather than as a matmul: a contraction over 3 is far slower than three fused multiply-adds on CPU.
+  t = theta[..., None, None, :, :]
+  gx = t[..., 0, 0] * x + t[..., 0, 1] * y + t[..., 0, 2]
+  gy = t[..., 1, 0] * x + t[..., 1, 1] * y + t[..., 1, 2]
+  return jnp.stack([gx, gy], axis=-1)
+
+
+def _affine_grid_fwd(size, align_corners, theta):
+  return _affine_grid(size, align_corners, theta), None
+
+
+def _affine_grid_bwd(size, align_corners, _, g):
+  # The transpose is one contraction over the H_out * W_out pixels (autodiff would emit six separate reductions).
+  x, y = _identity_xy(size, align_corners)
+  base = jnp.asarray(np.stack([x.ravel(), y.ravel(), np.ones(x.size)], axis=-1), g.dtype)  # (P, 3)
+  g = g.reshape(*g.shape[:-3], x.size, 2)
+  return (jnp.einsum("...pj,pk->...jk", g, base),)
+
+
+_affine_grid.defvjp(_affine_grid_fwd, _affine_grid_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("size", "align_corners"))
+def projective_grid(matrix: jax.Array, size, *, align_corners: bool = False) -> jax.Array:
+  """Projective (homography) sampling grid.
+
+  Args:
+    matrix: (..., 3, 3) floating; maps output normalised (x, y, 1) to homogeneous input coordinates (x', y', w'),
+      and the grid holds (x' / w', y' / w'). A last row of (0, 0, 1) gives exactly `affine_grid(matrix[..., :2, :])`.
+    size: (H_out, W_out), static.
+    align_corners: see the module docstring.
+
+  Returns:
+    (..., H_out, W_out, 2) grid of input (x, y), dtype of `matrix`. Where w' is 0 the coordinates are infinite or NaN
+    and `grid_sample` treats them as it documents.
+  """
+  func = "projective_grid"
+  v.check_floating(func, "matrix", matrix)
+  v.check_trailing_shape(func, "matrix", matrix, (3, 3), what="(..., 3, 3)")
+  size = v.check_size(func, "size", size)
+  align_corners = v.check_bool(func, "align_corners", align_corners)
+  x, y = (jnp.asarray(c, matrix.dtype) for c in _identity_xy(size, align_corners))
+  m = matrix[..., None, None, :, :]
+  hx = m[..., 0, 0] * x + m[..., 0, 1] * y + m[..., 0, 2]
+  hy = m[..., 1, 0] * x + m[..., 1, 1] * y + m[..., 1, 2]
+  hw = m[..., 2, 0] * x + m[..., 2, 1] * y + m[..., 2, 2]
+  return jnp.stack([hx / hw, hy / hw], axis=-1)
+
+
+def tps_control_points(num_points: int = 16, *, dtype=jnp.float32) -> jax.Array:
+  """The default thin-plate-spline control points: a regular sqrt(K) x sqrt(K) lattice over [-1, 1]^2.
+
+  Args:
+    num_points: K, a perfect square >= 4 (the paper uses 16).
+    dtype: floating dtype of the result.
+
+  Returns:
+    (K, 2) points (x, y) in row-major order (y outer, x inner).
+  """
+  return jnp.asarray(_lattice(num_points), dtype=dtype)
+
+
+def _lattice(num_points: int) -> np.ndarray:
+  side = int(round(float(num_points) ** 0.5)) if isinstance(num_points, (int, np.integer)) else 0
+  if isinstance(num_points, bool) or side < 2 or side * side != num_points:
+    raise ValueError(f"tps: the number of control points must be a perfect square >= 4 (4, 9, 16, ...); got {num_points!r}.")
+  c = np.linspace(-1.0, 1.0, side)
+  x, y = np.meshgrid(c, c)
+  return np.stack([x.ravel(), y.ravel()], axis=-1)
+
+
+def _tps_radial(d2, xp):
+  """U(r) = r^2 log r^2, with U(0) = 0."""
+  safe = xp.where(d2 > 0, d2, 1.0)
+  return xp.where(d2 > 0, d2 * xp.log(safe), 0.0)
+
+
+def _tps_weights(target, query, xp):
+  """(P, K) matrix M such that the spline through (target_k -> value_k) takes the value M @ value at `query`.
+
+  Solves the usual TPS system [[U, P], [P^T, 0]] [w; a] = [value; 0] with P = [1, x, y]; the interpolant at a point q
+  is [U(q, target), 1, q] @ [w; a], linear in the values.
+  """
+  k = target.shape[0]
+  d2 = ((target[:, None, :] - target[None, :, :]) ** 2).sum(-1)
+  poly = xp.concatenate([xp.ones((k, 1), target.dtype), target], axis=1)
+  system = xp.concatenate(
+    [
+      xp.concatenate([_tps_radial(d2, xp), poly], axis=1),
+      xp.concatenate([poly.T, xp.zeros((3, 3), target.dtype)], axis=1),
+    ],
+    axis=0,
+  )
+  rhs = xp.concatenate([xp.eye(k, dtype=target.dtype), xp.zeros((3, k), target.dtype)], axis=0)
+  coefficients = xp.linalg.solve(system, rhs)  # (K + 3, K)
+  q2 = ((query[:, None, :] - target[None, :, :]) ** 2).sum(-1)
+  basis = xp.concatenate([_tps_radial(q2, xp), xp.ones((query.shape[0], 1), query.dtype), query], axis=1)
+  return basis @ coefficients
+
+
+@functools.lru_cache(maxsize=64)
+def _default_tps_weights(num_points: int, size: tuple[int, int], align_corners: bool) -> np.ndarray:
+  x, y = _identity_xy(size, align_corners)
+  query = np.stack([x.ravel(), y.ravel()], axis=-1)
+  return _tps_weights(_lattice(num_points), query, np)
+
+
+@functools.partial(jax.jit, static_argnames=("size", "align_corners"))
+def tps_grid(source_points: jax.Array, size, *, target_points: jax.Array | None = None, align_corners: bool = False):
+  """Thin-plate-spline sampling grid (the paper's TPS transformer).
+
+  The spline maps each target control point (in output coordinates) onto its source point (in input coordinates) and
+  interpolates with minimal bending in between. It is computed as the identity grid plus the spline of the
+  displacements `source - target`, so equal points give exactly the identity grid, and points that are an affine image
+  of the targets give the affine grid (to rounding).
+
+  Args:
+    source_points: (..., K, 2) floating (x, y) normalised input coordinates.
+    size: (H_out, W_out), static.
+    target_points: (K, 2) output-space control points; by default `tps_control_points(K)`, whose spline weights are
+      computed once in float64 and cached.
+    align_corners: see the module docstring.
+
+  Returns:
+    (..., H_out, W_out, 2) grid of input (x, y), dtype of `source_points`.
+  """
+  func = "tps_grid"
+  v.check_floating(func, "source_points", source_points)
+  v.check_trailing_shape(func, "source_points", source_points, (None, 2), what="(..., K, 2)")
+  size = v.check_size(func, "size", size)
+  align_corners = v.check_bool(func, "align_corners", align_corners)
+  k = source_points.shape[-2]
+  dtype = source_points.dtype
+  if target_points is None:
+    weights = jnp.asarray(_default_tps_weights(k, size, align_corners), dtype)
+    target = jnp.asarray(_lattice(k), dtype)
+  else:
+    v.check_floating(func, "target_points", target_points)
+    if jnp.shape(target_points) != (k, 2):
+      raise ValueError(
+        f"{func}: target_points must have shape (K, 2) = ({k}, 2) to match source_points; "
+        f"got shape {tuple(jnp.shape(target_points))}."
+      )
+    target = jnp.asarray(target_points).astype(jnp.promote_types(dtype, jnp.float32))
+    x, y = _identity_xy(size, align_corners)
+    query = jnp.asarray(np.stack([x.ravel(), y.ravel()], axis=-1), target.dtype)
+    weights = _tps_weights(target, query, jnp).astype(dtype)
+    target = target.astype(dtype)
+  displacement = jnp.einsum("pk,...kd->...pd", weights, source_points - target)
+  base = identity_grid(size, align_corners=align_corners, dtype=dtype)
+  return base + displacement.reshape(*displacement.shape[:-2], *size, 2)

@@ -1,0 +1,309 @@
+"""Differentiable image sampling: the sampler of a spatial transformer.
+
+`grid_sample` is numerically the function `torch.nn.functional.grid_sample` (values, and gradients with respect to the
+image and to the grid, in every mode and padding mode), but channels-last: image (N, H, W, C) or (H, W, C).
+
+The bilinear path has a hand-written VJP. On CPU, XLA's autodiff of a gather-based sampler spends most of its backward
+pass re-deriving what the forward already had; here the forward keeps the two finite differences the grid cotangent
+needs (so a backward to the grid alone is a few fused multiply-adds), and the image cotangent is four scatter-adds into
+a zero-padded buffer with no masks. Nearest and bicubic sampling are differentiated by JAX's autodiff.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from stn_jax import _validation as v
+
+MODES = ("bilinear", "nearest", "bicubic")
+PADDING_MODES = ("zeros", "border", "reflection")
+_CUBIC_A = -0.75  # Keys' cubic convolution parameter, as in torch and OpenCV.
+_INDEX_LIMIT = 2**31 - 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Coordinates: normalised [-1, 1] -> pixel index space, then the padding mode.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
+  if align_corners:
+    return (coord + 1) / 2 * (size - 1)
+  return ((coord + 1) * size - 1) / 2
+
+
+def _clip(coord: jax.Array, size: int) -> jax.Array:
+  # Written with `where` so the gradient is exactly 1 inside [0, size - 1] (ends included) and 0 outside, as torch's.
+  return jnp.where(coord < 0, 0.0, jnp.where(coord > size - 1, float(size - 1), coord)).astype(coord.dtype)
+
+
+def _reflect(coord: jax.Array, twice_low: int, twice_high: int) -> jax.Array:
+  """Reflects `coord` into [twice_low / 2, twice_high / 2] about its ends, as often as needed."""
+  if twice_low == twice_high:
+    return jnp.zeros_like(coord)
+  low = twice_low / 2
+  span = (twice_high - twice_low) / 2
+  d = coord - low
+  d = jnp.where(d < 0, -d, d)
+  extra = jnp.fmod(d, span)
+  flips = jnp.floor(d / span)
+  odd = jnp.fmod(flips, 2.0) == 1.0
+  return jnp.where(odd, span - extra + low, extra + low)
+
+
+def _apply_padding(coord: jax.Array, size: int, padding_mode: str, align_corners: bool) -> jax.Array:
+  if padding_mode == "border":
+    return _clip(coord, size)
+  if padding_mode == "reflection":
+    if align_corners:
+      coord = _reflect(coord, 0, 2 * (size - 1))
+    else:
+      coord = _reflect(coord, -1, 2 * size - 1)
+    return _clip(coord, size)
+  return coord
+
+
+def _channel_sum(x: jax.Array) -> jax.Array:
+  # XLA:CPU reduces a short minor axis very slowly (a sum over C=3 costs ~10x the unrolled adds).
+  if x.shape[-1] <= 8:
+    return functools.reduce(jnp.add, [x[..., c] for c in range(x.shape[-1])])
+  return x.sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Gathers from a zero-padded, flattened image: any out-of-range tap reads a zero, no masks needed.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _padded_flat(image: jax.Array) -> jax.Array:
+  n, h, w, c = image.shape
+  return jnp.pad(image, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(n * (h + 2) * (w + 2), c)
+
+
+def _padded_index(xi: jax.Array, yi: jax.Array, shape) -> jax.Array:
+  """Flat index into `_padded_flat` of integer pixel (xi, yi) per batch row; out-of-range pixels hit the zero border."""
+  n, h, w, _ = shape
+  xp = jnp.clip(xi + 1, 0, w + 1)
+  yp = jnp.clip(yi + 1, 0, h + 1)
+  offset = (jnp.arange(n, dtype=jnp.int32) * ((h + 2) * (w + 2))).reshape((n,) + (1,) * (xi.ndim - 1))
+  return offset + yp * (w + 2) + xp
+
+
+def _take(flat: jax.Array, index: jax.Array) -> jax.Array:
+  return flat.at[index].get(mode="promise_in_bounds")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bilinear, with a custom VJP.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _bilinear_taps(shape, ix: jax.Array, iy: jax.Array):
+  """Fractional parts and the four flat tap indices (top-left, top-right, bottom-left, bottom-right)."""
+  _, h, w, _ = shape
+  # Clamping to [-2, size + 1] changes no tap's in/out status (so no value), and keeps huge or infinite coordinates
+  # out of integer overflow. NaN stays NaN and gives NaN.
+  ix = jnp.clip(ix, -2.0, w + 1.0)
+  iy = jnp.clip(iy, -2.0, h + 1.0)
+  x0 = jnp.floor(ix)
+  y0 = jnp.floor(iy)
+  fx = ix - x0
+  fy = iy - y0
+  x0 = x0.astype(jnp.int32)
+  y0 = y0.astype(jnp.int32)
+  top_left = _padded_index(x0, y0, shape)
+  bottom_left = _padded_index(x0, y0 + 1, shape)
+  # x0 + 1 is clamped like x0, so top-right is top-left + 1 except where the tap is clipped onto the border.
+  top_right = _padded_index(x0 + 1, y0, shape)
+  bottom_right = _padded_index(x0 + 1, y0 + 1, shape)
+  return fx, fy, (top_left, top_right, bottom_left, bottom_right)
+
+
+def _bilinear_gather(shape, image, ix, iy):
+  """The four taps' values (N, P, C) and the fractional parts (N, P, 1)."""
+  fx, fy, taps = _bilinear_taps(shape, ix, iy)
+  flat = _padded_flat(image)
+  v00, v01, v10, v11 = (_take(flat, t) for t in taps)
+  return (v00, v01, v10, v11), fx[..., None], fy[..., None], taps
+
+
+def _source_coords(grid, shape, padding_mode, align_corners):
+  """Pixel-index coordinates (ix, iy), each (N, P), of normalised grid points (N, P, 2), after the padding mode."""
+  _, h, w, _ = shape
+  ix = _apply_padding(_unnormalize(grid[..., 0], w, align_corners), w, padding_mode, align_corners)
+  iy = _apply_padding(_unnormalize(grid[..., 1], h, align_corners), h, padding_mode, align_corners)
+  return ix, iy
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _bilinear(padding_mode, align_corners, image, grid):
+  ix, iy = _source_coords(grid, image.shape, padding_mode, align_corners)
+  (v00, v01, v10, v11), fx, fy, _ = _bilinear_gather(image.shape, image, ix, iy)
+  top = v00 + (v01 - v00) * fx
+  bottom = v10 + (v11 - v10) * fx
+  return top + (bottom - top) * fy
+
+
+def _bilinear_fwd(padding_mode, align_corners, image, grid):
+  # Only the inputs are kept: re-gathering in the backward costs less than saving residuals, because the gathers
+  # fuse with the arithmetic into one parallel loop, while saved arrays cost memory traffic in both passes.
+  return _bilinear(padding_mode, align_corners, image, grid), (image, grid)
+
+
+def _bilinear_bwd(padding_mode, align_corners, residuals, g):
+  image, grid = residuals
+  shape = image.shape
+  n, h, w, c = shape
+  (ix, iy), coords_vjp = jax.vjp(lambda gr: _source_coords(gr, shape, padding_mode, align_corners), grid)
+  (v00, v01, v10, v11), fx, fy, taps = _bilinear_gather(shape, image, ix, iy)
+  # Grid cotangent: d out / d ix and d out / d iy from the same four values, then through the coordinate map.
+  d_top = v01 - v00
+  d_bottom = v11 - v10
+  g_ix = _channel_sum(g * (d_top + (d_bottom - d_top) * fy))
+  g_iy = _channel_sum(g * ((v10 - v00) + ((v11 - v01) - (v10 - v00)) * fx))
+  (g_grid,) = coords_vjp((g_ix, g_iy))
+  # Image cotangent: four scatter-adds of the bilinear weights times g into the zero-padded image.
+  g_bottom = g * fy
+  g_top = g - g_bottom
+  updates = (g_top - g_top * fx, g_top * fx, g_bottom - g_bottom * fx, g_bottom * fx)
+  g_image = jnp.zeros((n * (h + 2) * (w + 2), c), g.dtype)
+  for tap, update in zip(taps, updates, strict=True):
+    g_image = g_image.at[tap].add(update, mode="promise_in_bounds")
+  g_image = g_image.reshape(n, h + 2, w + 2, c)[:, 1:-1, 1:-1]
+  return g_image, g_grid
+
+
+_bilinear.defvjp(_bilinear_fwd, _bilinear_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Nearest and bicubic (autodiff).
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _nearest(image, ix, iy):
+  # jnp.round rounds half to even, as torch's nearbyint. NaN becomes an arbitrary int, clipped onto the zero border.
+  xi = lax.stop_gradient(jnp.round(jnp.clip(ix, -2.0, image.shape[2] + 1.0))).astype(jnp.int32)
+  yi = lax.stop_gradient(jnp.round(jnp.clip(iy, -2.0, image.shape[1] + 1.0))).astype(jnp.int32)
+  return _take(_padded_flat(image), _padded_index(xi, yi, image.shape))
+
+
+def _cubic_weights(t: jax.Array) -> list[jax.Array]:
+  """Keys' cubic convolution weights of the taps at offsets -1, 0, 1, 2 from floor(x), for t = x - floor(x)."""
+  a = _CUBIC_A
+
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+  return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def _bicubic(image, gx, gy, padding_mode, align_corners):
+  shape = image.shape
+  _, h, w, _ = shape
+  # Clamp before flooring so huge or infinite coordinates stay integral and in int32 range. With zero padding any
+  # position beyond 2 pixels outside reads only zeros; the other modes need the true position (reflection repeats),
+  # and lose nothing they could represent by a cap at 2^22.
+  def clamp(coord, size):
+    return jnp.clip(coord, -4.0, size + 3.0) if padding_mode == "zeros" else jnp.clip(coord, -(2.0**22), 2.0**22)
+
+  ix = clamp(_unnormalize(gx, w, align_corners), w)
+  iy = clamp(_unnormalize(gy, h, align_corners), h)
+  x0 = jnp.floor(ix)
+  y0 = jnp.floor(iy)
+  wx = _cubic_weights(ix - x0)
+  wy = _cubic_weights(iy - y0)
+  x0 = lax.stop_gradient(x0)
+  y0 = lax.stop_gradient(y0)
+
+  def tap_coords(base, offset, size):
+    # Each tap is an integer position; the padding mode maps it (border / reflection) before the bounds check.
+    return _apply_padding(base + offset, size, padding_mode, align_corners).astype(jnp.int32)
+
+  xs = [tap_coords(x0, i - 1.0, w) for i in range(4)]
+  ys = [tap_coords(y0, j - 1.0, h) for j in range(4)]
+  flat = _padded_flat(image)
+  out = 0.0
+  for j in range(4):
+    row = sum(wx[i][..., None] * _take(flat, _padded_index(xs[i], ys[j], shape)) for i in range(4))
+    out = out + wy[j][..., None] * row
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public entry point.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _check_grid_sample_args(image, grid, mode, padding_mode, align_corners):
+  func = "grid_sample"
+  v.check_choice(func, "mode", mode, MODES)
+  v.check_choice(func, "padding_mode", padding_mode, PADDING_MODES)
+  v.check_bool(func, "align_corners", align_corners)
+  v.check_floating(func, "image", image)
+  v.check_floating(func, "grid", grid)
+  image_shape, grid_shape = jnp.shape(image), jnp.shape(grid)
+  if len(image_shape) not in (3, 4):
+    raise ValueError(f"{func}: image must have shape (N, H, W, C) or (H, W, C); got shape {image_shape}.")
+  want = "(N, H_out, W_out, 2)" if len(image_shape) == 4 else "(H_out, W_out, 2)"
+  if len(grid_shape) != len(image_shape) or grid_shape[-1] != 2:
+    raise ValueError(f"{func}: grid must have shape {want} to go with image of shape {image_shape}; got {grid_shape}.")
+  if len(image_shape) == 4 and image_shape[0] != grid_shape[0]:
+    raise ValueError(
+      f"{func}: image and grid must have the same batch size; got image {image_shape} and grid {grid_shape}."
+    )
+  if min(image_shape[-3:]) < 1:
+    raise ValueError(f"{func}: image must have H, W, C >= 1; got shape {image_shape}.")
+  n = image_shape[0] if len(image_shape) == 4 else 1
+  if n * (image_shape[-3] + 2) * (image_shape[-2] + 2) > _INDEX_LIMIT:
+    raise ValueError(f"{func}: image of shape {image_shape} has too many pixels for int32 indexing; split the batch.")
+
+
+@functools.partial(jax.jit, static_argnames=("mode", "padding_mode", "align_corners"))
+def grid_sample(
+  image: jax.Array,
+  grid: jax.Array,
+  *,
+  mode: str = "bilinear",
+  padding_mode: str = "zeros",
+  align_corners: bool = False,
+) -> jax.Array:
+  """Samples `image` at the normalised (x, y) positions of `grid`, as `torch.nn.functional.grid_sample`.
+
+  Args:
+    image: (N, H, W, C) or (H, W, C), floating.
+    grid: (N, H_out, W_out, 2) or (H_out, W_out, 2), floating; (x, y) in [-1, 1] as from `affine_grid`.
+    mode: 'bilinear', 'nearest' (round half to even) or 'bicubic' (Keys' cubic convolution, A = -0.75).
+    padding_mode: what lies outside the image: 'zeros', 'border' (the edge pixels repeated) or 'reflection' (the
+      image mirrored about its edges: the outer pixel edges, or the corner pixel centres with `align_corners`).
+    align_corners: whether -1 and 1 are the centres (True) or the outer edges (False) of the corner pixels.
+
+  Returns:
+    (N, H_out, W_out, C) or (H_out, W_out, C) with the dtype of `image`. bfloat16 and float16 are computed in float32.
+    Coordinates far outside or infinite follow the padding mode; NaN coordinates give NaN (bilinear, bicubic) or zero
+    (nearest). Gradients are finite at integer positions (one-sided, as torch's) and zero far outside the image.
+  """
+  _check_grid_sample_args(image, grid, mode, padding_mode, align_corners)
+  batched = image.ndim == 4
+  if not batched:
+    image, grid = image[None], grid[None]
+  n, h, w, c = image.shape
+  _, h_out, w_out, _ = grid.shape
+  compute_dtype = jnp.promote_types(jnp.promote_types(image.dtype, grid.dtype), jnp.float32)
+  x = image.astype(compute_dtype)
+  points = grid.astype(compute_dtype).reshape(n, h_out * w_out, 2)
+  if mode == "bilinear":
+    out = _bilinear(padding_mode, align_corners, x, points)
+  elif mode == "nearest":
+    out = _nearest(x, *_source_coords(points, x.shape, padding_mode, align_corners))
+  else:
+    out = _bicubic(x, points[..., 0], points[..., 1], padding_mode, align_corners)
+  out = out.reshape(n, h_out, w_out, c).astype(image.dtype)
+  return out if batched else out[0]
