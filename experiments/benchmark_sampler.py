@@ -28,6 +28,7 @@ _CASES = flags.DEFINE_list(
 )
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed repetitions per pass and library (after warm-up).")
 _MODE = flags.DEFINE_enum("mode", "bilinear", ["bilinear", "nearest", "bicubic"], "Sampling mode.")
+_PAUSE = flags.DEFINE_float("pause", 0.05, "Seconds of quiet before each timed call.")
 _JSON = flags.DEFINE_string("json", None, "Also write the table as JSON to this file.")
 
 
@@ -39,6 +40,9 @@ def _parse(case: str):
 
 
 def _time(fn) -> float:
+  # A pause before each timed call lets the other library's worker threads stop spinning (libgomp's threads spin
+  # for a while after each parallel region), so neither library is timed while the other still holds a core.
+  time.sleep(_PAUSE.value)
   start = time.perf_counter()
   fn()
   return time.perf_counter() - start
