@@ -31,7 +31,9 @@ def check_size(func: str, name: str, size) -> tuple[int, int]:
     items = tuple(size)
   except TypeError:
     raise TypeError(message) from None
-  if len(items) != 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) for s in items):
+  if len(items) != 2 or not all(
+    isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) for s in items
+  ):
     raise TypeError(message)
   if min(items) < 1:
     raise ValueError(message)

@@ -38,7 +38,9 @@ def pixel_centers(n: int, *, align_corners: bool = False) -> np.ndarray:
 
 def _identity_xy(size: tuple[int, int], align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
   height, width = size
-  x, y = np.meshgrid(pixel_centers(width, align_corners=align_corners), pixel_centers(height, align_corners=align_corners))
+  x, y = np.meshgrid(
+    pixel_centers(width, align_corners=align_corners), pixel_centers(height, align_corners=align_corners)
+  )
   return x, y
 
 
@@ -145,9 +147,11 @@ def tps_control_points(num_points: int = 16, *, dtype=jnp.float32) -> jax.Array:
 
 
 def _lattice(num_points: int) -> np.ndarray:
-  side = int(round(float(num_points) ** 0.5)) if isinstance(num_points, (int, np.integer)) else 0
+  side = round(float(num_points) ** 0.5) if isinstance(num_points, (int, np.integer)) else 0
   if isinstance(num_points, bool) or side < 2 or side * side != num_points:
-    raise ValueError(f"tps: the number of control points must be a perfect square >= 4 (4, 9, 16, ...); got {num_points!r}.")
+    raise ValueError(
+      f"tps: the number of control points must be a perfect square >= 4 (4, 9, 16, ...); got {num_points!r}."
+    )
   c = np.linspace(-1.0, 1.0, side)
   x, y = np.meshgrid(c, c)
   return np.stack([x.ravel(), y.ravel()], axis=-1)

@@ -59,12 +59,22 @@ def _apply_padding(coord: jax.Array, size: int, padding_mode: str, align_corners
   if padding_mode == "border":
     return _clip(coord, size)
   if padding_mode == "reflection":
-    if align_corners:
-      coord = _reflect(coord, 0, 2 * (size - 1))
-    else:
-      coord = _reflect(coord, -1, 2 * size - 1)
+    coord = _reflect(coord, 0, 2 * (size - 1)) if align_corners else _reflect(coord, -1, 2 * size - 1)
     return _clip(coord, size)
   return coord
+
+
+def _snap(coord: jax.Array, size: int) -> jax.Array:
+  """Rounds coordinates within a few ulps of a pixel centre onto it.
+
+  The normalised coordinates of pixel centres are not exact in floating point, so without this an identity transform
+  would read a pixel as 1e-7 of its neighbour plus the rest of itself. The band is a few ulps of the largest pixel
+  index wide; torch parity is unaffected outside it. Gradients are taken at the snapped position (the one-sided
+  derivative, as at any exact integer).
+  """
+  tol = 4 * float(jnp.finfo(coord.dtype).eps) * (size + 1)
+  nearest = jnp.round(coord)
+  return jnp.where(jnp.abs(coord - nearest) <= tol, nearest, coord)
 
 
 def _channel_sum(x: jax.Array) -> jax.Array:
@@ -107,8 +117,8 @@ def _bilinear_taps(shape, ix: jax.Array, iy: jax.Array):
   _, h, w, _ = shape
   # Clamping to [-2, size + 1] changes no tap's in/out status (so no value), and keeps huge or infinite coordinates
   # out of integer overflow. NaN stays NaN and gives NaN.
-  ix = jnp.clip(ix, -2.0, w + 1.0)
-  iy = jnp.clip(iy, -2.0, h + 1.0)
+  ix = _snap(jnp.clip(ix, -2.0, w + 1.0), w)
+  iy = _snap(jnp.clip(iy, -2.0, h + 1.0), h)
   x0 = jnp.floor(ix)
   y0 = jnp.floor(iy)
   fx = ix - x0
@@ -185,6 +195,7 @@ def _bilinear_bwd(padding_mode, align_corners, residuals, g):
   g_image = g_image.reshape(n, h + 2, w + 2, c)[:, 1:-1, 1:-1]
   return g_image, g_grid
 
+
 _bilinear.defvjp(_bilinear_fwd, _bilinear_bwd)
 
 
@@ -216,14 +227,18 @@ def _cubic_weights(t: jax.Array) -> list[jax.Array]:
 def _bicubic(image, gx, gy, padding_mode, align_corners):
   shape = image.shape
   _, h, w, _ = shape
+
   # Clamp before flooring so huge or infinite coordinates stay integral and in int32 range. With zero padding any
   # position beyond 2 pixels outside reads only zeros; the other modes need the true position (reflection repeats),
   # and lose nothing they could represent by a cap at 2^22.
   def clamp(coord, size):
     return jnp.clip(coord, -4.0, size + 3.0) if padding_mode == "zeros" else jnp.clip(coord, -(2.0**22), 2.0**22)
 
-  ix = clamp(_unnormalize(gx, w, align_corners), w)
-  iy = clamp(_unnormalize(gy, h, align_corners), h)
+  def snap(coord, size):  # straight-through: the value is snapped, the gradient flows as if it were not
+    return coord + lax.stop_gradient(_snap(coord, size) - coord)
+
+  ix = snap(clamp(_unnormalize(gx, w, align_corners), w), w)
+  iy = snap(clamp(_unnormalize(gy, h, align_corners), h), h)
   x0 = jnp.floor(ix)
   y0 = jnp.floor(iy)
   wx = _cubic_weights(ix - x0)
@@ -302,7 +317,7 @@ def grid_sample(
   batched = image.ndim == 4
   if not batched:
     image, grid = image[None], grid[None]
-  n, h, w, c = image.shape
+  n, _h, _w, c = image.shape
   _, h_out, w_out, _ = grid.shape
   compute_dtype = jnp.promote_types(jnp.promote_types(image.dtype, grid.dtype), jnp.float32)
   x = image.astype(compute_dtype)

@@ -1,0 +1,232 @@
+"""Transform parameterisations shared by the models and the data generators, and `warp`.
+
+A transform always maps *output* coordinates to *input* coordinates (the sampler reads the input where the grid says),
+so the warped image shows the content moved by the inverse map: `warp(image, affine_theta(scale=2.0))` zooms *out*.
+To move the content by a map A, warp with `invert_affine(A)`.
+
+Kinds and their parameters (per image):
+  affine      (2, 3) theta, normalised (x, y, 1) -> (x, y)
+  projective  (3, 3) homography in the same coordinates
+  tps         (K, 2) source control points (x, y) of a thin-plate spline over `tps_control_points(K)`
+  attention   (3,) (scale, tx, ty): theta = [[scale, 0, tx], [0, scale, ty]], the paper's attention transformer
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stn_jax import _validation as v
+from stn_jax import grids
+from stn_jax.sampling import grid_sample
+
+KINDS = ("affine", "projective", "tps", "attention")
+
+
+def param_shape(kind: str, *, num_control_points: int = 16) -> tuple[int, ...]:
+  """The per-image parameter shape of a transform kind (see the module docstring)."""
+  v.check_choice("param_shape", "kind", kind, KINDS)
+  if kind == "tps":
+    grids.tps_control_points(num_control_points)  # validates K
+  return {"affine": (2, 3), "projective": (3, 3), "tps": (num_control_points, 2), "attention": (3,)}[kind]
+
+
+def identity_params(kind: str, *, batch_shape=(), num_control_points: int = 16, dtype=jnp.float32) -> jax.Array:
+  """Parameters of the identity transform of `kind`, broadcast to `batch_shape + param_shape(kind)`.
+
+  These are also the biases of a localisation network's final layer initialised to the identity.
+  """
+  shape = param_shape(kind, num_control_points=num_control_points)
+  if kind == "affine":
+    p = np.eye(2, 3)
+  elif kind == "projective":
+    p = np.eye(3)
+  elif kind == "tps":
+    p = grids._lattice(num_control_points)
+  else:
+    p = np.array([1.0, 0.0, 0.0])
+  return jnp.broadcast_to(jnp.asarray(p.reshape(shape), dtype), tuple(batch_shape) + shape)
+
+
+def affine_theta(*, rotation=0.0, shear=0.0, scale=1.0, scale_xy=None, translation=(0.0, 0.0), dtype=jnp.float32):
+  """theta = [R(rotation) @ Shear(shear) @ diag(scale * scale_xy) | translation], broadcast over batch shapes.
+
+  R(a) = [[cos a, -sin a], [sin a, cos a]] and Shear(s) = [[1, -sin s], [0, cos s]] (the seed project's shear) act
+  on normalised (x, y). Every argument broadcasts against the others' batch shape.
+
+  Args:
+    rotation: (...) radians.
+    shear: (...) radians.
+    scale: (...) isotropic factor.
+    scale_xy: optional (..., 2) per-axis factors (x, y), multiplied into `scale`.
+    translation: (..., 2) normalised (tx, ty).
+    dtype: floating dtype of the result.
+
+  Returns:
+    (..., 2, 3) theta mapping output to input coordinates.
+  """
+  rotation, shear, scale = (jnp.asarray(a, dtype) for a in (rotation, shear, scale))
+  translation = jnp.asarray(translation, dtype)
+  v.check_trailing_shape("affine_theta", "translation", translation, (2,), what="(..., 2)")
+  sx = sy = scale
+  if scale_xy is not None:
+    scale_xy = jnp.asarray(scale_xy, dtype)
+    v.check_trailing_shape("affine_theta", "scale_xy", scale_xy, (2,), what="(..., 2)")
+    sx, sy = scale * scale_xy[..., 0], scale * scale_xy[..., 1]
+  cos, sin = jnp.cos(rotation), jnp.sin(rotation)
+  # R @ Shear = [[cos, -cos sin_s - sin cos_s], [sin, -sin sin_s + cos cos_s]] = [[cos, -sin(a + s)], [sin, cos(a + s)]]
+  a00, a01 = cos * sx, -jnp.sin(rotation + shear) * sy
+  a10, a11 = sin * sx, jnp.cos(rotation + shear) * sy
+  a00, a01, a10, a11, tx, ty = jnp.broadcast_arrays(a00, a01, a10, a11, translation[..., 0], translation[..., 1])
+  return jnp.stack([jnp.stack([a00, a01, tx], -1), jnp.stack([a10, a11, ty], -1)], -2)
+
+
+def attention_theta(params: jax.Array) -> jax.Array:
+  """(..., 3) attention parameters (scale, tx, ty) -> (..., 2, 3) theta [[s, 0, tx], [0, s, ty]]."""
+  params = jnp.asarray(params)
+  v.check_trailing_shape("attention_theta", "params", params, (3,), what="(..., 3) (scale, tx, ty)")
+  s, tx, ty = params[..., 0], params[..., 1], params[..., 2]
+  zero = jnp.zeros_like(s)
+  return jnp.stack([jnp.stack([s, zero, tx], -1), jnp.stack([zero, s, ty], -1)], -2)
+
+
+def _to_3x3(theta: jax.Array) -> jax.Array:
+  last = jnp.broadcast_to(jnp.asarray([0.0, 0.0, 1.0], theta.dtype), (*theta.shape[:-2], 1, 3))
+  return jnp.concatenate([theta, last], axis=-2)
+
+
+def compose_affine(a: jax.Array, b: jax.Array) -> jax.Array:
+  """The theta of x -> a(b(x)): `warp(warp(img, a), b)` is `warp(img, compose_affine(a, b))` (up to resampling).
+
+  Args:
+    a, b: (..., 2, 3) thetas; batch shapes broadcast.
+
+  Returns:
+    (..., 2, 3).
+  """
+  for name, t in (("a", a), ("b", b)):
+    v.check_trailing_shape("compose_affine", name, t, (2, 3), what="(..., 2, 3)")
+  return (_to_3x3(jnp.asarray(a)) @ _to_3x3(jnp.asarray(b)))[..., :2, :]
+
+
+def invert_affine(theta: jax.Array) -> jax.Array:
+  """The inverse map of a (..., 2, 3) theta, in closed form (non-finite where the 2x2 part is singular)."""
+  theta = jnp.asarray(theta)
+  v.check_trailing_shape("invert_affine", "theta", theta, (2, 3), what="(..., 2, 3)")
+  a, b, tx = theta[..., 0, 0], theta[..., 0, 1], theta[..., 0, 2]
+  c, d, ty = theta[..., 1, 0], theta[..., 1, 1], theta[..., 1, 2]
+  det = a * d - b * c
+  ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+  row0 = jnp.stack([ia, ib, -(ia * tx + ib * ty)], -1)
+  row1 = jnp.stack([ic, id_, -(ic * tx + id_ * ty)], -1)
+  return jnp.stack([row0, row1], -2)
+
+
+def _index_to_normalised(size: tuple[int, int], align_corners: bool, func: str) -> np.ndarray:
+  """3x3 matrix taking pixel index (row, col, 1) to normalised (x, y, 1)."""
+  h, w = size
+  if align_corners and min(h, w) < 2:
+    raise ValueError(f"{func}: align_corners=True needs sizes >= 2 (pixel centres at -1 and 1); got {size}.")
+  if align_corners:
+    ax, bx, ay, by = 2.0 / (w - 1), -1.0, 2.0 / (h - 1), -1.0
+  else:
+    ax, bx, ay, by = 2.0 / w, 1.0 / w - 1.0, 2.0 / h, 1.0 / h - 1.0
+  return np.array([[0.0, ax, bx], [ay, 0.0, by], [0.0, 0.0, 1.0]])
+
+
+def theta_to_pixel_matrix(theta, *, input_size, output_size=None, align_corners: bool = False) -> jax.Array:
+  """Converts a normalised theta into the pixel-index matrix of scipy.ndimage.affine_transform and dm-pix.
+
+  The result maps output (row, col, 1) to input (row, col, 1), pixel centres at integer indices, so
+  `scipy.ndimage.affine_transform(img, m, order=1, mode='grid-constant')` equals the bilinear zero-padded warp.
+
+  Args:
+    theta: (..., 2, 3).
+    input_size: (H_in, W_in).
+    output_size: (H_out, W_out); defaults to `input_size`.
+    align_corners: the convention `theta` is meant for.
+
+  Returns:
+    (..., 3, 3), last row (0, 0, 1).
+  """
+  func = "theta_to_pixel_matrix"
+  theta = jnp.asarray(theta)
+  v.check_trailing_shape(func, "theta", theta, (2, 3), what="(..., 2, 3)")
+  input_size = v.check_size(func, "input_size", input_size)
+  output_size = input_size if output_size is None else v.check_size(func, "output_size", output_size)
+  to_norm_out = _index_to_normalised(output_size, align_corners, func)
+  from_norm_in = np.linalg.inv(_index_to_normalised(input_size, align_corners, func))
+  dtype = jnp.promote_types(theta.dtype, jnp.float32)
+  return jnp.asarray(from_norm_in, dtype) @ _to_3x3(theta.astype(dtype)) @ jnp.asarray(to_norm_out, dtype)
+
+
+def pixel_matrix_to_theta(matrix, *, input_size, output_size=None, align_corners: bool = False) -> jax.Array:
+  """The inverse of `theta_to_pixel_matrix`: a (..., 3, 3) (row, col) index matrix -> (..., 2, 3) theta."""
+  func = "pixel_matrix_to_theta"
+  matrix = jnp.asarray(matrix)
+  v.check_trailing_shape(func, "matrix", matrix, (3, 3), what="(..., 3, 3)")
+  input_size = v.check_size(func, "input_size", input_size)
+  output_size = input_size if output_size is None else v.check_size(func, "output_size", output_size)
+  to_norm_in = _index_to_normalised(input_size, align_corners, func)
+  from_norm_out = np.linalg.inv(_index_to_normalised(output_size, align_corners, func))
+  dtype = jnp.promote_types(matrix.dtype, jnp.float32)
+  return (jnp.asarray(to_norm_in, dtype) @ matrix.astype(dtype) @ jnp.asarray(from_norm_out, dtype))[..., :2, :]
+
+
+def params_to_grid(params: jax.Array, size, *, kind: str = "affine", align_corners: bool = False) -> jax.Array:
+  """The sampling grid of transform parameters of any kind: (..., *param_shape) -> (..., H_out, W_out, 2)."""
+  func = "params_to_grid"
+  v.check_choice(func, "kind", kind, KINDS)
+  if kind == "affine":
+    return grids.affine_grid(params, size, align_corners=align_corners)
+  if kind == "projective":
+    return grids.projective_grid(params, size, align_corners=align_corners)
+  if kind == "tps":
+    return grids.tps_grid(params, size, align_corners=align_corners)
+  v.check_floating(func, "params", params)
+  return grids.affine_grid(attention_theta(params), size, align_corners=align_corners)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "size", "mode", "padding_mode", "align_corners"))
+def warp(
+  image: jax.Array,
+  params: jax.Array,
+  *,
+  kind: str = "affine",
+  size=None,
+  mode: str = "bilinear",
+  padding_mode: str = "zeros",
+  align_corners: bool = False,
+) -> jax.Array:
+  """Warps `image` by transform parameters: `grid_sample(image, params_to_grid(params, size, kind=kind))`.
+
+  Args:
+    image: (N, H, W, C) with params (N, *param_shape(kind)), or (H, W, C) with params (*param_shape(kind)).
+    params: transform parameters (see the module docstring).
+    kind: 'affine', 'projective', 'tps' or 'attention'.
+    size: output (H_out, W_out); defaults to the input's (H, W).
+    mode, padding_mode, align_corners: as `grid_sample`.
+
+  Returns:
+    (N, H_out, W_out, C) or (H_out, W_out, C), dtype of `image`.
+  """
+  func = "warp"
+  v.check_choice(func, "kind", kind, KINDS)
+  image_shape, params_shape = jnp.shape(image), jnp.shape(params)
+  if len(image_shape) not in (3, 4):
+    raise ValueError(f"{func}: image must have shape (N, H, W, C) or (H, W, C); got shape {image_shape}.")
+  per_image = param_shape(kind, num_control_points=params_shape[-2] if kind == "tps" and params_shape else 16)
+  want = ((image_shape[0],) if len(image_shape) == 4 else ()) + per_image
+  if params_shape != want:
+    raise ValueError(
+      f"{func}: params for kind={kind!r} must have shape {want} to go with image of shape {image_shape}; "
+      f"got {params_shape}."
+    )
+  size = image_shape[-3:-1] if size is None else v.check_size(func, "size", size)
+  grid = params_to_grid(params, size, kind=kind, align_corners=align_corners)
+  return grid_sample(
+    image, grid.astype(params.dtype), mode=mode, padding_mode=padding_mode, align_corners=align_corners
+  )
