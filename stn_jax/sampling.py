@@ -205,9 +205,12 @@ _bilinear.defvjp(_bilinear_fwd, _bilinear_bwd)
 
 
 def _nearest(image, ix, iy):
-  # jnp.round rounds half to even, as torch's nearbyint. NaN becomes an arbitrary int, clipped onto the zero border.
-  xi = lax.stop_gradient(jnp.round(jnp.clip(ix, -2.0, image.shape[2] + 1.0))).astype(jnp.int32)
-  yi = lax.stop_gradient(jnp.round(jnp.clip(iy, -2.0, image.shape[1] + 1.0))).astype(jnp.int32)
+  # jnp.round rounds half to even, as torch's nearbyint. NaN is sent outside the image, where it reads a zero.
+  def index(coord, size):
+    return lax.stop_gradient(jnp.round(jnp.clip(jnp.nan_to_num(coord, nan=-2.0), -2.0, size + 1.0))).astype(jnp.int32)
+
+  xi = index(ix, image.shape[2])
+  yi = index(iy, image.shape[1])
   return _take(_padded_flat(image), _padded_index(xi, yi, image.shape))
 
 

@@ -1,0 +1,46 @@
+"""Shared test helpers: random inputs that avoid the sampler's non-differentiable points, and the torch reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def torch_or_skip():
+  return pytest.importorskip("torch", reason="torch (the reference) is not installed; `make test` installs it")
+
+
+def random_image(rng: np.random.Generator, shape) -> np.ndarray:
+  return rng.standard_normal(shape).astype(np.float32)
+
+
+def random_grid(rng: np.random.Generator, batch, out_hw, in_hw, *, align_corners: bool, spread: float = 0.7):
+  """A (*batch, Ho, Wo, 2) grid of normalised (x, y) whose pixel-index coordinates keep at least 0.05 px away from
+  integers and half-integers (kinks of bilinear, rounding ties of nearest, reflection edges), reaching `spread` times
+  the image size beyond each side."""
+  h, w = in_hw
+  shape = (*batch, *out_hw)
+  coords = []
+  for size in (w, h):
+    whole = rng.integers(int(np.floor(-spread * size)), int(np.ceil((1 + spread) * size)), shape)
+    frac = rng.uniform(0.05, 0.45, shape) + 0.5 * rng.integers(0, 2, shape)
+    pixel = whole + frac
+    coords.append(2 * pixel / (size - 1) - 1 if align_corners else (2 * pixel + 1) / size - 1)
+  return np.stack(coords, axis=-1).astype(np.float32)
+
+
+def nhwc_to_nchw(x):
+  return np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, -3))
+
+
+def torch_grid_sample(image, grid, cotangent, *, mode, padding_mode, align_corners):
+  """Reference value and gradients (image, grid) of torch.nn.functional.grid_sample, in NHWC numpy."""
+  torch = torch_or_skip()
+  t_image = torch.tensor(nhwc_to_nchw(image), requires_grad=True)
+  t_grid = torch.tensor(np.asarray(grid), requires_grad=True)
+  out = torch.nn.functional.grid_sample(
+    t_image, t_grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners
+  )
+  out.backward(torch.tensor(nhwc_to_nchw(cotangent)))
+  to_nhwc = lambda t: np.moveaxis(t.detach().numpy(), -3, -1)
+  return to_nhwc(out), to_nhwc(t_image.grad), t_grid.grad.numpy()

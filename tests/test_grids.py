@@ -1,0 +1,121 @@
+"""Grid generators: torch parity for affine_grid, projective == affine, the TPS identity and affine properties."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import stn_jax
+from tests import helpers
+
+
+def _random_theta(rng, batch):
+  return (np.eye(2, 3) + 0.3 * rng.standard_normal((*batch, 2, 3))).astype(np.float32)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_affine_grid_matches_torch(align_corners):
+  torch = helpers.torch_or_skip()
+  rng = np.random.default_rng(10)
+  theta = _random_theta(rng, (3,))
+  ours = stn_jax.affine_grid(theta, (5, 7), align_corners=align_corners)
+  reference = torch.nn.functional.affine_grid(torch.tensor(theta), (3, 1, 5, 7), align_corners=align_corners)
+  np.testing.assert_allclose(np.asarray(ours), reference.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_affine_grid_gradient_matches_autodiff_of_the_formula():
+  rng = np.random.default_rng(11)
+  theta = jnp.asarray(_random_theta(rng, (2, 3)))
+  cotangent = jnp.asarray(rng.standard_normal((2, 3, 4, 6, 2)), jnp.float32)
+  base = jnp.asarray(
+    np.concatenate([np.asarray(stn_jax.identity_grid((4, 6))), np.ones((4, 6, 1))], -1), jnp.float32
+  )  # (H, W, 3)
+  plain = lambda t: jnp.einsum("hwk,...jk->...hwj", base, t)
+  np.testing.assert_allclose(np.asarray(stn_jax.affine_grid(theta, (4, 6))), np.asarray(plain(theta)), atol=1e-6)
+  ours = jax.vjp(lambda t: stn_jax.affine_grid(t, (4, 6)), theta)[1](cotangent)[0]
+  reference = jax.vjp(plain, theta)[1](cotangent)[0]
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_projective_with_affine_last_row_equals_affine(align_corners):
+  rng = np.random.default_rng(12)
+  theta = _random_theta(rng, (4,))
+  matrix = np.concatenate([theta, np.broadcast_to([[0.0, 0.0, 1.0]], (4, 1, 3))], axis=1).astype(np.float32)
+  np.testing.assert_allclose(
+    np.asarray(stn_jax.projective_grid(matrix, (6, 5), align_corners=align_corners)),
+    np.asarray(stn_jax.affine_grid(theta, (6, 5), align_corners=align_corners)),
+    rtol=1e-6,
+    atol=1e-6,
+  )
+
+
+def test_projective_divides_by_the_third_component():
+  rng = np.random.default_rng(13)
+  matrix = (np.eye(3) + 0.2 * rng.standard_normal((3, 3))).astype(np.float64)
+  grid = np.asarray(stn_jax.projective_grid(matrix.astype(np.float32), (3, 4)))
+  x, y = np.meshgrid(stn_jax.pixel_centers(4), stn_jax.pixel_centers(3))
+  h = np.einsum("jk,hwk->hwj", matrix, np.stack([x, y, np.ones_like(x)], -1))
+  np.testing.assert_allclose(grid, h[..., :2] / h[..., 2:], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_points", [4, 9, 16])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_tps_identity_is_exact(num_points, align_corners):
+  points = stn_jax.tps_control_points(num_points)
+  grid = stn_jax.tps_grid(jnp.broadcast_to(points, (2, num_points, 2)), (7, 9), align_corners=align_corners)
+  identity = stn_jax.identity_grid((7, 9), align_corners=align_corners)
+  np.testing.assert_array_equal(np.asarray(grid), np.broadcast_to(np.asarray(identity), (2, 7, 9, 2)))
+
+
+@pytest.mark.parametrize("num_points", [9, 16])
+def test_tps_of_affinely_moved_points_is_the_affine_grid(num_points):
+  rng = np.random.default_rng(14)
+  theta = _random_theta(rng, (3,))
+  target = np.asarray(stn_jax.tps_control_points(num_points), np.float64)
+  source = np.einsum("njk,pk->npj", theta.astype(np.float64), np.concatenate([target, np.ones((num_points, 1))], -1))
+  grid = stn_jax.tps_grid(jnp.asarray(source, jnp.float32), (8, 6))
+  np.testing.assert_allclose(np.asarray(grid), np.asarray(stn_jax.affine_grid(theta, (8, 6))), atol=2e-5)
+
+
+def test_tps_interpolates_its_control_points_and_accepts_custom_targets():
+  rng = np.random.default_rng(15)
+  # Control points on pixel centres of a 5x5 output (align_corners=True puts them at -1, -0.5, 0, 0.5, 1).
+  target = np.asarray(stn_jax.tps_control_points(9), np.float32)
+  source = target + 0.2 * rng.standard_normal(target.shape).astype(np.float32)
+  grid = np.asarray(stn_jax.tps_grid(source, (5, 5), align_corners=True))
+  np.testing.assert_allclose(grid[::2, ::2].reshape(9, 2), source, atol=1e-5)
+  # The same targets given explicitly (a traced array) give the same grid as the cached default.
+  explicit = jax.jit(lambda s, t: stn_jax.tps_grid(s, (5, 5), target_points=t, align_corners=True))(source, target)
+  np.testing.assert_allclose(np.asarray(explicit), grid, atol=1e-5)
+
+
+def test_tps_is_smooth_between_points_and_differentiable():
+  rng = np.random.default_rng(16)
+  source = stn_jax.tps_control_points(16) + 0.1 * jnp.asarray(rng.standard_normal((16, 2)), jnp.float32)
+  g = jax.grad(lambda s: (stn_jax.tps_grid(s, (6, 6)) ** 2).sum())(source)
+  assert g.shape == (16, 2) and np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
+
+
+@pytest.mark.parametrize(
+  ("fn", "args", "error", "words"),
+  [
+    (stn_jax.affine_grid, (np.zeros((2, 3, 3), np.float32), (4, 4)), ValueError, ["theta", "(..., 2, 3)", "(2, 3, 3)"]),
+    (stn_jax.affine_grid, (np.zeros((2, 3), np.float32), (4, 0)), ValueError, ["size", "positive", "(4, 0)"]),
+    (stn_jax.affine_grid, (np.zeros((2, 3), np.float32), 4), TypeError, ["size", "(height, width)", "4"]),
+    (stn_jax.affine_grid, (np.zeros((2, 3), np.int32), (4, 4)), TypeError, ["theta", "floating", "int32"]),
+    (stn_jax.projective_grid, (np.zeros((2, 3), np.float32), (4, 4)), ValueError, ["matrix", "(..., 3, 3)"]),
+    (stn_jax.tps_grid, (np.zeros((10, 2), np.float32), (4, 4)), ValueError, ["perfect square", "10"]),
+    (stn_jax.tps_grid, (np.zeros((16, 3), np.float32), (4, 4)), ValueError, ["source_points", "(..., K, 2)"]),
+  ],
+)
+def test_grid_errors_name_the_problem(fn, args, error, words):
+  with pytest.raises(error) as info:
+    fn(*args)
+  for word in words:
+    assert word in str(info.value), (word, str(info.value))
+
+
+def test_tps_target_points_shape_mismatch():
+  with pytest.raises(ValueError, match=r"target_points must have shape \(K, 2\) = \(16, 2\).*\(9, 2\)"):
+    stn_jax.tps_grid(jnp.zeros((16, 2)), (4, 4), target_points=jnp.zeros((9, 2)))

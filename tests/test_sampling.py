@@ -1,0 +1,184 @@
+"""grid_sample against torch.nn.functional.grid_sample and scipy.ndimage, under jit / vmap / grad, and on bad input."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+from scipy import ndimage
+
+import stn_jax
+from tests import helpers
+
+COMBOS = list(itertools.product(stn_jax.MODES, stn_jax.PADDING_MODES, (False, True)))
+
+
+def _value_and_grads(image, grid, cotangent, **options):
+  out, vjp = jax.vjp(lambda i, g: stn_jax.grid_sample(i, g, **options), jnp.asarray(image), jnp.asarray(grid))
+  g_image, g_grid = vjp(jnp.asarray(cotangent))
+  return np.asarray(out), np.asarray(g_image), np.asarray(g_grid)
+
+
+@pytest.mark.parametrize(("mode", "padding_mode", "align_corners"), COMBOS)
+def test_matches_torch_values_and_gradients(mode, padding_mode, align_corners):
+  helpers.torch_or_skip()
+  rng = np.random.default_rng(abs(hash((mode, padding_mode, align_corners))) % 2**32)
+  image = helpers.random_image(rng, (3, 7, 9, 2))
+  grid = helpers.random_grid(rng, (3,), (6, 5), (7, 9), align_corners=align_corners)
+  cotangent = helpers.random_image(rng, (3, 6, 5, 2))
+  options = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+  ours = _value_and_grads(image, grid, cotangent, **options)
+  reference = helpers.torch_grid_sample(image, grid, cotangent, **options)
+  for name, a, b in zip(("value", "image grad", "grid grad"), ours, reference, strict=True):
+    scale = max(1.0, np.abs(b).max())
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6 * scale, err_msg=f"{name} differs from torch")
+  if mode != "nearest":  # the grid gradient is really exercised, not zero everywhere
+    assert np.abs(reference[2]).max() > 0.1
+
+
+@pytest.mark.parametrize(("mode", "padding_mode", "align_corners"), COMBOS)
+def test_identity_grid_reproduces_input_exactly(mode, padding_mode, align_corners):
+  rng = np.random.default_rng(1)
+  image = helpers.random_image(rng, (2, 11, 13, 3))
+  grid = jnp.broadcast_to(stn_jax.identity_grid((11, 13), align_corners=align_corners), (2, 11, 13, 2))
+  out = stn_jax.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+  np.testing.assert_array_equal(np.asarray(out), image)
+
+
+def _scipy_bilinear(image, grid):
+  """Reference: scipy's order-1 map_coordinates with zero padding ('grid-constant'), align_corners=False."""
+  h, w, c = image.shape
+  cols = ((grid[..., 0] + 1) * w - 1) / 2
+  rows = ((grid[..., 1] + 1) * h - 1) / 2
+  return np.stack(
+    [ndimage.map_coordinates(image[..., k], [rows, cols], order=1, mode="grid-constant") for k in range(c)], -1
+  )
+
+
+@pytest.mark.parametrize("transform", ["eager", "jit", "vmap"])
+def test_bilinear_matches_scipy_eager_jit_vmap(transform):
+  rng = np.random.default_rng(2)
+  images = helpers.random_image(rng, (4, 8, 10, 3))
+  grids = helpers.random_grid(rng, (4,), (5, 7), (8, 10), align_corners=False, spread=0.3)
+  if transform == "eager":
+    with jax.disable_jit():
+      out = stn_jax.grid_sample(images, grids)
+  elif transform == "jit":
+    out = jax.jit(lambda i, g: stn_jax.grid_sample(i, g))(images, grids)
+  else:  # the unbatched function, vmapped
+    out = jax.vmap(stn_jax.grid_sample)(images, grids)
+  expected = np.stack(
+    [_scipy_bilinear(i.astype(np.float64), g.astype(np.float64)) for i, g in zip(images, grids, strict=True)]
+  )
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unbatched_equals_batched():
+  rng = np.random.default_rng(3)
+  image = helpers.random_image(rng, (6, 5, 2))
+  grid = helpers.random_grid(rng, (), (4, 3), (6, 5), align_corners=False)
+  out = stn_jax.grid_sample(image, grid, mode="bicubic", padding_mode="reflection")
+  batched = stn_jax.grid_sample(image[None], grid[None], mode="bicubic", padding_mode="reflection")
+  assert out.shape == (4, 3, 2)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(batched[0]))
+
+
+@pytest.mark.parametrize("padding_mode", stn_jax.PADDING_MODES)
+def test_bilinear_check_grads_first_and_second_order(padding_mode):
+  rng = np.random.default_rng(4)
+  with jax.enable_x64(True):
+    image = jnp.asarray(rng.standard_normal((2, 5, 6, 2)))
+    grid = jnp.asarray(helpers.random_grid(rng, (2,), (3, 4), (5, 6), align_corners=False).astype(np.float64))
+    fn = lambda i, g: stn_jax.grid_sample(i, g, padding_mode=padding_mode)
+    check_grads(fn, (image, grid), order=2, modes=["rev"], eps=1e-4, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("mode", stn_jax.MODES)
+def test_low_precision_runs_and_keeps_dtype(dtype, mode):
+  rng = np.random.default_rng(5)
+  image = helpers.random_image(rng, (2, 6, 6, 3))
+  grid = helpers.random_grid(rng, (2,), (4, 4), (6, 6), align_corners=False, spread=0.2)
+  out = stn_jax.grid_sample(jnp.asarray(image, dtype), jnp.asarray(grid, dtype), mode=mode)
+  assert out.dtype == dtype
+  reference = stn_jax.grid_sample(
+    jnp.asarray(image, dtype).astype(jnp.float32), jnp.asarray(grid, dtype).astype(jnp.float32), mode=mode
+  )
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(reference), atol=0.05 * np.abs(image).max())
+  g_image, g_grid = jax.grad(lambda i, g: stn_jax.grid_sample(i, g, mode=mode).astype(jnp.float32).sum(), (0, 1))(
+    jnp.asarray(image, dtype), jnp.asarray(grid, dtype)
+  )
+  assert g_image.dtype == dtype and g_grid.dtype == dtype
+  assert np.isfinite(np.asarray(g_image, np.float32)).all()
+
+
+def test_gradients_finite_at_integer_positions_and_far_outside():
+  rng = np.random.default_rng(6)
+  image = jnp.asarray(helpers.random_image(rng, (1, 6, 6, 1)))
+  centres = stn_jax.pixel_centers(6)
+  x, y = np.meshgrid(centres, centres)
+  far = np.full((6, 6), 1e6)
+  grid = jnp.asarray(
+    np.stack([np.stack([x, y], -1), np.stack([far, -far], -1)])[None].reshape(1, 12, 6, 2), jnp.float32
+  )
+  for padding_mode in stn_jax.PADDING_MODES:
+    for mode in stn_jax.MODES:
+      g_image, g_grid = jax.grad(
+        lambda i, g, m=mode, p=padding_mode: (stn_jax.grid_sample(i, g, mode=m, padding_mode=p) ** 2).sum(), (0, 1)
+      )(image, grid)
+      assert np.isfinite(np.asarray(g_grid)).all() and np.isfinite(np.asarray(g_image)).all(), (mode, padding_mode)
+      if padding_mode == "zeros":
+        np.testing.assert_array_equal(np.asarray(g_grid)[:, 6:], 0.0)
+  # At integer positions the bilinear gradient is the one-sided (forward) difference, as torch's.
+  g_grid = jax.grad(lambda g: stn_jax.grid_sample(image, g).sum())(grid[:, :6])
+  step = np.asarray(image)[0, :, 1:, 0] - np.asarray(image)[0, :, :-1, 0]
+  np.testing.assert_allclose(np.asarray(g_grid)[0, :, :-1, 0], step * 6 / 2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, 1e30, -1e30])
+def test_huge_and_infinite_coordinates_follow_the_padding_mode(value):
+  rng = np.random.default_rng(7)
+  image = helpers.random_image(rng, (1, 4, 5, 1))
+  grid = np.zeros((1, 1, 1, 2), np.float32)
+  grid[..., 0] = value  # x far left or right, y at the centre
+  zeros = stn_jax.grid_sample(image, grid, padding_mode="zeros", mode="bilinear")
+  np.testing.assert_array_equal(np.asarray(zeros), 0.0)
+  border = stn_jax.grid_sample(image, grid, padding_mode="border", mode="nearest")
+  column = 4 if value > 0 else 0
+  np.testing.assert_array_equal(np.asarray(border)[0, 0, 0], image[0, 2, column])
+  for mode in stn_jax.MODES:  # runs without error and stays within the image's range
+    out = np.asarray(stn_jax.grid_sample(image, grid, padding_mode="border", mode=mode))
+    assert np.isfinite(out).all()
+
+
+def test_nan_coordinates_give_nan_without_crashing():
+  image = jnp.ones((1, 4, 4, 1))
+  grid = jnp.full((1, 2, 2, 2), jnp.nan)
+  assert np.isnan(np.asarray(stn_jax.grid_sample(image, grid))).all()
+  assert (np.asarray(stn_jax.grid_sample(image, grid, mode="nearest")) == 0).all()
+
+
+@pytest.mark.parametrize(
+  ("image_shape", "grid_shape", "options", "error", "words"),
+  [
+    ((4, 5), (4, 5, 2), {}, ValueError, ["image", "(N, H, W, C) or (H, W, C)", "(4, 5)"]),
+    ((2, 4, 5, 1), (2, 4, 5, 3), {}, ValueError, ["grid", "(N, H_out, W_out, 2)", "(2, 4, 5, 3)"]),
+    ((2, 4, 5, 1), (4, 5, 2), {}, ValueError, ["grid", "(2, 4, 5, 1)", "(4, 5, 2)"]),
+    ((2, 4, 5, 1), (3, 4, 5, 2), {}, ValueError, ["batch size", "(2, 4, 5, 1)", "(3, 4, 5, 2)"]),
+    ((2, 4, 5, 1), (2, 4, 5, 2), {"mode": "cubic"}, ValueError, ["mode", "'cubic'", "'bilinear'", "'bicubic'"]),
+    ((2, 4, 5, 1), (2, 4, 5, 2), {"padding_mode": "wrap"}, ValueError, ["padding_mode", "'wrap'", "'reflection'"]),
+    ((2, 4, 5, 1), (2, 4, 5, 2), {"align_corners": "yes"}, TypeError, ["align_corners", "'yes'", "bool"]),
+  ],
+)
+def test_bad_input_errors_name_the_problem(image_shape, grid_shape, options, error, words):
+  with pytest.raises(error) as info:
+    stn_jax.grid_sample(jnp.ones(image_shape), jnp.zeros(grid_shape), **options)
+  for word in words:
+    assert word in str(info.value), (word, str(info.value))
+
+
+def test_integer_image_is_a_type_error():
+  with pytest.raises(TypeError, match=r"image must have a floating dtype.*int32"):
+    stn_jax.grid_sample(jnp.ones((1, 4, 4, 1), jnp.int32), jnp.zeros((1, 2, 2, 2)))

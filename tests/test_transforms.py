@@ -1,0 +1,148 @@
+"""Parameterisation helpers and warp, against scipy.ndimage and closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import stn_jax
+from tests import helpers
+
+
+def test_affine_theta_matches_its_formula():
+  rng = np.random.default_rng(20)
+  rotation, shear, scale = rng.uniform(-1, 1, 4), rng.uniform(-0.3, 0.3, 4), rng.uniform(0.5, 2, 4)
+  scale_xy, translation = rng.uniform(0.5, 2, (4, 2)), rng.uniform(-1, 1, (4, 2))
+  theta = np.asarray(
+    stn_jax.affine_theta(rotation=rotation, shear=shear, scale=scale, scale_xy=scale_xy, translation=translation)
+  )
+  for i in range(4):
+    c, s = np.cos(rotation[i]), np.sin(rotation[i])
+    r = np.array([[c, -s], [s, c]])
+    sh = np.array([[1, -np.sin(shear[i])], [0, np.cos(shear[i])]])
+    linear = r @ sh @ np.diag(scale[i] * scale_xy[i])
+    np.testing.assert_allclose(theta[i], np.concatenate([linear, translation[i][:, None]], 1), rtol=1e-5, atol=1e-6)
+
+
+def test_affine_theta_broadcasts_scalars_against_batches():
+  theta = stn_jax.affine_theta(rotation=jnp.zeros(5), translation=(0.1, 0.2))
+  assert theta.shape == (5, 2, 3)
+  np.testing.assert_allclose(np.asarray(theta[3]), [[1, 0, 0.1], [0, 1, 0.2]], atol=1e-7)
+
+
+def test_compose_and_invert():
+  rng = np.random.default_rng(21)
+  a = (np.eye(2, 3) + 0.3 * rng.standard_normal((3, 2, 3))).astype(np.float32)
+  b = (np.eye(2, 3) + 0.3 * rng.standard_normal((3, 2, 3))).astype(np.float32)
+  identity = np.broadcast_to(np.eye(2, 3), (3, 2, 3))
+  np.testing.assert_allclose(np.asarray(stn_jax.compose_affine(a, stn_jax.invert_affine(a))), identity, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(stn_jax.compose_affine(stn_jax.invert_affine(a), a)), identity, atol=1e-5)
+  # compose(a, b) maps a point through b, then a.
+  point = rng.standard_normal(2)
+  apply = lambda t, p: t[:, :2] @ p + t[:, 2]
+  composed = np.asarray(stn_jax.compose_affine(a, b))[0]
+  np.testing.assert_allclose(apply(composed, point), apply(a[0], apply(b[0], point)), rtol=1e-5, atol=1e-5)
+
+
+def test_compose_then_warp_equals_two_warps_for_grids():
+  rng = np.random.default_rng(22)
+  a = (np.eye(2, 3) + 0.2 * rng.standard_normal((2, 2, 3))).astype(np.float32)
+  b = (np.eye(2, 3) + 0.2 * rng.standard_normal((2, 2, 3))).astype(np.float32)
+  # The grid of compose(a, b) is a applied to the grid of b.
+  grid_b = np.asarray(stn_jax.affine_grid(b, (5, 6)))
+  through_a = np.einsum("njk,nhwk->nhwj", a[:, :, :2], grid_b) + a[:, None, None, :, 2]
+  np.testing.assert_allclose(
+    np.asarray(stn_jax.affine_grid(stn_jax.compose_affine(a, b), (5, 6))), through_a, rtol=1e-5, atol=1e-5
+  )
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_pixel_matrix_round_trip(align_corners):
+  rng = np.random.default_rng(23)
+  theta = (np.eye(2, 3) + 0.2 * rng.standard_normal((4, 2, 3))).astype(np.float32)
+  sizes = dict(input_size=(12, 10), output_size=(7, 9), align_corners=align_corners)
+  matrix = stn_jax.theta_to_pixel_matrix(theta, **sizes)
+  assert matrix.shape == (4, 3, 3)
+  np.testing.assert_allclose(np.asarray(matrix[:, 2]), np.broadcast_to([0, 0, 1], (4, 3)), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(stn_jax.pixel_matrix_to_theta(matrix, **sizes)), theta, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_warp_matches_scipy_affine_transform_through_the_pixel_matrix(align_corners):
+  rng = np.random.default_rng(24)
+  image = helpers.random_image(rng, (9, 11, 2))
+  theta = (np.eye(2, 3) + 0.15 * rng.standard_normal((2, 3))).astype(np.float32)
+  matrix = np.asarray(
+    stn_jax.theta_to_pixel_matrix(theta, input_size=(9, 11), output_size=(8, 7), align_corners=align_corners),
+    np.float64,
+  )
+  expected = np.stack(
+    [
+      ndimage.affine_transform(
+        image[..., c].astype(np.float64), matrix, output_shape=(8, 7), order=1, mode="grid-constant"
+      )
+      for c in range(2)
+    ],
+    -1,
+  )
+  out = stn_jax.warp(image, theta, size=(8, 7), align_corners=align_corners)
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", stn_jax.KINDS)
+def test_identity_params_warp_is_the_identity(kind):
+  rng = np.random.default_rng(25)
+  image = helpers.random_image(rng, (3, 10, 12, 2))
+  params = stn_jax.identity_params(kind, batch_shape=(3,))
+  assert params.shape == (3, *stn_jax.param_shape(kind))
+  np.testing.assert_array_equal(np.asarray(stn_jax.warp(image, params, kind=kind)), image)
+
+
+def test_attention_is_scale_and_translation():
+  rng = np.random.default_rng(26)
+  params = rng.uniform(0.3, 1.0, (4, 3)).astype(np.float32)
+  theta = np.asarray(stn_jax.attention_theta(params))
+  np.testing.assert_allclose(theta[:, 0], np.stack([params[:, 0], 0 * params[:, 0], params[:, 1]], -1))
+  np.testing.assert_allclose(theta[:, 1], np.stack([0 * params[:, 0], params[:, 0], params[:, 2]], -1))
+  image = helpers.random_image(rng, (4, 8, 8, 1))
+  np.testing.assert_allclose(
+    np.asarray(stn_jax.warp(image, params, kind="attention", size=(4, 4))),
+    np.asarray(stn_jax.warp(image, theta, size=(4, 4))),
+    atol=1e-6,
+  )
+
+
+def test_warp_is_differentiable_and_vmappable_for_every_kind():
+  rng = np.random.default_rng(27)
+  image = jnp.asarray(helpers.random_image(rng, (2, 8, 8, 1)))
+  for kind in stn_jax.KINDS:
+    params = stn_jax.identity_params(kind, batch_shape=(2,)) + 0.05 * jnp.asarray(
+      rng.standard_normal((2, *stn_jax.param_shape(kind))), jnp.float32
+    )
+    g = jax.grad(lambda p, k=kind: (stn_jax.warp(image, p, kind=k) ** 2).sum())(params)
+    assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0, kind
+    single = jax.vmap(lambda i, p, k=kind: stn_jax.warp(i, p, kind=k))(image, params)
+    np.testing.assert_allclose(np.asarray(single), np.asarray(stn_jax.warp(image, params, kind=kind)), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  ("call", "error", "words"),
+  [
+    (lambda: stn_jax.warp(jnp.ones((2, 4, 4, 1)), jnp.zeros((2, 6))), ValueError, ["params", "(2, 2, 3)", "(2, 6)"]),
+    (lambda: stn_jax.warp(jnp.ones((4, 4, 1)), jnp.zeros((2, 3)), kind="rigid"), ValueError, ["kind", "'rigid'"]),
+    (lambda: stn_jax.warp(jnp.ones((4, 4)), jnp.zeros((2, 3))), ValueError, ["image", "(4, 4)"]),
+    (lambda: stn_jax.identity_params("tps", num_control_points=8), ValueError, ["perfect square", "8"]),
+    (lambda: stn_jax.affine_theta(translation=(1.0, 2.0, 3.0)), ValueError, ["translation", "(..., 2)"]),
+    (
+      lambda: stn_jax.theta_to_pixel_matrix(jnp.zeros((2, 3)), input_size=(1, 5), align_corners=True),
+      ValueError,
+      ["align_corners", "(1, 5)"],
+    ),
+  ],
+)
+def test_transform_errors_name_the_problem(call, error, words):
+  with pytest.raises(error) as info:
+    call()
+  for word in words:
+    assert word in str(info.value), (word, str(info.value))
