@@ -28,7 +28,7 @@ _CASES = flags.DEFINE_list(
 )
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed repetitions per pass and library (after warm-up).")
 _MODE = flags.DEFINE_enum("mode", "bilinear", ["bilinear", "nearest", "bicubic"], "Sampling mode.")
-_PAUSE = flags.DEFINE_float("pause", 0.05, "Seconds of quiet before each timed call.")
+_PAUSE = flags.DEFINE_float("pause", 0.01, "Seconds of quiet before each timed call.")
 _JSON = flags.DEFINE_string("json", None, "Also write the table as JSON to this file.")
 
 
