@@ -137,6 +137,16 @@ def _index_to_normalised(size: tuple[int, int], align_corners: bool, func: str) 
   return np.array([[0.0, ax, bx], [ay, 0.0, by], [0.0, 0.0, 1.0]])
 
 
+def _index_maps(func, input_size, output_size, align_corners, dtype):
+  """The index -> normalised matrices of the input and output sizes (output defaults to input), in >= float32."""
+  input_size = v.check_size(func, "input_size", input_size)
+  output_size = input_size if output_size is None else v.check_size(func, "output_size", output_size)
+  dtype = jnp.promote_types(dtype, jnp.float32)
+  return tuple(
+    jnp.asarray(_index_to_normalised(size, align_corners, func), dtype) for size in (input_size, output_size)
+  )
+
+
 def theta_to_pixel_matrix(theta, *, input_size, output_size=None, align_corners: bool = False) -> jax.Array:
   """Converts a normalised theta into the pixel-index matrix of scipy.ndimage.affine_transform and dm-pix.
 
@@ -155,12 +165,8 @@ def theta_to_pixel_matrix(theta, *, input_size, output_size=None, align_corners:
   func = "theta_to_pixel_matrix"
   theta = jnp.asarray(theta)
   v.check_trailing_shape(func, "theta", theta, (2, 3), what="(..., 2, 3)")
-  input_size = v.check_size(func, "input_size", input_size)
-  output_size = input_size if output_size is None else v.check_size(func, "output_size", output_size)
-  to_norm_out = _index_to_normalised(output_size, align_corners, func)
-  from_norm_in = np.linalg.inv(_index_to_normalised(input_size, align_corners, func))
-  dtype = jnp.promote_types(theta.dtype, jnp.float32)
-  return jnp.asarray(from_norm_in, dtype) @ _to_3x3(theta.astype(dtype)) @ jnp.asarray(to_norm_out, dtype)
+  in_to_norm, out_to_norm = _index_maps(func, input_size, output_size, align_corners, theta.dtype)
+  return jnp.linalg.inv(in_to_norm) @ _to_3x3(theta.astype(in_to_norm.dtype)) @ out_to_norm
 
 
 def pixel_matrix_to_theta(matrix, *, input_size, output_size=None, align_corners: bool = False) -> jax.Array:
@@ -168,12 +174,8 @@ def pixel_matrix_to_theta(matrix, *, input_size, output_size=None, align_corners
   func = "pixel_matrix_to_theta"
   matrix = jnp.asarray(matrix)
   v.check_trailing_shape(func, "matrix", matrix, (3, 3), what="(..., 3, 3)")
-  input_size = v.check_size(func, "input_size", input_size)
-  output_size = input_size if output_size is None else v.check_size(func, "output_size", output_size)
-  to_norm_in = _index_to_normalised(input_size, align_corners, func)
-  from_norm_out = np.linalg.inv(_index_to_normalised(output_size, align_corners, func))
-  dtype = jnp.promote_types(matrix.dtype, jnp.float32)
-  return (jnp.asarray(to_norm_in, dtype) @ matrix.astype(dtype) @ jnp.asarray(from_norm_out, dtype))[..., :2, :]
+  in_to_norm, out_to_norm = _index_maps(func, input_size, output_size, align_corners, matrix.dtype)
+  return (in_to_norm @ matrix.astype(in_to_norm.dtype) @ jnp.linalg.inv(out_to_norm))[..., :2, :]
 
 
 def params_to_grid(params: jax.Array, size, *, kind: str = "affine", align_corners: bool = False) -> jax.Array:
