@@ -146,3 +146,19 @@ def test_transform_errors_name_the_problem(call, error, words):
     call()
   for word in words:
     assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan, 1e30, -1e30])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_non_finite_or_huge_theta_never_crashes(value, padding_mode):
+  rng = np.random.default_rng(28)
+  image = helpers.random_image(rng, (2, 6, 6, 1))
+  theta = np.tile(np.eye(2, 3, dtype=np.float32), (2, 1, 1))
+  theta[0, 0, 2] = value  # a huge / non-finite shift of the first image; the second stays the identity
+  for mode in ("bilinear", "nearest", "bicubic"):
+    out = np.asarray(stn_jax.warp(image, theta, mode=mode, padding_mode=padding_mode))
+    np.testing.assert_array_equal(out[1], image[1])
+    if np.isfinite(value) and padding_mode == "zeros":
+      np.testing.assert_array_equal(out[0], 0.0)
+    grad = jax.grad(lambda t, m=mode: jnp.nansum(stn_jax.warp(image, t, mode=m, padding_mode=padding_mode)))(theta)
+    assert np.isfinite(np.asarray(grad)[1]).all()
