@@ -5,9 +5,10 @@ ratio (jax / torch; below 1 means stn_jax is faster):
   forward          the warp alone (torch under no_grad),
   bwd theta        forward + backward to theta only (an STN on raw images),
   bwd theta+image  forward + backward to theta and to the image (an STN on feature maps).
-The backward passes differentiate sum(warp * w) for a fixed random w. Both libraries use all the cores they see.
+The backward passes differentiate sum(warp * w) for a fixed random w. Both libraries use all the cores they see. The
+libraries alternate in blocks of --block calls, the first call of each block untimed.
 
-  python experiments/benchmark_sampler.py [--repeats=50] [--cases=256x40x40x1:40x40,...] [--json=FILE]
+  python experiments/benchmark_sampler.py [--repeats=60] [--block=6] [--cases=256x40x40x1:40x40,...] [--json=FILE]
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import stn_jax
 _CASES = flags.DEFINE_list(
   "cases", ["256x40x40x1:40x40", "128x60x60x1:40x40", "32x128x128x3:128x128"], "NxHxWxC:HOxWO cases."
 )
-_REPEATS = flags.DEFINE_integer("repeats", 50, "Timed repetitions per pass and library (after warm-up).")
+_REPEATS = flags.DEFINE_integer("repeats", 60, "Timed repetitions per pass and library (after warm-up).")
 _MODE = flags.DEFINE_enum("mode", "bilinear", ["bilinear", "nearest", "bicubic"], "Sampling mode.")
-_PAUSE = flags.DEFINE_float("pause", 0.01, "Seconds of quiet before each timed call.")
+_BLOCK = flags.DEFINE_integer("block", 6, "Calls per library before switching to the other (the first is not timed).")
 _JSON = flags.DEFINE_string("json", None, "Also write the table as JSON to this file.")
 
 
@@ -39,13 +40,15 @@ def _parse(case: str):
   return n, h, w, c, ho, wo
 
 
-def _time(fn) -> float:
-  # A pause before each timed call lets the other library's worker threads stop spinning (libgomp's threads spin
-  # for a while after each parallel region), so neither library is timed while the other still holds a core.
-  time.sleep(_PAUSE.value)
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
+def _time_block(fn, calls: int) -> list[float]:
+  """Times `calls` consecutive calls, dropping the first: right after a switch the other library's worker threads
+  are still spinning (libgomp's spin for a while after each parallel region) and would be timed too."""
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times[1:]
 
 
 def _jax_passes(size, mode):
@@ -106,9 +109,9 @@ def main(argv):
         run_jax()
         torch_passes[name]()
       jax_times, torch_times = [], []
-      for _ in range(_REPEATS.value):
-        jax_times.append(_time(run_jax))
-        torch_times.append(_time(torch_passes[name]))
+      while len(jax_times) < _REPEATS.value:  # alternate blocks of calls, jax then torch
+        jax_times += _time_block(run_jax, _BLOCK.value)
+        torch_times += _time_block(torch_passes[name], _BLOCK.value)
       jax_ms, torch_ms = 1e3 * np.median(jax_times), 1e3 * np.median(torch_times)
       rows.append(dict(case=case, pass_=name, jax_ms=jax_ms, torch_ms=torch_ms, ratio=jax_ms / torch_ms))
 
