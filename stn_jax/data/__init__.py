@@ -1,0 +1,24 @@
+"""Distorted-MNIST data: real MNIST (tfds, an offline wheel, or local files) warped by stn_jax's own transforms.
+
+MNIST is by Yann LeCun and Corinna Cortes, licensed CC BY-SA 3.0.
+"""
+
+from stn_jax.data.distortions import NAMES, VARIANTS, distort
+from stn_jax.data.mnist import SPLITS, Mnist, MnistUnavailableError, default_data_dir, load_mnist
+from stn_jax.data.pipeline import DistortedMnist, eval_batches, to_float, train_batch, train_batches
+
+__all__ = [
+  "NAMES",
+  "SPLITS",
+  "VARIANTS",
+  "DistortedMnist",
+  "Mnist",
+  "MnistUnavailableError",
+  "default_data_dir",
+  "distort",
+  "eval_batches",
+  "load_mnist",
+  "to_float",
+  "train_batch",
+  "train_batches",
+]

@@ -1,0 +1,196 @@
+"""Distorted-MNIST variants, generated with stn_jax's own warps (jitted, vmapped).
+
+Every distortion is a pure function of (one 28x28 digit in [0, 1], a PRNG key); the key of example i of a split is
+`fold_in(fold_in(fold_in(PRNGKey(seed), split), epoch), i)`, so an image depends only on (seed, split, epoch, index).
+Exact parameters (normalised units span [-1, 1] across the output image, so 1 px = 2 / size):
+
+  seed40  40x40  the seed project's recipe: digit zero-padded to 40x40; rotation U(-30, 30) deg, shear U(-0.05, 0.05)
+                 rad (matrix [[1, -sin s], [0, cos s]]), isotropic zoom U(0.95, 1.05), shift U(-25, 25) % of the side
+                 per axis (+-10 px); bilinear, zero fill.
+  R      32x32  digit padded to 32x32, rotation U(-90, 90) deg.
+  RTS    42x42  digit padded to 42x42, rotation U(-45, 45) deg, scale U(0.7, 1.2), placement U(-7, 7) px per axis.
+  P      32x32  digit padded to 32x32, isotropic scale U(0.75, 1.0), then each of the four image corners moved by
+                 N(0, 0.1^2) per coordinate (normalised; ~1.6 px); the homography through the moved corners.
+  E      32x32  digit padded to 32x32; elastic warping (Simard et al. 2003): per-pixel displacements U(-1, 1) smoothed
+                 by a Gaussian of sigma 4 px and scaled by alpha = 34 px.
+  TC     60x60  the digit translated to a uniformly random position inside a 60x60 image, over clutter: 8 random 6x6
+                 crops (from the central 20x20) of random digits of the same split, each at a uniformly random
+                 position; pixelwise maximum.
+
+The content transform A (where a point of the digit goes) is sampled; the sampler reads output -> input, so the
+warp uses its inverse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stn_jax import grids, sampling, transforms
+
+SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  name: str
+  size: int
+  description: str
+
+
+VARIANTS = {
+  "seed40": Variant("seed40", 40, "the seed's rotation / shear / zoom / shift on 40x40"),
+  "R": Variant("R", 32, "rotation +-90 deg"),
+  "RTS": Variant("RTS", 42, "rotation +-45 deg, scale 0.7-1.2, placement in 42x42"),
+  "P": Variant("P", 32, "projective: corners perturbed"),
+  "E": Variant("E", 32, "elastic warping"),
+  "TC": Variant("TC", 60, "translated in 60x60 with clutter"),
+}
+NAMES = tuple(VARIANTS)
+
+
+def _pad(digit: jax.Array, size: int) -> jax.Array:
+  before = (size - 28) // 2
+  return jnp.pad(digit, ((before, size - 28 - before), (before, size - 28 - before)))
+
+
+def _warp_content(image: jax.Array, content: jax.Array) -> jax.Array:
+  """Moves the content of a (S, S) image by the affine map `content` (2, 3); zero fill."""
+  theta = transforms.invert_affine(content)
+  return sampling.grid_sample(image[..., None], grids.affine_grid(theta, image.shape))[..., 0]
+
+
+def _seed40(key, digit, _):
+  k = jax.random.split(key, 4)
+  deg = math.pi / 180
+  content = transforms.affine_theta(
+    rotation=jax.random.uniform(k[0], (), minval=-30 * deg, maxval=30 * deg),
+    shear=jax.random.uniform(k[1], (), minval=-0.05, maxval=0.05),
+    scale=jax.random.uniform(k[2], (), minval=0.95, maxval=1.05),
+    translation=jax.random.uniform(k[3], (2,), minval=-0.5, maxval=0.5),  # 25 % of the side = 0.5 normalised
+  )
+  return _warp_content(_pad(digit, 40), content)
+
+
+def _rotated(key, digit, _):
+  angle = jax.random.uniform(key, (), minval=-math.pi / 2, maxval=math.pi / 2)
+  return _warp_content(_pad(digit, 32), transforms.affine_theta(rotation=angle))
+
+
+def _rts(key, digit, _):
+  k = jax.random.split(key, 3)
+  content = transforms.affine_theta(
+    rotation=jax.random.uniform(k[0], (), minval=-math.pi / 4, maxval=math.pi / 4),
+    scale=jax.random.uniform(k[1], (), minval=0.7, maxval=1.2),
+    translation=jax.random.uniform(k[2], (2,), minval=-7.0, maxval=7.0) * (2.0 / 42),
+  )
+  return _warp_content(_pad(digit, 42), content)
+
+
+def _homography(source: jax.Array, target: jax.Array) -> jax.Array:
+  """The 3x3 H with H (target_k, 1) ~ (source_k, 1) for four point pairs (K=4, 2), by the 8x8 DLT system."""
+  x, y = target[:, 0], target[:, 1]
+  u, v = source[:, 0], source[:, 1]
+  zeros, ones = jnp.zeros(4), jnp.ones(4)
+  rows_u = jnp.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], -1)
+  rows_v = jnp.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], -1)
+  h = jnp.linalg.solve(jnp.concatenate([rows_u, rows_v]), jnp.concatenate([u, v]))
+  return jnp.concatenate([h, jnp.ones(1)]).reshape(3, 3)
+
+
+def _projective(key, digit, _):
+  k = jax.random.split(key, 2)
+  corners = jnp.array([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
+  scale = jax.random.uniform(k[0], (), minval=0.75, maxval=1.0)
+  moved = corners * scale + 0.1 * jax.random.normal(k[1], (4, 2))
+  matrix = _homography(source=corners, target=moved)  # output (moved) -> input (original) corners
+  image = _pad(digit, 32)
+  return sampling.grid_sample(image[..., None], grids.projective_grid(matrix, (32, 32)))[..., 0]
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
+  """(size, size) matrix applying a zero-padded 1-D Gaussian blur (rows sum to at most 1)."""
+  i = np.arange(size)
+  g = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
+  return (g / g.sum(axis=1, keepdims=True).max()).astype(np.float32)
+
+
+def _elastic(key, digit, _, *, alpha=34.0, sigma=4.0, size=32):
+  blur = jnp.asarray(_gaussian_matrix(size, sigma))
+  field = jax.random.uniform(key, (2, size, size), minval=-1.0, maxval=1.0)
+  smooth = blur @ field @ blur.T
+  displacement = jnp.moveaxis(alpha * smooth, 0, -1) * (2.0 / size)  # pixels -> normalised
+  grid = grids.identity_grid((size, size)) + displacement
+  return sampling.grid_sample(_pad(digit, size)[..., None], grid)[..., 0]
+
+
+def _cluttered(key, digit, others, *, size=60, pieces=8, piece=6):
+  k = jax.random.split(key, 4)
+  offset = jax.random.randint(k[0], (2,), 0, size - 28 + 1)
+  canvas = jnp.zeros((size, size))
+  sources = jax.random.randint(k[1], (pieces,), 0, others.shape[0])
+  crop_at = jax.random.randint(k[2], (pieces, 2), 4, 28 - 4 - piece + 1)  # from the central 20x20, where the ink is
+  place_at = jax.random.randint(k[3], (pieces, 2), 0, size - piece + 1)
+  for p in range(pieces):
+    crop = jax.lax.dynamic_slice(others[sources[p]], (crop_at[p, 0], crop_at[p, 1]), (piece, piece))
+    region = jax.lax.dynamic_slice(canvas, (place_at[p, 0], place_at[p, 1]), (piece, piece))
+    canvas = jax.lax.dynamic_update_slice(canvas, jnp.maximum(region, crop), (place_at[p, 0], place_at[p, 1]))
+  region = jax.lax.dynamic_slice(canvas, (offset[0], offset[1]), (28, 28))
+  return jax.lax.dynamic_update_slice(canvas, jnp.maximum(region, digit), (offset[0], offset[1]))
+
+
+_FUNCTIONS = {"seed40": _seed40, "R": _rotated, "RTS": _rts, "P": _projective, "E": _elastic, "TC": _cluttered}
+
+
+def example_keys(seed: int, split: str, epoch: int, indices) -> jax.Array:
+  """The PRNG key of each example: depends only on (seed, split, epoch, index)."""
+  base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_IDS[split]), epoch)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
+
+
+@functools.partial(jax.jit, static_argnames=("name",))
+def _distort_batch(name, keys, digits, others):
+  fn = _FUNCTIONS[name]
+  out = jax.vmap(lambda k, d: fn(k, d, others))(keys, digits.astype(jnp.float32) / 255.0)
+  return jnp.clip(jnp.round(out * 255.0), 0, 255).astype(jnp.uint8)
+
+
+def check_name(name: str) -> Variant:
+  if name not in VARIANTS:
+    raise ValueError(f"dataset must be one of {', '.join(map(repr, NAMES))}; got {name!r}.")
+  return VARIANTS[name]
+
+
+def distort(name: str, digits: np.ndarray, *, seed: int, split: str, epoch: int = 0, indices=None, chunk: int = 10_000):
+  """Distorts uint8 digits (N, 28, 28) into uint8 (N, S, S) images of variant `name`.
+
+  Args:
+    name: one of NAMES.
+    digits: the split's MNIST digits, uint8 (N, 28, 28); for TC also the source of the clutter.
+    seed, split, epoch: select the randomness (see the module docstring).
+    indices: which examples of the split to make (default: all); example i of the split is the same image whichever
+      other indices are asked for.
+    chunk: examples per jitted call (bounds memory).
+
+  Returns:
+    uint8 (len(indices), S, S).
+  """
+  check_name(name)
+  if split not in SPLIT_IDS:
+    raise ValueError(f"split must be one of {', '.join(map(repr, SPLIT_IDS))}; got {split!r}.")
+  digits = np.asarray(digits)
+  indices = np.arange(len(digits)) if indices is None else np.asarray(indices)
+  others = jnp.asarray(digits, jnp.float32) / 255.0 if name == "TC" else jnp.zeros((1, 28, 28))
+  out = []
+  for start in range(0, len(indices), chunk):
+    idx = indices[start : start + chunk]
+    keys = example_keys(seed, split, epoch, idx)
+    out.append(np.asarray(_distort_batch(name, keys, jnp.asarray(digits[idx]), others)))
+  size = VARIANTS[name].size
+  return np.concatenate(out) if out else np.zeros((0, size, size), np.uint8)

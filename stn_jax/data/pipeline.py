@@ -1,0 +1,130 @@
+"""Distorted-MNIST datasets for the trainer: step-indexed, resumable, shardable per process.
+
+A `DistortedMnist` holds one split of one variant as uint8 images. Training batches are a pure function of the step:
+epoch e = step // steps_per_epoch draws a permutation from (seed, e), and the batch is the step's slice of it, so a
+run resumed at step s sees exactly the batches an uninterrupted run would. With `fresh_each_epoch` the train split is
+distorted anew each epoch (from the same digits); otherwise, and always for validation and test, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+from stn_jax.data import distortions
+from stn_jax.data.mnist import Mnist
+
+
+@dataclasses.dataclass
+class DistortedMnist:
+  """One split of a distorted-MNIST variant.
+
+  Attributes:
+    name: the variant (distortions.NAMES).
+    split: 'train', 'validation' or 'test'.
+    digits, labels: the split's MNIST digits uint8 (N, 28, 28) and labels int32 (N,).
+    seed: the randomness of the distortions.
+    fresh_each_epoch: distort anew every epoch (train only).
+  """
+
+  name: str
+  split: str
+  digits: np.ndarray
+  labels: np.ndarray
+  seed: int
+  fresh_each_epoch: bool = False
+
+  def __post_init__(self):
+    distortions.check_name(self.name)
+    if self.fresh_each_epoch and self.split != "train":
+      raise ValueError(f"fresh_each_epoch applies to the train split only; got split={self.split!r}.")
+    self._epoch_images: tuple[int, np.ndarray] | None = None
+
+  @classmethod
+  def from_mnist(cls, mnist: Mnist, name: str, split: str, *, seed: int, fresh_each_epoch: bool = False):
+    digits, labels = mnist.split(split)
+    return cls(name, split, digits, labels, seed, fresh_each_epoch)
+
+  @property
+  def image_size(self) -> int:
+    return distortions.VARIANTS[self.name].size
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def images(self, epoch: int = 0) -> np.ndarray:
+    """uint8 (N, S, S) images of `epoch` (the same for every epoch unless `fresh_each_epoch`)."""
+    epoch = epoch if self.fresh_each_epoch else 0
+    if self._epoch_images is None or self._epoch_images[0] != epoch:
+      images = distortions.distort(self.name, self.digits, seed=self.seed, split=self.split, epoch=epoch)
+      self._epoch_images = (epoch, images)
+    return self._epoch_images[1]
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+  """uint8 (..., H, W) -> float32 (..., H, W, 1) in [0, 1]."""
+  return (np.asarray(images, np.float32) / 255.0)[..., None]
+
+
+def _check_sharding(batch_size: int, process_index: int, process_count: int) -> None:
+  if batch_size < 1 or process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(
+      f"need batch_size >= 1 and 0 <= process_index < process_count; got {batch_size}, {process_index}, {process_count}."
+    )
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} must divide evenly among {process_count} processes.")
+
+
+def train_batch(
+  dataset: DistortedMnist,
+  step: int,
+  batch_size: int,
+  *,
+  shuffle_seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> dict:
+  """The batch of training step `step` (this process's rows of the global batch).
+
+  Returns:
+    dict(image=float32 (B / P, S, S, 1) in [0, 1], label=int32 (B / P,)).
+  """
+  _check_sharding(batch_size, process_index, process_count)
+  steps_per_epoch = len(dataset) // batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset)} examples of {dataset.name}/{dataset.split}.")
+  epoch, within = divmod(step, steps_per_epoch)
+  order = np.random.default_rng([shuffle_seed, epoch]).permutation(len(dataset))
+  rows = order[within * batch_size : (within + 1) * batch_size]
+  local = batch_size // process_count
+  rows = rows[process_index * local : (process_index + 1) * local]
+  return {"image": to_float(dataset.images(epoch)[rows]), "label": dataset.labels[rows]}
+
+
+def train_batches(dataset: DistortedMnist, batch_size: int, *, shuffle_seed: int, start_step: int = 0, **sharding):
+  """Infinite iterator of `train_batch(dataset, step, ...)` from `start_step` on."""
+  step = start_step
+  while True:
+    yield train_batch(dataset, step, batch_size, shuffle_seed=shuffle_seed, **sharding)
+    step += 1
+
+
+def eval_batches(
+  dataset: DistortedMnist, batch_size: int, *, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict]:
+  """Every example once, in order, in batches of `batch_size` (this process's rows); the last batch is padded and
+  `mask` marks the real examples.
+
+  Yields:
+    dict(image=float32 (B / P, S, S, 1), label=int32 (B / P,), mask=bool (B / P,)).
+  """
+  _check_sharding(batch_size, process_index, process_count)
+  images = dataset.images()
+  local = batch_size // process_count
+  for start in range(0, len(dataset), batch_size):
+    rows = np.arange(start, start + batch_size)[process_index * local : (process_index + 1) * local]
+    mask = rows < len(dataset)
+    rows = np.where(mask, rows, 0)
+    yield {"image": to_float(images[rows]), "label": dataset.labels[rows], "mask": mask}
