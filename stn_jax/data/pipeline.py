@@ -71,7 +71,8 @@ def to_float(images: np.ndarray) -> np.ndarray:
 def _check_sharding(batch_size: int, process_index: int, process_count: int) -> None:
   if batch_size < 1 or process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(
-      f"need batch_size >= 1 and 0 <= process_index < process_count; got {batch_size}, {process_index}, {process_count}."
+      f"need batch_size >= 1 and 0 <= process_index < process_count; "
+      f"got {batch_size}, {process_index}, {process_count}."
     )
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} must divide evenly among {process_count} processes.")
