@@ -113,9 +113,10 @@ def _validated(arrays: dict, what: str) -> dict:
 
 def _split_train(train_images, train_labels, test_images, test_labels) -> dict:
   """60,000 canonical training digits -> the seed's 50,000 train / 10,000 validation."""
+  n = SPLIT_SIZES["train"]
   return {
-    "train": (train_images[:50_000], train_labels[:50_000]),
-    "validation": (train_images[50_000:], train_labels[50_000:]),
+    "train": (train_images[:n], train_labels[:n]),
+    "validation": (train_images[n:], train_labels[n:]),
     "test": (test_images, test_labels),
   }
 
@@ -138,6 +139,7 @@ def _write_cache(path: Path, arrays: dict, source: str) -> None:
       f.flush()
       os.fsync(f.fileno())
     _read_cache(Path(tmp))  # verify before it takes the real name
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -225,16 +227,21 @@ def load_from_tfds(data_dir: Path) -> dict:
   import tensorflow_datasets as tfds
 
   tfds_dir = str(data_dir / "tfds")
-  builder = tfds.builder("mnist", data_dir=tfds_dir)
-  prepared = builder.data_path.exists() and any(builder.data_path.iterdir())
-  if not prepared:
-    host = urlparse(getattr(type(builder), "URL", "")).hostname
+  try:  # prepared already (or mocked by tfds.testing.mock_data)
+    sources = {
+      split: tfds.data_source("mnist", split=split, data_dir=tfds_dir, download=False) for split in ("train", "test")
+    }
+  except Exception as e:
+    # Only try a download when the host answers: tfds's own retries take minutes to give up on a closed network.
+    host = urlparse(getattr(type(tfds.builder("mnist", data_dir=tfds_dir)), "URL", "")).hostname
     if host and not _host_answers(host):
-      raise ConnectionError(f"not prepared in {tfds_dir} and its download host {host} does not answer")
+      raise ConnectionError(f"not prepared in {tfds_dir} ({type(e).__name__}) and {host} does not answer") from None
+    sources = {
+      split: tfds.data_source("mnist", split=split, data_dir=tfds_dir, download=True) for split in ("train", "test")
+    }
   splits = {}
-  for split in ("train", "test"):
-    source = tfds.data_source("mnist", split=split, data_dir=tfds_dir, download=not prepared)
-    records = source.__getitems__(list(range(len(source))))
+  for split, source in sources.items():
+    records = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(r["image"]).reshape(28, 28) for r in records]).astype(np.uint8)
     labels = np.array([int(r["label"]) for r in records], np.int32)
     splits[split] = (images, labels)
