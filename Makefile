@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint format bench clean data
+.PHONY: install test lint format bench clean data train
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(INSTALLED): $(BIN)/python setup.cfg pyproject.toml constraints.txt
 	touch $@
 
 install: $(INSTALLED)
+
+# The seed's experiment (configs/default.py) into runs/default; gets MNIST on first use; resumes if interrupted.
+train: $(INSTALLED)
+	$(BIN)/python -m stn_jax.main --config=configs/default.py --workdir=runs/default
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests

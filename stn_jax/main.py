@@ -25,6 +25,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.getLogger().setLevel(logging.INFO)
+  # orbax logs every step of every save at INFO; keep its warnings only.
+  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)
   config = flags.FLAGS.config
   train.validate_config(config)  # before any work starts
   logging.info("process %d of %d; devices: %s", jax.process_index(), jax.process_count(), jax.devices())

@@ -71,6 +71,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.model.stn_output_size must be () or (height, width) > 0; got {tuple(size)!r}.")
 
 
+def load_config_file(path: str | os.PathLike, *args) -> ml_collections.ConfigDict:
+  """Imports a config file (e.g. configs/default.py) by path and returns its get_config(*args)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(f"_stn_config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
+
+
 def config_to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
 
@@ -242,6 +252,26 @@ def _to_abstract(tree):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+class _Clock:
+  """Training wall time, without evaluation and checkpointing, carried across resumes."""
+
+  def __init__(self, total: float, step: int):
+    self.total = total
+    self._start = time.perf_counter()
+    self._step = step
+
+  def lap(self, step: int) -> float:
+    """Adds the time since the last lap or pause; returns the steps per second over it."""
+    now = time.perf_counter()
+    elapsed, self._start = now - self._start, now
+    self.total += elapsed
+    steps, self._step = step - self._step, step
+    return steps / max(elapsed, 1e-9)
+
+  def pause(self) -> None:
+    self._start = time.perf_counter()
+
+
 def load_datasets(config):
   mnist = data_lib.load_mnist(
     data_dir=config.dataset.data_dir, source=config.dataset.source, path=config.dataset.mnist_path
@@ -314,28 +344,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       figures.save_grid_overlay(sample, grids, workdir / "figures" / f"grids_{tag}.png")
 
   total = config.num_train_steps
-  interval_start, interval_steps = time.perf_counter(), 0
+  clock = _Clock(train_time, start_step)
   for step in range(start_step, total):
     batch = data_lib.train_batch(train_set, step, config.batch_size, shuffle_seed=config.seed)
     params, opt_state, accum = train_step(params, opt_state, accum, batch, step)
-    interval_steps += 1
     done = step + 1
     if done % config.log_every_steps == 0 or done == total:
       jax.block_until_ready(params)
-      elapsed = time.perf_counter() - interval_start
-      train_time += elapsed
-      rate = interval_steps / max(elapsed, 1e-9)
+      rate = clock.lap(done)
       a = jax.device_get(accum)
-      log.info(
-        "step %d/%d  loss %.4f  steps/s %.1f  ETA %.0f s",
-        done,
-        total,
-        a["loss"] / max(a["count"], 1),
-        rate,
-        (total - done) / rate,
-      )
-      interval_start, interval_steps = time.perf_counter(), 0
+      loss = a["loss"] / max(a["count"], 1)
+      log.info("step %d/%d  loss %.4f  steps/s %.1f  ETA %.0f s", done, total, loss, rate, (total - done) / rate)
     if done % config.eval_every_steps == 0 or done == total:
+      jax.block_until_ready(params)
+      clock.lap(done)
       a = jax.device_get(accum)
       val = evaluate(eval_step, params, datasets["validation"], config.eval_batch_size)
       row = {
@@ -344,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         "train_accuracy": float(a["accuracy"] / max(a["count"], 1)),
         "val_loss": val["loss"],
         "val_accuracy": val["accuracy"],
-        "steps_per_sec": done / max(train_time, 1e-9),
+        "steps_per_sec": done / max(clock.total, 1e-9),
       }
       history.append(row)
       with open(metrics_path, "a") as f:
@@ -356,10 +378,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       log.info("eval at step %d: %s", done, {k: round(v, 4) for k, v in row.items() if k != "step"})
       save_figures(params, f"step{done:06d}")
       accum = jax.tree.map(jnp.zeros_like, accum)
+      clock.pause()  # evaluation is not training time
     if done % config.checkpoint_every_steps == 0 or done == total:
-      state = {"params": params, "opt_state": opt_state, "accum": accum, "train_time": jnp.asarray(train_time)}
+      jax.block_until_ready(params)
+      clock.lap(done)
+      state = {"params": params, "opt_state": opt_state, "accum": accum, "train_time": jnp.asarray(clock.total)}
       manager.save(done, args=ocp.args.StandardSave(state))
       manager.wait_until_finished()
+      clock.pause()
+  train_time = clock.total
   manager.wait_until_finished()
   manager.close()
 

@@ -1,0 +1,75 @@
+"""Models: shapes, the identity initialisation, and the paper's four model families by config."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import stn_jax
+from configs import default
+from stn_jax import models
+
+
+def _model(in_size=32, **overrides):
+  config = default.get_config()
+  for key, value in overrides.items():
+    setattr(config.model, key, value)
+  return models.create_model(config.model, (in_size, in_size, 1), seed=0)
+
+
+@pytest.mark.parametrize("transform", models.TRANSFORMS)
+@pytest.mark.parametrize("classifier", models.CLASSIFIERS)
+def test_logits_shape_for_every_transform_and_classifier(transform, classifier):
+  model = _model(transform=transform, classifier=classifier, cnn_hidden=(64,))
+  x = jnp.asarray(np.random.default_rng(0).random((3, 32, 32, 1)), jnp.float32)
+  assert model(x).shape == (3, 10)
+  assert (model.transformer is None) == (transform == "none")
+
+
+@pytest.mark.parametrize("transform", ["affine", "projective", "tps", "attention"])
+@pytest.mark.parametrize("localization", models.LOCALIZATIONS)
+def test_untrained_transformer_returns_its_input(transform, localization):
+  model = _model(transform=transform, localization=localization)
+  x = jnp.asarray(np.random.default_rng(1).random((4, 32, 32, 1)), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(model.transformer(x)), np.asarray(x))
+  theta, _ = model.transformer.params_and_grid(x)
+  identity = stn_jax.identity_params(transform, batch_shape=(4,))
+  np.testing.assert_array_equal(np.asarray(theta), np.asarray(identity))
+  # Training mode (dropout on) changes nothing at initialisation: the final kernel is zero.
+  trained = model.transformer(x, train=True, rngs=jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(trained), np.asarray(x))
+
+
+def test_output_size_resamples_the_whole_input():
+  model = _model(in_size=60, stn_output_size=(40, 40))
+  x = jnp.asarray(np.random.default_rng(2).random((2, 60, 60, 1)), jnp.float32)
+  out = model.transformer(x)
+  assert out.shape == (2, 40, 40, 1)
+  expected = stn_jax.grid_sample(x, jnp.broadcast_to(stn_jax.identity_grid((40, 40)), (2, 40, 40, 2)))
+  np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-6)
+  assert model(x).shape == (2, 10)
+
+
+def test_localization_final_layer_is_zero_kernel_identity_bias_and_unsquashed():
+  model = _model()
+  out = model.transformer.localization.out
+  np.testing.assert_array_equal(np.asarray(out.kernel.value), 0.0)
+  np.testing.assert_array_equal(np.asarray(out.bias.value), np.eye(2, 3).reshape(6))
+  # Nothing squashes theta: a large bias passes through unchanged.
+  out.bias.value = out.bias.value * 3.0
+  x = jnp.ones((1, 32, 32, 1))
+  np.testing.assert_allclose(np.asarray(model.transformer.localization(x))[0], 3 * np.eye(2, 3), atol=1e-6)
+
+
+def test_seed_cnn_matches_the_seed_architecture():
+  model = _model(in_size=40, transform="none")
+  classifier = model.classifier
+  assert [c.kernel.value.shape for c in classifier.convs] == [(3, 3, 1, 16), (3, 3, 16, 16)]
+  assert classifier.dense[0].kernel.value.shape == (1600, 1024)  # 10 x 10 x 16 after two stride-2 convs
+  assert classifier.head.kernel.value.shape == (1024, 10)
+
+
+def test_fcn_and_cnn_baselines_can_match_the_st_parameter_budget():
+  st_fcn = models.count_params(_model(classifier="fcn"))
+  fcn = models.count_params(_model(classifier="fcn", transform="none"))
+  assert fcn < st_fcn  # the ST adds its localisation net; configs widen the baseline to match (see README)

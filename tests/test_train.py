@@ -1,0 +1,233 @@
+"""The training loop on a tiny config with synthetic digits: outputs, reproducibility, resume, validation, predict."""
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import default
+from stn_jax import data as data_lib
+from stn_jax import predict, train
+
+
+def _digits(rng, n):
+  """Synthetic 'digits': class k is a bar at a class-specific angle and position, so the task is learnable."""
+  labels = rng.integers(0, 10, n).astype(np.int32)
+  digits = np.zeros((n, 28, 28), np.uint8)
+  for i, k in enumerate(labels):
+    digits[i, 4 + 2 * k : 8 + 2 * k, 6:22] = 200 + rng.integers(0, 55)
+  return digits, labels
+
+
+@pytest.fixture(scope="module")
+def datasets():
+  rng = np.random.default_rng(0)
+  out = {}
+  for split, n in (("train", 96), ("validation", 40), ("test", 40)):
+    digits, labels = _digits(rng, n)
+    out[split] = data_lib.DistortedMnist("R", split, digits, labels, seed=0)
+  return out
+
+
+def _tiny_config(**overrides):
+  config = default.get_config()
+  config.dataset.name = "R"
+  config.batch_size = 16
+  config.num_train_steps = 12
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 4
+  config.log_every_steps = 4
+  config.eval_batch_size = 16
+  config.model.cnn_hidden = (32,)
+  config.optimizer.warmup_steps = 2
+  for key, value in overrides.items():
+    target = config
+    *path, last = key.split(".")
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return config
+
+
+def _without_timing(rows):
+  return [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in rows]
+
+
+def _metrics(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, datasets):
+  workdir = tmp_path_factory.mktemp("run")
+  results = train.train_and_evaluate(_tiny_config(), workdir, datasets=datasets)
+  return workdir, results
+
+
+def test_a_run_writes_everything(finished_run):
+  workdir, results = finished_run
+  rows = _metrics(workdir)
+  assert [r["step"] for r in rows] == [4, 8, 12]
+  for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "steps_per_sec"):
+    assert all(np.isfinite(r[key]) for r in rows), key
+  assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # it learns
+  saved = json.loads((workdir / "results.json").read_text())
+  assert saved == results
+  assert set(saved) >= {"test_accuracy", "test_loss", "test_error", "num_train_steps", "train_time_s"}
+  assert saved["test_error"] == pytest.approx(1 - saved["test_accuracy"])
+  assert json.loads((workdir / "config.json").read_text())["dataset"]["name"] == "R"
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  for name in ("transform_final.png", "grids_final.png", "curves.png", "transform_step000004.png"):
+    assert (workdir / "figures" / name).stat().st_size > 1000, name
+
+
+def test_same_config_gives_bitwise_the_same_run(finished_run, tmp_path, datasets):
+  workdir, results = finished_run
+  again = train.train_and_evaluate(_tiny_config(), tmp_path, datasets=datasets)
+  assert again["test_loss"] == results["test_loss"] and again["test_accuracy"] == results["test_accuracy"]
+  assert _without_timing(_metrics(tmp_path)) == _without_timing(_metrics(workdir))
+
+
+def test_an_interrupted_run_resumes_to_the_same_metrics(finished_run, tmp_path, datasets, monkeypatch):
+  workdir, results = finished_run
+  real_batch = data_lib.train_batch
+
+  def dies_at_step_10(dataset, step, *args, **kwargs):
+    if step == 10:
+      raise KeyboardInterrupt("killed")
+    return real_batch(dataset, step, *args, **kwargs)
+
+  monkeypatch.setattr(data_lib, "train_batch", dies_at_step_10)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(_tiny_config(), tmp_path, datasets=datasets)
+  monkeypatch.setattr(data_lib, "train_batch", real_batch)
+  # A kill can also leave a half-written metrics line behind.
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 12, "train_lo')
+  resumed = train.train_and_evaluate(_tiny_config(), tmp_path, datasets=datasets)
+  assert resumed["test_loss"] == results["test_loss"]
+  assert _without_timing(_metrics(tmp_path)) == _without_timing(_metrics(workdir))
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path, datasets, caplog):
+  workdir, results = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  newest = copy / "checkpoints" / "12"
+  for f in newest.rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  with caplog.at_level(logging.WARNING):
+    again = train.train_and_evaluate(_tiny_config(), copy, datasets=datasets)
+  assert "unreadable" in caplog.text and "step 12" in caplog.text
+  assert again["test_loss"] == results["test_loss"]
+
+
+def test_a_workdir_of_another_config_is_never_clobbered(finished_run, datasets):
+  workdir, _ = finished_run
+  before = (workdir / "metrics.jsonl").read_text()
+  with pytest.raises(train.WorkdirConflictError, match=r"learning_rate: 0\.001 -> 0\.5"):
+    train.train_and_evaluate(_tiny_config(learning_rate=0.5), workdir, datasets=datasets)
+  assert (workdir / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize(
+  ("overrides", "words"),
+  [
+    ({"dataset.name": "mnist"}, ["config.dataset.name", "'mnist'", "'seed40'", "'TC'"]),
+    ({"model.transform": "rigid"}, ["config.model.transform", "'rigid'", "'affine'", "'none'"]),
+    ({"model.classifier": "resnet"}, ["config.model.classifier", "'resnet'", "'cnn'", "'fcn'"]),
+    ({"batch_size": 0}, ["config.batch_size", "positive", "0"]),
+    ({"num_train_steps": -5}, ["config.num_train_steps", "positive", "-5"]),
+    ({"optimizer.name": "lamb"}, ["config.optimizer.name", "'lamb'", "'sgd'"]),
+  ],
+)
+def test_invalid_configs_fail_before_any_work(overrides, words, tmp_path):
+  with pytest.raises(ValueError) as info:
+    train.train_and_evaluate(_tiny_config(**overrides), tmp_path / "w")
+  for word in words:
+    assert word in str(info.value), (word, str(info.value))
+  assert not (tmp_path / "w").exists()
+
+
+def test_optimizers_and_schedules_build_and_step(datasets, tmp_path):
+  for i, overrides in enumerate(
+    [
+      {
+        "optimizer.name": "sgd",
+        "optimizer.schedule": "step",
+        "optimizer.decay_steps": (6,),
+        "optimizer.weight_decay": 1e-4,
+      },
+      {"optimizer.schedule": "constant", "optimizer.grad_clip_norm": 1.0, "optimizer.weight_decay": 1e-4},
+    ]
+  ):
+    config = _tiny_config(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4, **overrides)
+    results = train.train_and_evaluate(config, tmp_path / str(i), datasets=datasets)
+    assert np.isfinite(results["test_loss"])
+
+
+def test_misspelt_config_key_is_named_by_the_entry_point(tmp_path):
+  command = [
+    sys.executable,
+    "-m",
+    "stn_jax.main",
+    "--config=configs/default.py",
+    f"--workdir={tmp_path}",
+    "--config.lerning_rate=0.1",
+  ]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert "lerning_rate" in result.stderr
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_predict_on_a_saved_checkpoint(finished_run, datasets, tmp_path):
+  workdir, _ = finished_run
+  config, graphdef, params, step = predict.load_run(workdir)
+  assert step == 12
+  test = datasets["test"]
+  images = test.images()
+  npz = tmp_path / "in.npz"
+  np.savez(npz, images=images, labels=test.labels)
+  loaded, labels = predict.read_images(npz)
+  out = predict.predict(config, graphdef, params, loaded)
+  assert out["predictions"].shape == (len(images),) and out["probabilities"].shape == (len(images), 10)
+  np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, rtol=1e-5)
+  assert out["rectified"].shape == (len(images), 32, 32, 1) and out["theta"].shape == (len(images), 2, 3)
+  results = json.loads((workdir / "results.json").read_text())
+  assert np.mean(out["predictions"] == labels) == pytest.approx(results["test_accuracy"])
+  # float input in [0, 1] with a channel axis gives the same predictions
+  same = predict.predict(config, graphdef, params, predict.prepare_images(images.astype(np.float32)[..., None] / 255))
+  np.testing.assert_array_equal(same["predictions"], out["predictions"])
+  with pytest.raises(predict.PredictError, match=r"takes 32x32x1 images.*got 28x28x1"):
+    predict.predict(config, graphdef, params, np.zeros((2, 28, 28, 1), np.float32))
+
+
+def test_predict_cli_and_its_errors(finished_run, datasets, tmp_path):
+  workdir, _ = finished_run
+  from PIL import Image
+
+  png_dir = tmp_path / "pngs"
+  png_dir.mkdir()
+  for i, image in enumerate(datasets["test"].images()[:5]):
+    Image.fromarray(image).save(png_dir / f"{i:03d}.png")
+  out = tmp_path / "out.npz"
+  command = [sys.executable, "-m", "stn_jax.predict", f"--workdir={workdir}", f"--input={png_dir}", f"--output={out}"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  with np.load(out) as z:
+    assert z["predictions"].shape == (5,) and z["rectified"].shape == (5, 32, 32, 1)
+  again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert again.returncode != 0 and "exists" in again.stderr
+  with pytest.raises(predict.PredictError, match="no checkpoints"):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text((workdir / "config.json").read_text())
+    predict.load_run(tmp_path / "empty")
+  with pytest.raises(predict.PredictError, match="cannot read"):
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    predict.read_images(tmp_path / "bad.npz")
