@@ -3,8 +3,9 @@ r"""The seed's experiment: an affine ST-CNN on 40x40 distorted MNIST (seed40), t
   python -m stn_jax.main --config=configs/default.py --workdir=runs/default [--config.learning_rate=3e-4 ...]
 
 Differences from the seed, on purpose: the localisation net's output is not squashed by tanh (the seed starts from
-0.76 I and can never zoom out), the zoom of the data is random and isotropic, and training uses a cosine-decayed
-Adam at 1e-3 for 30 epochs instead of Adam at 1e-4 for hundreds of epochs.
+0.76 I and can never zoom out), the zoom of the data is random and isotropic, the train split is distorted afresh
+every epoch (distorted once, as the seed does, the same network overfits: 99.8 % train, 97.9 % validation), and
+training uses a cosine-decayed Adam at 1e-3 for 30 epochs instead of Adam at 1e-4 for hundreds of epochs.
 """
 
 import ml_collections
@@ -25,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "seed40"
   config.dataset.seed = 0  # the distortions (fixed across model seeds, so every run sees the same test set)
-  config.dataset.fresh_each_epoch = False  # the seed distorts once, offline
+  config.dataset.fresh_each_epoch = True  # the seed distorts once; that overfits (97.9 % val, see README)
   config.dataset.data_dir = config_dict.placeholder(str)  # default $STN_JAX_DATA_DIR or ~/.cache/stn_jax
   config.dataset.mnist_path = config_dict.placeholder(str)  # optional IDX directory / npz
   config.dataset.source = "auto"
