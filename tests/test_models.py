@@ -53,10 +53,10 @@ def test_output_size_resamples_the_whole_input():
 def test_localization_final_layer_is_zero_kernel_identity_bias_and_unsquashed():
   model = _model()
   out = model.transformer.localization.out
-  np.testing.assert_array_equal(np.asarray(out.kernel.value), 0.0)
-  np.testing.assert_array_equal(np.asarray(out.bias.value), np.eye(2, 3).reshape(6))
+  np.testing.assert_array_equal(np.asarray(out.kernel[...]), 0.0)
+  np.testing.assert_array_equal(np.asarray(out.bias[...]), np.eye(2, 3).reshape(6))
   # Nothing squashes theta: a large bias passes through unchanged.
-  out.bias.value = out.bias.value * 3.0
+  out.bias[...] = out.bias[...] * 3.0
   x = jnp.ones((1, 32, 32, 1))
   np.testing.assert_allclose(np.asarray(model.transformer.localization(x))[0], 3 * np.eye(2, 3), atol=1e-6)
 
@@ -64,9 +64,9 @@ def test_localization_final_layer_is_zero_kernel_identity_bias_and_unsquashed():
 def test_seed_cnn_matches_the_seed_architecture():
   model = _model(in_size=40, transform="none")
   classifier = model.classifier
-  assert [c.kernel.value.shape for c in classifier.convs] == [(3, 3, 1, 16), (3, 3, 16, 16)]
-  assert classifier.dense[0].kernel.value.shape == (1600, 1024)  # 10 x 10 x 16 after two stride-2 convs
-  assert classifier.head.kernel.value.shape == (1024, 10)
+  assert [c.kernel[...].shape for c in classifier.convs] == [(3, 3, 1, 16), (3, 3, 16, 16)]
+  assert classifier.dense[0].kernel[...].shape == (1600, 1024)  # 10 x 10 x 16 after two stride-2 convs
+  assert classifier.head.kernel[...].shape == (1024, 10)
 
 
 def test_fcn_and_cnn_baselines_can_match_the_st_parameter_budget():
