@@ -1,6 +1,7 @@
 """grid_sample against torch.nn.functional.grid_sample and scipy.ndimage, under jit / vmap / grad, and on bad input."""
 
 import itertools
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -24,16 +25,18 @@ def _value_and_grads(image, grid, cotangent, **options):
 @pytest.mark.parametrize(("mode", "padding_mode", "align_corners"), COMBOS)
 def test_matches_torch_values_and_gradients(mode, padding_mode, align_corners):
   helpers.torch_or_skip()
-  rng = np.random.default_rng(abs(hash((mode, padding_mode, align_corners))) % 2**32)
+  rng = np.random.default_rng(zlib.crc32(f"{mode}-{padding_mode}-{align_corners}".encode()))
   image = helpers.random_image(rng, (3, 7, 9, 2))
   grid = helpers.random_grid(rng, (3,), (6, 5), (7, 9), align_corners=align_corners)
   cotangent = helpers.random_image(rng, (3, 6, 5, 2))
   options = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
   ours = _value_and_grads(image, grid, cotangent, **options)
   reference = helpers.torch_grid_sample(image, grid, cotangent, **options)
+  # float32 rounding: bicubic sums 16 weighted taps (and their weights' derivatives), bilinear and nearest 4 or 1.
+  atol = 1e-5 if mode == "bicubic" else 2e-6
   for name, a, b in zip(("value", "image grad", "grid grad"), ours, reference, strict=True):
     scale = max(1.0, np.abs(b).max())
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6 * scale, err_msg=f"{name} differs from torch")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol * scale, err_msg=f"{name} differs from torch")
   if mode != "nearest":  # the grid gradient is really exercised, not zero everywhere
     assert np.abs(reference[2]).max() > 0.1
 
