@@ -46,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.cnn_pool = False
   config.model.cnn_hidden = (1024,)
   config.model.fcn_hidden = (128, 128)
+  # For baselines (transform='none'): widen the first hidden layer to the parameter count of this transform's model.
+  config.model.match_params_of = ""
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"  # adam | sgd

@@ -66,6 +66,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     side = round(config.model.num_control_points**0.5)
     if side < 2 or side * side != config.model.num_control_points:
       raise ValueError(f"config.model.num_control_points must be a perfect square >= 4; got {side}.")
+  if config.model.match_params_of and config.model.match_params_of not in models.TRANSFORMS[:-1]:
+    allowed = ", ".join(map(repr, models.TRANSFORMS[:-1]))
+    value = config.model.match_params_of
+    raise ValueError(f"config.model.match_params_of must be '' or one of {allowed}; got {value!r}.")
   size = config.model.stn_output_size
   if size and (len(size) != 2 or min(size) < 1):
     raise ValueError(f"config.model.stn_output_size must be () or (height, width) > 0; got {tuple(size)!r}.")

@@ -39,6 +39,12 @@ def identity_params(kind: str, *, batch_shape=(), num_control_points: int = 16, 
 
   These are also the biases of a localisation network's final layer initialised to the identity.
   """
+  p = identity_array(kind, num_control_points=num_control_points)
+  return jnp.broadcast_to(jnp.asarray(p, dtype), tuple(batch_shape) + p.shape)
+
+
+def identity_array(kind: str, *, num_control_points: int = 16) -> np.ndarray:
+  """`identity_params` of one image as a float64 numpy array (usable where JAX is tracing)."""
   shape = param_shape(kind, num_control_points=num_control_points)
   if kind == "affine":
     p = np.eye(2, 3)
@@ -48,7 +54,7 @@ def identity_params(kind: str, *, batch_shape=(), num_control_points: int = 16, 
     p = grids._lattice(num_control_points)
   else:
     p = np.array([1.0, 0.0, 0.0])
-  return jnp.broadcast_to(jnp.asarray(p.reshape(shape), dtype), tuple(batch_shape) + shape)
+  return p.reshape(shape)
 
 
 def affine_theta(*, rotation=0.0, shear=0.0, scale=1.0, scale_xy=None, translation=(0.0, 0.0), dtype=jnp.float32):

@@ -69,7 +69,19 @@ def test_seed_cnn_matches_the_seed_architecture():
   assert classifier.head.kernel[...].shape == (1024, 10)
 
 
-def test_fcn_and_cnn_baselines_can_match_the_st_parameter_budget():
-  st_fcn = models.count_params(_model(classifier="fcn"))
-  fcn = models.count_params(_model(classifier="fcn", transform="none"))
-  assert fcn < st_fcn  # the ST adds its localisation net; configs widen the baseline to match (see README)
+@pytest.mark.parametrize("classifier", models.CLASSIFIERS)
+@pytest.mark.parametrize("transform", ["affine", "tps"])
+def test_baselines_match_the_parameter_budget_of_their_st_version(classifier, transform):
+  st = models.count_params(_model(in_size=40, classifier=classifier, transform=transform, cnn_hidden=(256,)))
+  plain = models.count_params(_model(in_size=40, classifier=classifier, transform="none", cnn_hidden=(256,)))
+  matched_model = _model(
+    in_size=40, classifier=classifier, transform="none", match_params_of=transform, cnn_hidden=(256,)
+  )
+  matched = models.count_params(matched_model)
+  assert plain < st
+  # One unit of the widened layer adds (its inputs + 1 bias + the next layer's outputs) parameters: the match is
+  # within one unit.
+  dense = list(matched_model.classifier.dense) + [matched_model.classifier.head]
+  inputs, _ = dense[0].kernel[...].shape
+  unit = inputs + 1 + dense[1].kernel[...].shape[1]
+  assert abs(matched - st) <= unit, (matched, st, unit)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 
@@ -59,7 +59,7 @@ class FCNClassifier(nnx.Module):
   """flatten -> dense ReLU layers -> 10 logits (the paper's FCN has three weight layers: two hidden + output)."""
 
   def __init__(self, in_shape: Sequence[int], *, hidden: Sequence[int] = (128, 128), num_classes=10, rngs: nnx.Rngs):
-    width = int(jnp.prod(jnp.asarray(in_shape)))
+    width = math.prod(in_shape)
     dense = []
     for units in hidden:
       dense.append(nnx.Linear(width, units, rngs=rngs))

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 import stn_jax
+from stn_jax import transforms
 from stn_jax.models.classifiers import CNNClassifier, FCNClassifier
 
 TRANSFORMS = ("affine", "projective", "tps", "attention", "none")
@@ -107,7 +108,7 @@ class SpatialTransformer(nnx.Module):
     self.transform = transform
     self.out_size = tuple(out_size or in_shape[:2])
     self.align_corners = align_corners
-    identity = np.asarray(stn_jax.identity_params(transform, num_control_points=num_control_points))
+    identity = transforms.identity_array(transform, num_control_points=num_control_points)
     self.localization = LocalizationNet(
       in_shape, identity, kind=localization, hidden=loc_hidden, features=loc_features, dropout=loc_dropout, rngs=rngs
     )
@@ -140,17 +141,15 @@ def count_params(model: nnx.Module) -> int:
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def create_model(model_config, in_shape: Sequence[int], *, seed: int) -> STNClassifier:
-  """Builds the model a config's `model` section describes (see configs/default.py)."""
-  m = model_config
+def _build(m, in_shape, seed, *, transform, first_width=None) -> STNClassifier:
   rngs = nnx.Rngs(params=seed)
   transformer = None
   classifier_in = tuple(in_shape)
-  if m.transform != "none":
+  if transform != "none":
     out_size = tuple(m.stn_output_size) if m.stn_output_size else tuple(in_shape[:2])
     transformer = SpatialTransformer(
       in_shape,
-      transform=m.transform,
+      transform=transform,
       out_size=out_size,
       localization=m.localization,
       loc_hidden=tuple(m.loc_hidden),
@@ -160,6 +159,10 @@ def create_model(model_config, in_shape: Sequence[int], *, seed: int) -> STNClas
       rngs=rngs,
     )
     classifier_in = (*out_size, in_shape[2])
+
+  def widen(widths):
+    return (first_width, *widths[1:]) if first_width else tuple(widths)
+
   if m.classifier == "cnn":
     classifier = CNNClassifier(
       classifier_in,
@@ -167,9 +170,37 @@ def create_model(model_config, in_shape: Sequence[int], *, seed: int) -> STNClas
       kernel_size=m.cnn_kernel_size,
       strides=m.cnn_strides,
       pool=m.cnn_pool,
-      hidden=tuple(m.cnn_hidden),
+      hidden=widen(m.cnn_hidden),
       rngs=rngs,
     )
   else:
-    classifier = FCNClassifier(classifier_in, hidden=tuple(m.fcn_hidden), rngs=rngs)
+    classifier = FCNClassifier(classifier_in, hidden=widen(m.fcn_hidden), rngs=rngs)
   return STNClassifier(transformer, classifier)
+
+
+def _abstract_count(m, in_shape, transform, first_width=None) -> int:
+  abstract = nnx.eval_shape(lambda: _build(m, in_shape, 0, transform=transform, first_width=first_width))
+  return count_params(abstract)
+
+
+def budget_width(model_config, in_shape: Sequence[int]) -> int:
+  """The first hidden width that gives a baseline (`transform='none'`) the parameter count of the same config with
+  `model.match_params_of` as its transform (the paper compares models of equal size). The count is affine in that
+  width, so two evaluations give it exactly."""
+  m = model_config
+  target = _abstract_count(m, in_shape, m.match_params_of)
+  at_1, at_2 = (_abstract_count(m, in_shape, "none", w) for w in (1, 2))
+  return max(1, round(1 + (target - at_1) / (at_2 - at_1)))
+
+
+def create_model(model_config, in_shape: Sequence[int], *, seed: int) -> STNClassifier:
+  """Builds the model a config's `model` section describes (see configs/default.py).
+
+  With `transform='none'` and `match_params_of` set to a transform, the classifier's first hidden layer is widened so
+  that the baseline has as many parameters as its spatial-transformer counterpart.
+  """
+  m = model_config
+  width = None
+  if m.transform == "none" and m.get("match_params_of"):
+    width = budget_width(m, in_shape)
+  return _build(m, in_shape, seed, transform=m.transform, first_width=width)
