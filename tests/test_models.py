@@ -81,7 +81,7 @@ def test_baselines_match_the_parameter_budget_of_their_st_version(classifier, tr
   assert plain < st
   # One unit of the widened layer adds (its inputs + 1 bias + the next layer's outputs) parameters: the match is
   # within one unit.
-  dense = list(matched_model.classifier.dense) + [matched_model.classifier.head]
+  dense = [*matched_model.classifier.dense, matched_model.classifier.head]
   inputs, _ = dense[0].kernel[...].shape
   unit = inputs + 1 + dense[1].kernel[...].shape[1]
   assert abs(matched - st) <= unit, (matched, st, unit)
