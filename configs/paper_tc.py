@@ -1,0 +1,19 @@
+r"""The paper's translated-and-cluttered MNIST (TC, 60x60): FCN, CNN, ST-FCN and ST-CNN (affine), the transformer
+sampling a 40x40 output from the 60x60 input.
+
+  python experiments/sweep.py --config=configs/paper_tc.py --workdir=runs/tc
+"""
+
+from configs import paper_table1
+
+
+def get_config():
+  config = paper_table1.get_config()
+  config.dataset.name = "TC"
+  config.model.stn_output_size = (40, 40)
+  return config
+
+
+def sweep(add):
+  for name in ("FCN", "CNN", "ST-FCN-Aff", "ST-CNN-Aff"):
+    add(**{f"config.{k}": v for k, v in paper_table1.MODELS[name].items()})
