@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_batch_size = 1_000
   config.learning_rate = 1e-3
+  config.num_devices = 0  # data parallel over this many local devices; 0 = all
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "seed40"

@@ -162,9 +162,30 @@ def make_eval_step(graphdef):
   return eval_step
 
 
-def evaluate(eval_step, params, dataset, batch_size: int) -> dict:
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D mesh over the first `num_devices` devices (0: all of them), its one axis named 'data'."""
+  devices = jax.devices()
+  n = num_devices or len(devices)
+  if n > len(devices):
+    raise ValueError(f"config.num_devices={n} but only {len(devices)} devices are visible: {devices}.")
+  return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
+
+
+def shard_batch(mesh: jax.sharding.Mesh, batch: dict) -> dict:
+  """This process's rows of a global batch -> global arrays split over the mesh's 'data' axis."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def replicate(mesh: jax.sharding.Mesh, tree):
+  return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def evaluate(eval_step, params, dataset, batch_size: int, mesh: jax.sharding.Mesh | None = None) -> dict:
   totals = {"loss": 0.0, "correct": 0, "count": 0}
   for batch in data_lib.eval_batches(dataset, batch_size):
+    if mesh is not None:
+      batch = shard_batch(mesh, batch)
     out = jax.device_get(eval_step(params, batch))
     for k in totals:
       totals[k] += out[k]
@@ -247,8 +268,8 @@ def _restore_newest(manager: ocp.CheckpointManager, abstract) -> tuple[int, dict
   return None
 
 
-def _to_abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), tree)
+def _to_abstract(tree, sharding=None):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=sharding), tree)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -310,11 +331,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   _check_or_write_config(workdir, config)
   (workdir / "figures").mkdir(exist_ok=True)
   log.info("devices: %s", jax.devices())
+  mesh = make_mesh(config.num_devices)
+  if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
+    raise ValueError(
+      f"config.batch_size ({config.batch_size}) and config.eval_batch_size ({config.eval_batch_size}) must be "
+      f"multiples of the {mesh.size} devices."
+    )
+  log.info("data parallel over %d device(s): %s", mesh.size, list(mesh.devices.flat))
   datasets = datasets or load_datasets(config)
   train_set = datasets["train"]
   graphdef, params, tx = create_state(config, train_set.image_size)
   opt_state = tx.init(params)
   accum = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "count": jnp.zeros((), jnp.int32)}
+  params, opt_state, accum = replicate(mesh, (params, opt_state, accum))
   log.info("model: %d parameters", models.count_params(nnx.merge(graphdef, params)))
 
   manager = ocp.CheckpointManager(
@@ -323,7 +352,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   start_step = 0
   train_time = 0.0
   state = {"params": params, "opt_state": opt_state, "accum": accum, "train_time": jnp.zeros(())}
-  restored = _restore_newest(manager, _to_abstract(state))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  restored = _restore_newest(manager, _to_abstract(state, replicated))
   if restored is not None:
     start_step, state = restored
     params, opt_state, accum = state["params"], state["opt_state"], state["accum"]
@@ -350,7 +380,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   total = config.num_train_steps
   clock = _Clock(train_time, start_step)
   for step in range(start_step, total):
-    batch = data_lib.train_batch(train_set, step, config.batch_size, shuffle_seed=config.seed)
+    batch = data_lib.train_batch(
+      train_set,
+      step,
+      config.batch_size,
+      shuffle_seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+    batch = shard_batch(mesh, batch)
     params, opt_state, accum = train_step(params, opt_state, accum, batch, step)
     done = step + 1
     if done % config.log_every_steps == 0 or done == total:
@@ -363,7 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       jax.block_until_ready(params)
       clock.lap(done)
       a = jax.device_get(accum)
-      val = evaluate(eval_step, params, datasets["validation"], config.eval_batch_size)
+      val = evaluate(eval_step, params, datasets["validation"], config.eval_batch_size, mesh)
       row = {
         "step": done,
         "train_loss": float(a["loss"] / max(a["count"], 1)),
@@ -394,7 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   manager.wait_until_finished()
   manager.close()
 
-  test = evaluate(eval_step, params, datasets["test"], config.eval_batch_size)
+  test = evaluate(eval_step, params, datasets["test"], config.eval_batch_size, mesh)
   results = {
     "test_accuracy": test["accuracy"],
     "test_loss": test["loss"],

@@ -231,3 +231,21 @@ def test_predict_cli_and_its_errors(finished_run, datasets, tmp_path):
   with pytest.raises(predict.PredictError, match="cannot read"):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     predict.read_images(tmp_path / "bad.npz")
+
+
+def test_data_parallel_over_8_devices_matches_one_device(finished_run, tmp_path, datasets):
+  import jax
+
+  assert jax.device_count() == 8  # tests/conftest.py forces 8 CPU devices
+  workdir, results = finished_run  # trained over all 8 devices (num_devices=0)
+  single = train.train_and_evaluate(_tiny_config(num_devices=1), tmp_path, datasets=datasets)
+  assert single["test_loss"] == pytest.approx(results["test_loss"], rel=1e-4)
+  assert single["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1 / 40)
+  for a, b in zip(_metrics(tmp_path), _metrics(workdir), strict=True):
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_batch_must_divide_among_devices(tmp_path, datasets):
+  with pytest.raises(ValueError, match=r"config.batch_size \(12\).*multiples of the 8 devices"):
+    train.train_and_evaluate(_tiny_config(batch_size=12), tmp_path, datasets=datasets)
