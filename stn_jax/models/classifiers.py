@@ -9,6 +9,15 @@ import jax
 from flax import nnx
 
 
+def dense_stack(width: int, hidden: Sequence[int], *, rngs: nnx.Rngs) -> tuple[nnx.List, int]:
+  """Dense layers of the `hidden` widths on a `width`-wide input, and the width they end at."""
+  layers = []
+  for units in hidden:
+    layers.append(nnx.Linear(width, units, rngs=rngs))
+    width = units
+  return nnx.List(layers), width
+
+
 class CNNClassifier(nnx.Module):
   """conv (-> max-pool) blocks, then dense layers, then 10 logits.
 
@@ -37,11 +46,7 @@ class CNNClassifier(nnx.Module):
       if pool:
         h, w = h // 2, w // 2
     self.convs = nnx.List(convs)
-    dense, width = [], h * w * c
-    for units in hidden:
-      dense.append(nnx.Linear(width, units, rngs=rngs))
-      width = units
-    self.dense = nnx.List(dense)
+    self.dense, width = dense_stack(h * w * c, hidden, rngs=rngs)
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, **_) -> jax.Array:
@@ -59,12 +64,7 @@ class FCNClassifier(nnx.Module):
   """flatten -> dense ReLU layers -> 10 logits (the paper's FCN has three weight layers: two hidden + output)."""
 
   def __init__(self, in_shape: Sequence[int], *, hidden: Sequence[int] = (128, 128), num_classes=10, rngs: nnx.Rngs):
-    width = math.prod(in_shape)
-    dense = []
-    for units in hidden:
-      dense.append(nnx.Linear(width, units, rngs=rngs))
-      width = units
-    self.dense = nnx.List(dense)
+    self.dense, width = dense_stack(math.prod(in_shape), hidden, rngs=rngs)
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, **_) -> jax.Array:

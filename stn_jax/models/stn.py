@@ -16,7 +16,7 @@ from flax import nnx
 
 import stn_jax
 from stn_jax import transforms
-from stn_jax.models.classifiers import CNNClassifier, FCNClassifier
+from stn_jax.models.classifiers import CNNClassifier, FCNClassifier, dense_stack
 
 TRANSFORMS = ("affine", "projective", "tps", "attention", "none")
 LOCALIZATIONS = ("fcn", "cnn")
@@ -50,11 +50,7 @@ class LocalizationNet(nnx.Module):
         convs.append(nnx.Conv(c, f, (5, 5), padding="SAME", rngs=rngs))
         h, w, c = h // 2, w // 2, f
     self.convs = nnx.List(convs)
-    dense, width = [], h * w * c
-    for units in hidden:
-      dense.append(nnx.Linear(width, units, rngs=rngs))
-      width = units
-    self.dense = nnx.List(dense)
+    self.dense, width = dense_stack(h * w * c, hidden, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
     self.shape = identity.shape
     flat_identity = jnp.asarray(identity.reshape(-1), jnp.float32)
