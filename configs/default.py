@@ -24,6 +24,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 1e-3
   config.num_devices = 0  # data parallel over this many local devices; 0 = all
 
+  # Multi-host runs (see README): jax.distributed.initialize when asked or when a cluster is detected.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.initialize = "auto"  # auto | always | never
+  config.distributed.coordinator_address = config_dict.placeholder(str)
+  config.distributed.num_processes = config_dict.placeholder(int)
+  config.distributed.process_id = config_dict.placeholder(int)
+
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "seed40"
   config.dataset.seed = 0  # the distortions (fixed across model seeds, so every run sees the same test set)

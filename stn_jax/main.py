@@ -14,7 +14,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax import train
+from stn_jax import distributed, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, figures and results.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
@@ -30,6 +30,7 @@ def main(argv):
     handler.addFilter(lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)
   config = flags.FLAGS.config
   train.validate_config(config)  # before any work starts
+  distributed.maybe_initialize(config.distributed)
   logging.info("process %d of %d; devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   results = train.train_and_evaluate(config, _WORKDIR.value)
   print(f"test accuracy {results['test_accuracy']:.4f}; results, metrics and figures in {_WORKDIR.value}")

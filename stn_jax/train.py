@@ -40,6 +40,7 @@ _CHOICES = {
   "model.classifier": models.CLASSIFIERS,
   "optimizer.name": ("adam", "sgd"),
   "optimizer.schedule": ("constant", "cosine", "step"),
+  "distributed.initialize": ("auto", "always", "never"),
 }
 _POSITIVE = ("batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps", "log_every_steps")
 
@@ -177,16 +178,22 @@ def shard_batch(mesh: jax.sharding.Mesh, batch: dict) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
+def local_copy(tree):
+  """This process's copy of replicated (possibly multi-host) arrays, as numpy."""
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
+
+
 def replicate(mesh: jax.sharding.Mesh, tree):
   return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 def evaluate(eval_step, params, dataset, batch_size: int, mesh: jax.sharding.Mesh | None = None) -> dict:
   totals = {"loss": 0.0, "correct": 0, "count": 0}
-  for batch in data_lib.eval_batches(dataset, batch_size):
+  sharding = {"process_index": jax.process_index(), "process_count": jax.process_count()} if mesh else {}
+  for batch in data_lib.eval_batches(dataset, batch_size, **sharding):
     if mesh is not None:
       batch = shard_batch(mesh, batch)
-    out = jax.device_get(eval_step(params, batch))
+    out = local_copy(eval_step(params, batch))
     for k in totals:
       totals[k] += out[k]
   n = max(int(totals["count"]), 1)
@@ -211,7 +218,7 @@ class WorkdirConflictError(ValueError):
   """The workdir holds a run of another config."""
 
 
-def _check_or_write_config(workdir: Path, config) -> None:
+def _check_or_write_config(workdir: Path, config, *, write: bool = True) -> None:
   path = workdir / "config.json"
   text = config_to_json(config)
   if path.exists():
@@ -223,7 +230,8 @@ def _check_or_write_config(workdir: Path, config) -> None:
         "use another --workdir, or the same config to resume it."
       )
     return
-  _atomic_write(path, text)
+  if write:
+    _atomic_write(path, text)
 
 
 def _diff(old, new, prefix="") -> list[str]:
@@ -327,10 +335,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   validate_config(config)
   workdir = Path(workdir)
+  is_main = jax.process_index() == 0  # only process 0 writes logs, metrics, figures and results
   workdir.mkdir(parents=True, exist_ok=True)
-  _check_or_write_config(workdir, config)
+  _check_or_write_config(workdir, config, write=is_main)
   (workdir / "figures").mkdir(exist_ok=True)
-  log.info("devices: %s", jax.devices())
+  log.info("process %d of %d; devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   mesh = make_mesh(config.num_devices)
   if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
     raise ValueError(
@@ -357,21 +366,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if restored is not None:
     start_step, state = restored
     params, opt_state, accum = state["params"], state["opt_state"], state["accum"]
-    train_time = float(state["train_time"])
+    train_time = float(local_copy(state["train_time"]))
     log.info("resumed from the checkpoint at step %d", start_step)
   metrics_path = workdir / "metrics.jsonl"
   history = _read_metrics(metrics_path, start_step)
-  _atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+  writer = None
+  if is_main:
+    _atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+    from tensorboardX import SummaryWriter
 
-  from tensorboardX import SummaryWriter
-
-  writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step or None)
+    writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step or None)
   train_step = make_train_step(graphdef, tx, config.seed)
   eval_step = make_eval_step(graphdef)
   sample = next(data_lib.eval_batches(datasets["test"], 64))["image"]
 
   def save_figures(params, tag):
-    outputs, grids = transformer_outputs(graphdef, params, sample)
+    if not is_main:
+      return
+    outputs, grids = transformer_outputs(graphdef, local_copy(params), sample)
     if outputs is not None:
       title = f"{config.dataset.name}, {config.model.transform} ST-{config.model.classifier.upper()}, {tag}"
       figures.save_input_output_pair(sample, outputs, workdir / "figures" / f"transform_{tag}.png", title=title)
@@ -394,13 +406,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if done % config.log_every_steps == 0 or done == total:
       jax.block_until_ready(params)
       rate = clock.lap(done)
-      a = jax.device_get(accum)
+      a = local_copy(accum)
       loss = a["loss"] / max(a["count"], 1)
       log.info("step %d/%d  loss %.4f  steps/s %.1f  ETA %.0f s", done, total, loss, rate, (total - done) / rate)
     if done % config.eval_every_steps == 0 or done == total:
       jax.block_until_ready(params)
       clock.lap(done)
-      a = jax.device_get(accum)
+      a = local_copy(accum)
       val = evaluate(eval_step, params, datasets["validation"], config.eval_batch_size, mesh)
       row = {
         "step": done,
@@ -411,12 +423,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         "steps_per_sec": done / max(clock.total, 1e-9),
       }
       history.append(row)
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-      for key, value in row.items():
-        if key != "step":
-          writer.add_scalar(key, value, done)
-      writer.flush()
+      if is_main:
+        with open(metrics_path, "a") as f:
+          f.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+          if key != "step":
+            writer.add_scalar(key, value, done)
+        writer.flush()
       log.info("eval at step %d: %s", done, {k: round(v, 4) for k, v in row.items() if k != "step"})
       save_figures(params, f"step{done:06d}")
       accum = jax.tree.map(jnp.zeros_like, accum)
@@ -424,7 +437,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if done % config.checkpoint_every_steps == 0 or done == total:
       jax.block_until_ready(params)
       clock.lap(done)
-      state = {"params": params, "opt_state": opt_state, "accum": accum, "train_time": jnp.asarray(clock.total)}
+      elapsed = np.float32(clock.total)
+      if jax.process_count() > 1:  # a replicated value must agree on every process: take process 0's clock
+        from jax.experimental import multihost_utils
+
+        elapsed = np.float32(multihost_utils.broadcast_one_to_all(elapsed))
+      train_time_array = replicate(mesh, elapsed)
+      state = {"params": params, "opt_state": opt_state, "accum": accum, "train_time": train_time_array}
       manager.save(done, args=ocp.args.StandardSave(state))
       manager.wait_until_finished()
       clock.pause()
@@ -442,11 +461,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     "steps_per_sec": total / max(train_time, 1e-9),
     "num_params": models.count_params(nnx.merge(graphdef, params)),
   }
-  _atomic_write(workdir / "results.json", json.dumps(results, indent=2))
   save_figures(params, "final")
-  if history:
-    figures.save_curves(history, workdir / "figures" / "curves.png")
-  writer.add_scalar("test_accuracy", test["accuracy"], total)
-  writer.close()
+  if is_main:
+    _atomic_write(workdir / "results.json", json.dumps(results, indent=2))
+    if history:
+      figures.save_curves(history, workdir / "figures" / "curves.png")
+    writer.add_scalar("test_accuracy", test["accuracy"], total)
+    writer.close()
   log.info("test accuracy %.4f (error %.2f %%); results in %s", test["accuracy"], 100 * (1 - test["accuracy"]), workdir)
   return results

@@ -23,14 +23,18 @@ def _digits(rng, n):
   return digits, labels
 
 
-@pytest.fixture(scope="module")
-def datasets():
+def synthetic_datasets():
   rng = np.random.default_rng(0)
   out = {}
   for split, n in (("train", 96), ("validation", 40), ("test", 40)):
     digits, labels = _digits(rng, n)
     out[split] = data_lib.DistortedMnist("R", split, digits, labels, seed=0)
   return out
+
+
+@pytest.fixture(scope="module")
+def datasets():
+  return synthetic_datasets()
 
 
 def _tiny_config(**overrides):
@@ -249,3 +253,32 @@ def test_data_parallel_over_8_devices_matches_one_device(finished_run, tmp_path,
 def test_batch_must_divide_among_devices(tmp_path, datasets):
   with pytest.raises(ValueError, match=r"config.batch_size \(12\).*multiples of the 8 devices"):
     train.train_and_evaluate(_tiny_config(batch_size=12), tmp_path, datasets=datasets)
+
+
+def test_two_processes_with_jax_distributed_on_localhost(finished_run, tmp_path):
+  import os
+  import socket
+
+  _workdir, results = finished_run
+  with socket.socket() as probe:
+    probe.bind(("localhost", 0))
+    port = probe.getsockname()[1]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+  command = [sys.executable, "-m", "tests.two_process_worker"]
+  workers = [
+    subprocess.Popen(
+      [*command, str(i), str(port), str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for i in range(2)
+  ]
+  outputs = [w.communicate(timeout=600) for w in workers]
+  for worker, (_out, err) in zip(workers, outputs, strict=True):
+    assert worker.returncode == 0, err[-3000:]
+  reported = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert {r["process"] for r in reported} == {0, 1}
+  assert reported[0]["test_loss"] == reported[1]["test_loss"]
+  # Each process read only its half of every batch; together they train the same model as one process would.
+  assert reported[0]["test_loss"] == pytest.approx(results["test_loss"], rel=1e-4)
+  # Only process 0 wrote the metrics (once per evaluation) and the results.
+  assert [r["step"] for r in _metrics(tmp_path)] == [4, 8, 12]
+  assert json.loads((tmp_path / "results.json").read_text())["test_loss"] == reported[0]["test_loss"]
