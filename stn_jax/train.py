@@ -167,6 +167,8 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   """A 1-D mesh over the first `num_devices` devices (0: all of them), its one axis named 'data'."""
   devices = jax.devices()
   n = num_devices or len(devices)
+  if jax.process_count() > 1 and n != len(devices):
+    raise ValueError(f"config.num_devices must be 0 (all {len(devices)} devices) in a multi-host run; got {n}.")
   if n > len(devices):
     raise ValueError(f"config.num_devices={n} but only {len(devices)} devices are visible: {devices}.")
   return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
