@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -31,7 +30,6 @@ def main(argv):
   config = flags.FLAGS.config
   train.validate_config(config)  # before any work starts
   distributed.maybe_initialize(config.distributed)
-  logging.info("process %d of %d; devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   results = train.train_and_evaluate(config, _WORKDIR.value)
   print(f"test accuracy {results['test_accuracy']:.4f}; results, metrics and figures in {_WORKDIR.value}")
 
