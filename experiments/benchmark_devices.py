@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -45,7 +44,7 @@ def main(argv):
       continue
     mesh = train.make_mesh(n)
     graphdef, params, tx = train.create_state(config, 40)
-    accum = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "count": jnp.zeros((), jnp.int32)}
+    accum = train.zero_metric_sums()
     params, opt_state, accum = train.replicate(mesh, (params, tx.init(params), accum))
     step_fn = train.make_train_step(graphdef, tx, 0)
     sharded = train.shard_batch(mesh, batch)

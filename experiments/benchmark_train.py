@@ -72,7 +72,7 @@ def main(argv):
   state = {
     "params": params,
     "opt_state": tx.init(params),
-    "accum": {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "count": jnp.zeros((), jnp.int32)},
+    "accum": train.zero_metric_sums(),
   }
   step_fn = train.make_train_step(graphdef, tx, config.seed)
   batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}

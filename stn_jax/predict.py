@@ -39,12 +39,7 @@ def load_run(workdir: str | Path):
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   size = data_lib.VARIANTS[config.dataset.name].size
   graphdef, params, tx = train.create_state(config, size)
-  state = {
-    "params": params,
-    "opt_state": tx.init(params),
-    "accum": {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "count": jnp.zeros((), jnp.int32)},
-    "train_time": jnp.zeros(()),
-  }
+  state = train.checkpoint_state(params, tx.init(params))
   checkpoints = workdir / "checkpoints"
   if not checkpoints.exists():
     raise PredictError(f"{workdir} has no checkpoints yet: train first (python -m stn_jax.main ...).")

@@ -326,6 +326,18 @@ def create_state(config, image_size: int):
   return graphdef, params, tx
 
 
+def zero_metric_sums() -> dict:
+  """The running sums the train step accumulates between evaluations."""
+  return {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "count": jnp.zeros((), jnp.int32)}
+
+
+def checkpoint_state(params, opt_state, accum=None, train_time=None) -> dict:
+  """What a checkpoint holds; the layout train_and_evaluate saves and `predict` restores."""
+  accum = zero_metric_sums() if accum is None else accum
+  train_time = jnp.zeros(()) if train_time is None else train_time
+  return {"params": params, "opt_state": opt_state, "accum": accum, "train_time": train_time}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, datasets=None) -> dict:
   """Trains and evaluates the model `config` describes in `workdir`, resuming any run already there.
 
@@ -353,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   train_set = datasets["train"]
   graphdef, params, tx = create_state(config, train_set.image_size)
   opt_state = tx.init(params)
-  accum = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "count": jnp.zeros((), jnp.int32)}
+  accum = zero_metric_sums()
   params, opt_state, accum = replicate(mesh, (params, opt_state, accum))
   log.info("model: %d parameters", models.count_params(nnx.merge(graphdef, params)))
 
@@ -362,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   )
   start_step = 0
   train_time = 0.0
-  state = {"params": params, "opt_state": opt_state, "accum": accum, "train_time": jnp.zeros(())}
+  state = checkpoint_state(params, opt_state, accum)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   restored = _restore_newest(manager, _to_abstract(state, replicated))
   if restored is not None:
@@ -445,7 +457,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
         elapsed = np.float32(multihost_utils.broadcast_one_to_all(elapsed))
       train_time_array = replicate(mesh, elapsed)
-      state = {"params": params, "opt_state": opt_state, "accum": accum, "train_time": train_time_array}
+      state = checkpoint_state(params, opt_state, accum, train_time_array)
       manager.save(done, args=ocp.args.StandardSave(state))
       manager.wait_until_finished()
       clock.pause()
