@@ -140,11 +140,9 @@ def write_reports(root: Path, rows: list[dict], swept: list[str]) -> None:
   (root / "results.md").write_text("\n".join(lines) + "\n")
   done = [r for r in rows if "test_error" in r]
   if done:
-    import matplotlib
+    from stn_jax.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(done) + 2), 4))
     ax.bar(range(len(done)), [100 * r["test_error"] for r in done], color="tab:blue")
     ax.set_xticks(range(len(done)), [r["run"] for r in done], rotation=60, ha="right", fontsize=7)

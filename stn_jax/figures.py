@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -29,7 +30,7 @@ def _tile(images: np.ndarray, columns: int) -> np.ndarray:
 
 def save_input_output_pair(inputs: np.ndarray, outputs: np.ndarray, path: str | Path, *, title: str = "") -> None:
   """The seed's Fig 4 / Fig 5 side by side: distorted inputs and the transformer's outputs for the same digits."""
-  plt = _pyplot()
+  plt = pyplot()
   inputs, outputs = np.asarray(inputs)[..., 0], np.asarray(outputs)[..., 0]
   columns = int(np.ceil(np.sqrt(len(inputs))))
   fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
@@ -48,7 +49,7 @@ def save_input_output_pair(inputs: np.ndarray, outputs: np.ndarray, path: str | 
 
 def save_grid_overlay(inputs: np.ndarray, grids: np.ndarray, path: str | Path, *, count: int = 8, every: int = 4):
   """The sampling grid (normalised (x, y), align_corners=False) drawn over each input: where the output reads."""
-  plt = _pyplot()
+  plt = pyplot()
   inputs, grids = np.asarray(inputs)[:count, ..., 0], np.asarray(grids)[:count]
   fig, axes = plt.subplots(1, len(inputs), figsize=(2.2 * len(inputs), 2.4), squeeze=False)
   for ax, image, grid in zip(axes[0], inputs, grids, strict=True):
@@ -70,7 +71,7 @@ def save_grid_overlay(inputs: np.ndarray, grids: np.ndarray, path: str | Path, *
 
 def save_curves(metrics: list[dict], path: str | Path) -> None:
   """Loss and accuracy of train and validation against the step."""
-  plt = _pyplot()
+  plt = pyplot()
   steps = [m["step"] for m in metrics]
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
   for ax, key in zip(axes, ("loss", "accuracy"), strict=True):

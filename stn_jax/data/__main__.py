@@ -29,11 +29,9 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out / --preview if
 
 def preview_figure(images: np.ndarray, labels: np.ndarray, path: str, *, title: str = "", columns: int = 8) -> None:
   """Saves a grid of up to 64 images with their labels."""
-  import matplotlib
+  from stn_jax.figures import pyplot
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   n = min(len(images), 64)
   rows = -(-n // columns)
   fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25 + 0.4), squeeze=False)
