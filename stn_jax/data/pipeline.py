@@ -78,6 +78,12 @@ def _check_sharding(batch_size: int, process_index: int, process_count: int) -> 
     raise ValueError(f"batch_size {batch_size} must divide evenly among {process_count} processes.")
 
 
+def _process_rows(rows: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+  """This process's contiguous share of a global batch's rows."""
+  local = len(rows) // process_count
+  return rows[process_index * local : (process_index + 1) * local]
+
+
 def train_batch(
   dataset: DistortedMnist,
   step: int,
@@ -99,8 +105,7 @@ def train_batch(
   epoch, within = divmod(step, steps_per_epoch)
   order = np.random.default_rng([shuffle_seed, epoch]).permutation(len(dataset))
   rows = order[within * batch_size : (within + 1) * batch_size]
-  local = batch_size // process_count
-  rows = rows[process_index * local : (process_index + 1) * local]
+  rows = _process_rows(rows, process_index, process_count)
   return {"image": to_float(dataset.images(epoch)[rows]), "label": dataset.labels[rows]}
 
 
@@ -123,9 +128,8 @@ def eval_batches(
   """
   _check_sharding(batch_size, process_index, process_count)
   images = dataset.images()
-  local = batch_size // process_count
   for start in range(0, len(dataset), batch_size):
-    rows = np.arange(start, start + batch_size)[process_index * local : (process_index + 1) * local]
+    rows = _process_rows(np.arange(start, start + batch_size), process_index, process_count)
     mask = rows < len(dataset)
     rows = np.where(mask, rows, 0)
     yield {"image": to_float(images[rows]), "label": dataset.labels[rows], "mask": mask}
