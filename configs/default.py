@@ -14,7 +14,11 @@ from ml_collections import config_dict
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seed = 0  # model init, dropout and data order
+  config.num_seeds = 1  # K > 1 trains K models (seeds seed .. seed + K - 1) in one jitted step
+  # How that step maps over the K models: vmap | unroll (K copies side by side; faster on CPU, where a vmapped
+  # convolution with per-model weights is a slow grouped convolution) | auto (unroll on CPU, vmap elsewhere).
+  config.seed_mapping = "auto"
   config.batch_size = 128
   config.num_train_steps = 11_700  # 30 epochs of the 50,000 train digits
   config.eval_every_steps = 1_170

@@ -37,16 +37,22 @@ def _strip(key: str) -> str:
 
 
 def load_sweep(config_path: str | Path) -> tuple[object, list[dict]]:
-  """The config file's get_config() and the override dicts its sweep(add) produces (one empty dict without one)."""
+  """The config file's get_config([arg]) and the override dicts its sweep(add) produces (one empty dict without one).
+
+  `config_path` may end in ':arg' (ml_collections' convention), passed to get_config.
+  """
   import importlib.util
 
+  config_path, *arg = str(config_path).split(":", 1)
+  if not Path(config_path).is_file():
+    raise FileNotFoundError(f"--config: no config file {config_path!r}.")
   spec = importlib.util.spec_from_file_location(f"_sweep_{Path(config_path).stem}", config_path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   runs: list[dict] = []
   if hasattr(module, "sweep"):
     module.sweep(lambda **overrides: runs.append({_strip(k): v for k, v in overrides.items()}))
-  return module.get_config(), runs or [{}]
+  return module.get_config(*arg), runs or [{}]
 
 
 def parse_grid(options: list[str]) -> list[dict]:
@@ -121,7 +127,7 @@ def run_one(config_path: str, root: Path, overrides: dict) -> dict:
 
 
 def write_reports(root: Path, rows: list[dict], swept: list[str]) -> None:
-  columns = ["run", *swept, "test_accuracy", "test_error", "train_time_s", "status"]
+  columns = ["run", *swept, "test_accuracy", "test_error", "test_error_std", "num_seeds", "train_time_s", "status"]
   with open(root / "results.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
@@ -129,7 +135,7 @@ def write_reports(root: Path, rows: list[dict], swept: list[str]) -> None:
 
   def cell(row, column):
     value = row.get(column, "")
-    if column in ("test_accuracy", "test_error") and value != "":
+    if column in ("test_accuracy", "test_error", "test_error_std") and value != "":
       return f"{100 * value:.2f} %"
     if column == "train_time_s" and value != "":
       return f"{value:.0f}"
@@ -144,7 +150,8 @@ def write_reports(root: Path, rows: list[dict], swept: list[str]) -> None:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(done) + 2), 4))
-    ax.bar(range(len(done)), [100 * r["test_error"] for r in done], color="tab:blue")
+    spread = [100 * r.get("test_error_std", 0.0) for r in done]
+    ax.bar(range(len(done)), [100 * r["test_error"] for r in done], yerr=spread, color="tab:blue", capsize=2)
     ax.set_xticks(range(len(done)), [r["run"] for r in done], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("test error (%)")
     fig.tight_layout()

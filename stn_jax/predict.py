@@ -1,6 +1,6 @@
 r"""Classifies images with a trained run's newest checkpoint.
 
-  python -m stn_jax.predict --workdir=DIR --input=FILE.npz|DIR_OF_PNGS --output=FILE.npz [--overwrite]
+  python -m stn_jax.predict --workdir=DIR --input=FILE.npz|DIR_OF_PNGS --output=FILE.npz [--overwrite] [--seed_index=K]
 
 Input: an .npz with `images` (N, H, W) or (N, H, W, C), uint8 or float in [0, 1] (and optionally `labels`), or a
 directory of PNG files (read as grayscale, in sorted order). Output .npz: `predictions` (N,), `probabilities` (N, 10),
@@ -30,16 +30,21 @@ class PredictError(ValueError):
   """Bad input or workdir, with a message that says what is wrong."""
 
 
-def load_run(workdir: str | Path):
-  """(config, graphdef, params, step) of the newest intact checkpoint in `workdir`."""
+def load_run(workdir: str | Path, seed_index: int = 0):
+  """(config, graphdef, params, step) of the newest intact checkpoint in `workdir`; of model `seed_index` in a run
+  of config.num_seeds > 1."""
   workdir = Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.exists():
     raise PredictError(f"{workdir} has no config.json: not a training workdir.")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   size = data_lib.VARIANTS[config.dataset.name].size
+  num_seeds = config.get("num_seeds", 1)
+  if not 0 <= seed_index < num_seeds:
+    raise PredictError(f"seed_index must be in [0, {num_seeds}) for this run of {num_seeds} seed(s); got {seed_index}.")
   graphdef, params, tx = train.create_state(config, size)
-  state = train.checkpoint_state(params, tx.init(params))
+  opt_state = train.init_optimizer_state(tx, params, num_seeds)
+  state = train.checkpoint_state(params, opt_state, num_seeds=num_seeds)
   checkpoints = workdir / "checkpoints"
   if not checkpoints.exists():
     raise PredictError(f"{workdir} has no checkpoints yet: train first (python -m stn_jax.main ...).")
@@ -48,7 +53,7 @@ def load_run(workdir: str | Path):
   if restored is None:
     raise PredictError(f"{checkpoints} holds no readable checkpoint.")
   step, state = restored
-  return config, graphdef, state["params"], step
+  return config, graphdef, train.seed_slice(state["params"], seed_index, num_seeds), step
 
 
 def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -126,7 +131,7 @@ def main(argv):
   if Path(options.output).exists() and not options.overwrite:
     sys.exit(f"error: {options.output} exists; pass --overwrite to replace it")
   try:
-    config, graphdef, params, step = load_run(options.workdir)
+    config, graphdef, params, step = load_run(options.workdir, options.seed_index)
     images, labels = read_images(options.input)
     result = predict(config, graphdef, params, images)
   except PredictError as e:
@@ -143,6 +148,7 @@ def run():
   flags.DEFINE_string("input", None, "An .npz with `images` (and optionally `labels`) or a directory of PNGs.")
   flags.DEFINE_string("output", None, "Output .npz.")
   flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+  flags.DEFINE_integer("seed_index", 0, "Which model of a run with config.num_seeds > 1.")
   flags.mark_flags_as_required(["workdir", "input", "output"])
   app.run(main)
 

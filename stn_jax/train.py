@@ -41,8 +41,16 @@ _CHOICES = {
   "optimizer.name": ("adam", "sgd"),
   "optimizer.schedule": ("constant", "cosine", "step"),
   "distributed.initialize": ("auto", "always", "never"),
+  "seed_mapping": ("auto", "vmap", "unroll"),
 }
-_POSITIVE = ("batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps", "log_every_steps")
+_POSITIVE = (
+  "batch_size",
+  "num_seeds",
+  "num_train_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "log_every_steps",
+)
 
 
 def _get(config, dotted: str):
@@ -130,11 +138,40 @@ def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def make_train_step(graphdef, tx, seed: int):
-  """The pure, jitted update; (params, opt_state, accum) are donated."""
+def _over_seeds(fn, in_axes, how: str):
+  """`fn` mapped over the leading seed axis of the arguments whose in_axes is 0: jax.vmap ('vmap'), or K copies of
+  `fn` in the one program, their outputs stacked ('unroll')."""
+  if how == "vmap":
+    return jax.vmap(fn, in_axes=in_axes)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-  def train_step(params, opt_state, accum, batch, step):
+  def unrolled(*args):
+    num = next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes, strict=True) if axis == 0)
+    outs = [
+      fn(*[a if axis is None else jax.tree.map(lambda x, k=k: x[k], a) for a, axis in zip(args, in_axes, strict=True)])
+      for k in range(num)
+    ]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+  return unrolled
+
+
+def resolve_seed_mapping(how: str) -> str:
+  """'auto' -> 'unroll' on CPU (vmapped convolutions are slow there), 'vmap' on accelerators."""
+  if how != "auto":
+    return how
+  return "unroll" if jax.default_backend() == "cpu" else "vmap"
+
+
+def make_train_step(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap"):
+  """The pure, jitted update; (params, opt_state, accum) are donated.
+
+  With `num_seeds` = K > 1, params, opt_state, accum and the batch carry a leading axis of K independent models (seed
+  k's dropout is that of a run with seed + k) and one jitted step updates all of them, vmapped over the seed axis
+  (`seed_mapping='vmap'`) or as K copies of the step side by side in the program ('unroll': on XLA:CPU a vmapped
+  convolution with per-seed weights becomes a grouped convolution about 5x slower than K plain ones).
+  """
+
+  def one_step(params, opt_state, accum, batch, step, seed):
     dropout_key = jax.random.fold_in(jax.random.key(seed), step)
 
     def loss_fn(p):
@@ -148,19 +185,29 @@ def make_train_step(graphdef, tx, seed: int):
     accum = {"loss": accum["loss"] + loss, "accuracy": accum["accuracy"] + correct, "count": accum["count"] + 1}
     return params, opt_state, accum
 
+  seeds = seed + jnp.arange(num_seeds, dtype=jnp.uint32)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+  def train_step(params, opt_state, accum, batch, step):
+    if num_seeds == 1:
+      return one_step(params, opt_state, accum, batch, step, seed)
+    mapped = _over_seeds(one_step, (0, 0, 0, 0, None, 0), seed_mapping)
+    return mapped(params, opt_state, accum, batch, step, seeds)
+
   return train_step
 
 
-def make_eval_step(graphdef):
-  @jax.jit
-  def eval_step(params, batch):
+def make_eval_step(graphdef, num_seeds: int = 1, seed_mapping: str = "vmap"):
+  """Jitted sums of loss, correct and count over a masked batch; with K seeds, (K,) sums from one shared batch."""
+
+  def one_eval(params, batch):
     logits = nnx.merge(graphdef, params)(batch["image"])
     mask = batch["mask"]
     loss = jnp.where(mask, _cross_entropy(logits, batch["label"]), 0.0).sum()
     correct = jnp.where(mask, logits.argmax(-1) == batch["label"], False).sum()
     return {"loss": loss, "correct": correct, "count": mask.sum()}
 
-  return eval_step
+  return jax.jit(one_eval if num_seeds == 1 else _over_seeds(one_eval, (0, None), seed_mapping))
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
@@ -174,9 +221,13 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
 
 
-def shard_batch(mesh: jax.sharding.Mesh, batch: dict) -> dict:
-  """This process's rows of a global batch -> global arrays split over the mesh's 'data' axis."""
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+def shard_batch(mesh: jax.sharding.Mesh, batch: dict, *, seed_axis: bool = False) -> dict:
+  """This process's rows of a global batch -> global arrays split over the mesh's 'data' axis.
+
+  With `seed_axis`, the arrays are (K, rows, ...): one batch per seed, each split over 'data' along its rows.
+  """
+  spec = jax.sharding.PartitionSpec(None, "data") if seed_axis else jax.sharding.PartitionSpec("data")
+  sharding = jax.sharding.NamedSharding(mesh, spec)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
@@ -190,6 +241,7 @@ def replicate(mesh: jax.sharding.Mesh, tree):
 
 
 def evaluate(eval_step, params, dataset, batch_size: int, mesh: jax.sharding.Mesh | None = None) -> dict:
+  """Mean loss and accuracy over `dataset`: floats, or (K,) arrays for an eval step of K seeds."""
   totals = {"loss": 0.0, "correct": 0, "count": 0}
   sharding = {"process_index": jax.process_index(), "process_count": jax.process_count()} if mesh else {}
   for batch in data_lib.eval_batches(dataset, batch_size, **sharding):
@@ -198,8 +250,18 @@ def evaluate(eval_step, params, dataset, batch_size: int, mesh: jax.sharding.Mes
     out = local_copy(eval_step(params, batch))
     for k in totals:
       totals[k] += out[k]
-  n = max(int(totals["count"]), 1)
-  return {"loss": float(totals["loss"]) / n, "accuracy": float(totals["correct"]) / n}
+  n = np.maximum(np.asarray(totals["count"]), 1)
+  loss, accuracy = np.asarray(totals["loss"], np.float64) / n, np.asarray(totals["correct"], np.float64) / n
+  if loss.ndim == 0:
+    return {"loss": float(loss), "accuracy": float(accuracy)}
+  return {"loss": loss, "accuracy": accuracy}
+
+
+def seed_slice(tree, index: int, num_seeds: int):
+  """Model `index` of a K-seed state (the state itself when K = 1)."""
+  if num_seeds == 1:
+    return tree
+  return jax.tree.map(lambda a: a[index], tree)
 
 
 def transformer_outputs(graphdef, params, images):
@@ -287,6 +349,38 @@ def _to_abstract(tree, sharding=None):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def seed_batches(config, train_set, step: int) -> dict:
+  """This process's rows of step `step`'s batch; with K seeds, (K, rows, ...): seed k's data order is that of a run
+  with config.seed + k (the distortions, a function of config.dataset.seed, are shared)."""
+
+  def one(seed):
+    return data_lib.train_batch(
+      train_set,
+      step,
+      config.batch_size,
+      shuffle_seed=seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+
+  if config.num_seeds == 1:
+    return one(config.seed)
+  batches = [one(config.seed + k) for k in range(config.num_seeds)]
+  return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+
+
+def _seed_summary(name: str, values) -> dict:
+  """{name: value} for one seed; for K seeds {name: mean, name_std: sample std (ddof 1), name_per_seed: [...]}."""
+  values = np.asarray(values, np.float64)
+  if values.ndim == 0:
+    return {name: float(values)}
+  return {
+    name: float(values.mean()),
+    f"{name}_std": float(values.std(ddof=1)),
+    f"{name}_per_seed": [float(v) for v in values],
+  }
+
+
 class _Clock:
   """Training wall time, without evaluation and checkpointing, carried across resumes."""
 
@@ -320,20 +414,32 @@ def load_datasets(config):
 
 
 def create_state(config, image_size: int):
-  model = models.create_model(config.model, (image_size, image_size, 1), seed=config.seed)
-  graphdef, params = nnx.split(model)
-  tx = create_optimizer(config, params)
+  """(graphdef, params, optimiser) of the config's model; with config.num_seeds = K > 1 the params of K models,
+  initialised from seeds config.seed + k, stacked on a leading axis."""
+  num_seeds = config.get("num_seeds", 1)  # configs written before num_seeds existed
+  stacked = []
+  for k in range(num_seeds):
+    model = models.create_model(config.model, (image_size, image_size, 1), seed=config.seed + k)
+    graphdef, params = nnx.split(model)
+    stacked.append(params)
+  params = stacked[0] if num_seeds == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *stacked)
+  tx = create_optimizer(config, stacked[0])
   return graphdef, params, tx
 
 
-def zero_metric_sums() -> dict:
-  """The running sums the train step accumulates between evaluations."""
-  return {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "count": jnp.zeros((), jnp.int32)}
+def init_optimizer_state(tx, params, num_seeds: int = 1):
+  return tx.init(params) if num_seeds == 1 else jax.vmap(tx.init)(params)
 
 
-def checkpoint_state(params, opt_state, accum=None, train_time=None) -> dict:
+def zero_metric_sums(num_seeds: int = 1) -> dict:
+  """The running sums the train step accumulates between evaluations (one per seed when K > 1)."""
+  shape = () if num_seeds == 1 else (num_seeds,)
+  return {"loss": jnp.zeros(shape), "accuracy": jnp.zeros(shape), "count": jnp.zeros(shape, jnp.int32)}
+
+
+def checkpoint_state(params, opt_state, accum=None, train_time=None, *, num_seeds: int = 1) -> dict:
   """What a checkpoint holds; the layout train_and_evaluate saves and `predict` restores."""
-  accum = zero_metric_sums() if accum is None else accum
+  accum = zero_metric_sums(num_seeds) if accum is None else accum
   train_time = jnp.zeros(()) if train_time is None else train_time
   return {"params": params, "opt_state": opt_state, "accum": accum, "train_time": train_time}
 
@@ -363,18 +469,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   log.info("data parallel over %d device(s): %s", mesh.size, list(mesh.devices.flat))
   datasets = datasets or load_datasets(config)
   train_set = datasets["train"]
+  num_seeds = config.num_seeds
   graphdef, params, tx = create_state(config, train_set.image_size)
-  opt_state = tx.init(params)
-  accum = zero_metric_sums()
+  opt_state = init_optimizer_state(tx, params, num_seeds)
+  accum = zero_metric_sums(num_seeds)
   params, opt_state, accum = replicate(mesh, (params, opt_state, accum))
-  log.info("model: %d parameters", models.count_params(nnx.merge(graphdef, params)))
+  num_params = models.count_params(nnx.merge(graphdef, seed_slice(params, 0, num_seeds)))
+  log.info("model: %d parameters%s", num_params, f", {num_seeds} seeds in one program" if num_seeds > 1 else "")
 
   manager = ocp.CheckpointManager(
     (workdir / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True)
   )
   start_step = 0
   train_time = 0.0
-  state = checkpoint_state(params, opt_state, accum)
+  state = checkpoint_state(params, opt_state, accum, num_seeds=num_seeds)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   restored = _restore_newest(manager, _to_abstract(state, replicated))
   if restored is not None:
@@ -390,14 +498,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     from tensorboardX import SummaryWriter
 
     writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step or None)
-  train_step = make_train_step(graphdef, tx, config.seed)
-  eval_step = make_eval_step(graphdef)
+  seed_mapping = resolve_seed_mapping(config.seed_mapping)
+  if num_seeds > 1:
+    log.info("%d seeds per step, mapped by %s", num_seeds, seed_mapping)
+  train_step = make_train_step(graphdef, tx, config.seed, num_seeds, seed_mapping)
+  eval_step = make_eval_step(graphdef, num_seeds, seed_mapping)
   sample = next(data_lib.eval_batches(datasets["test"], 64))["image"]
 
   def save_figures(params, tag):
     if not is_main:
       return
-    outputs, grids = transformer_outputs(graphdef, local_copy(params), sample)
+    outputs, grids = transformer_outputs(graphdef, seed_slice(local_copy(params), 0, num_seeds), sample)
     if outputs is not None:
       title = f"{config.dataset.name}, {config.model.transform} ST-{config.model.classifier.upper()}, {tag}"
       figures.save_input_output_pair(sample, outputs, workdir / "figures" / f"transform_{tag}.png", title=title)
@@ -406,22 +517,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   total = config.num_train_steps
   clock = _Clock(train_time, start_step)
   for step in range(start_step, total):
-    batch = data_lib.train_batch(
-      train_set,
-      step,
-      config.batch_size,
-      shuffle_seed=config.seed,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
-    batch = shard_batch(mesh, batch)
+    batch = seed_batches(config, train_set, step)
+    batch = shard_batch(mesh, batch, seed_axis=num_seeds > 1)
     params, opt_state, accum = train_step(params, opt_state, accum, batch, step)
     done = step + 1
     if done % config.log_every_steps == 0 or done == total:
       jax.block_until_ready(params)
       rate = clock.lap(done)
       a = local_copy(accum)
-      loss = a["loss"] / max(a["count"], 1)
+      loss = np.mean(a["loss"] / np.maximum(a["count"], 1))
       log.info("step %d/%d  loss %.4f  steps/s %.1f  ETA %.0f s", done, total, loss, rate, (total - done) / rate)
     if done % config.eval_every_steps == 0 or done == total:
       jax.block_until_ready(params)
@@ -430,10 +534,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       val = evaluate(eval_step, params, datasets["validation"], config.eval_batch_size, mesh)
       row = {
         "step": done,
-        "train_loss": float(a["loss"] / max(a["count"], 1)),
-        "train_accuracy": float(a["accuracy"] / max(a["count"], 1)),
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
+        **_seed_summary("train_loss", a["loss"] / np.maximum(a["count"], 1)),
+        **_seed_summary("train_accuracy", a["accuracy"] / np.maximum(a["count"], 1)),
+        **_seed_summary("val_loss", val["loss"]),
+        **_seed_summary("val_accuracy", val["accuracy"]),
         "steps_per_sec": done / max(clock.total, 1e-9),
       }
       history.append(row)
@@ -441,10 +545,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         with open(metrics_path, "a") as f:
           f.write(json.dumps(row) + "\n")
         for key, value in row.items():
-          if key != "step":
+          if isinstance(value, list):  # one curve per seed
+            for k, v in enumerate(value):
+              writer.add_scalar(f"{key}/{k}", v, done)
+          elif key != "step":
             writer.add_scalar(key, value, done)
         writer.flush()
-      log.info("eval at step %d: %s", done, {k: round(v, 4) for k, v in row.items() if k != "step"})
+      shown = {k: np.round(v, 4).tolist() for k, v in row.items() if k != "step" and not k.endswith("_per_seed")}
+      log.info("eval at step %d: %s", done, shown)
       save_figures(params, f"step{done:06d}")
       accum = jax.tree.map(jnp.zeros_like, accum)
       clock.pause()  # evaluation is not training time
@@ -457,7 +565,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
         elapsed = np.float32(multihost_utils.broadcast_one_to_all(elapsed))
       train_time_array = replicate(mesh, elapsed)
-      state = checkpoint_state(params, opt_state, accum, train_time_array)
+      state = checkpoint_state(params, opt_state, accum, train_time_array, num_seeds=num_seeds)
       manager.save(done, args=ocp.args.StandardSave(state))
       manager.wait_until_finished()
       clock.pause()
@@ -467,20 +575,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   test = evaluate(eval_step, params, datasets["test"], config.eval_batch_size, mesh)
   results = {
-    "test_accuracy": test["accuracy"],
-    "test_loss": test["loss"],
-    "test_error": 1.0 - test["accuracy"],
+    **_seed_summary("test_accuracy", test["accuracy"]),
+    **_seed_summary("test_loss", test["loss"]),
+    **_seed_summary("test_error", 1.0 - np.asarray(test["accuracy"])),
+    "num_seeds": num_seeds,
     "num_train_steps": total,
     "train_time_s": train_time,
     "steps_per_sec": total / max(train_time, 1e-9),
-    "num_params": models.count_params(nnx.merge(graphdef, params)),
+    "num_params": num_params,
   }
   save_figures(params, "final")
   if is_main:
     _atomic_write(workdir / "results.json", json.dumps(results, indent=2))
     if history:
       figures.save_curves(history, workdir / "figures" / "curves.png")
-    writer.add_scalar("test_accuracy", test["accuracy"], total)
+    writer.add_scalar("test_accuracy", results["test_accuracy"], total)
     writer.close()
-  log.info("test accuracy %.4f (error %.2f %%); results in %s", test["accuracy"], 100 * (1 - test["accuracy"]), workdir)
+  if num_seeds > 1:
+    log.info(
+      "test accuracy over %d seeds: %.4f +- %.4f (error %.2f +- %.2f %%); results in %s",
+      num_seeds,
+      results["test_accuracy"],
+      results["test_accuracy_std"],
+      100 * results["test_error"],
+      100 * results["test_error_std"],
+      workdir,
+    )
+  else:
+    log.info(
+      "test accuracy %.4f (error %.2f %%); results in %s", test["accuracy"], 100 * results["test_error"], workdir
+    )
   return results

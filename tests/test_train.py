@@ -147,6 +147,7 @@ def test_a_workdir_of_another_config_is_never_clobbered(finished_run, datasets):
     ({"model.classifier": "resnet"}, ["config.model.classifier", "'resnet'", "'cnn'", "'fcn'"]),
     ({"batch_size": 0}, ["config.batch_size", "positive", "0"]),
     ({"num_train_steps": -5}, ["config.num_train_steps", "positive", "-5"]),
+    ({"num_seeds": 0}, ["config.num_seeds", "positive", "0"]),
     ({"optimizer.name": "lamb"}, ["config.optimizer.name", "'lamb'", "'sgd'"]),
   ],
 )
@@ -282,3 +283,34 @@ def test_two_processes_with_jax_distributed_on_localhost(finished_run, tmp_path)
   # Only process 0 wrote the metrics (once per evaluation) and the results.
   assert [r["step"] for r in _metrics(tmp_path)] == [4, 8, 12]
   assert json.loads((tmp_path / "results.json").read_text())["test_loss"] == reported[0]["test_loss"]
+
+
+def test_num_seeds_trains_k_independent_models_in_one_program(finished_run, tmp_path, datasets):
+  workdir, seed0 = finished_run  # config.seed = 0, one model
+  seed1 = train.train_and_evaluate(_tiny_config(seed=1), tmp_path / "seed1", datasets=datasets)
+  assert seed1["test_loss"] != pytest.approx(seed0["test_loss"], rel=1e-3)  # the seeds differ
+  both = train.train_and_evaluate(_tiny_config(num_seeds=2), tmp_path / "both", datasets=datasets)
+  # Model k of the vmapped run is the run with seed + k (init, dropout and data order), up to float reordering.
+  np.testing.assert_allclose(both["test_loss_per_seed"], [seed0["test_loss"], seed1["test_loss"]], rtol=1e-4)
+  np.testing.assert_allclose(
+    both["test_accuracy_per_seed"], [seed0["test_accuracy"], seed1["test_accuracy"]], atol=1 / 40
+  )
+  per_seed = np.array(both["test_accuracy_per_seed"])
+  assert both["test_accuracy"] == pytest.approx(per_seed.mean())
+  assert both["test_accuracy_std"] == pytest.approx(per_seed.std(ddof=1))
+  assert both["test_error"] == pytest.approx(1 - per_seed.mean()) and both["num_seeds"] == 2
+  rows, single = _metrics(tmp_path / "both"), [_metrics(workdir), _metrics(tmp_path / "seed1")]
+  for k in range(2):
+    for row, ref in zip(rows, single[k], strict=True):
+      assert row["train_loss_per_seed"][k] == pytest.approx(ref["train_loss"], rel=1e-4)
+      assert row["val_loss_per_seed"][k] == pytest.approx(ref["val_loss"], rel=1e-4)
+  # predict reads any one of the models; an index out of range is named
+  config, graphdef, params, _ = predict.load_run(tmp_path / "both", seed_index=1)
+  images = predict.prepare_images(datasets["test"].images())
+  ours = predict.predict(config, graphdef, params, images)["probabilities"]
+  ref_config, ref_graphdef, ref_params, _ = predict.load_run(tmp_path / "seed1")
+  np.testing.assert_allclose(
+    ours, predict.predict(ref_config, ref_graphdef, ref_params, images)["probabilities"], atol=1e-4
+  )
+  with pytest.raises(predict.PredictError, match=r"seed_index must be in \[0, 2\).*got 2"):
+    predict.load_run(tmp_path / "both", seed_index=2)
