@@ -314,3 +314,29 @@ def test_num_seeds_trains_k_independent_models_in_one_program(finished_run, tmp_
   )
   with pytest.raises(predict.PredictError, match=r"seed_index must be in \[0, 2\).*got 2"):
     predict.load_run(tmp_path / "both", seed_index=2)
+
+
+def test_vmap_and_unroll_seed_mappings_match_a_single_seed_step(datasets):
+  import jax
+
+  config = _tiny_config(num_seeds=3, seed=5)
+  graphdef, params, tx = train.create_state(config, datasets["train"].image_size)
+  batch = train.seed_batches(config, datasets["train"], 7)
+  assert batch["image"].shape == (3, 16, 32, 32, 1)
+  results = {}
+  for how in ("vmap", "unroll"):
+    state = jax.tree.map(np.array, (params, train.init_optimizer_state(tx, params, 3), train.zero_metric_sums(3)))
+    step = train.make_train_step(graphdef, tx, config.seed, 3, how)
+    results[how] = jax.tree.map(np.asarray, step(*state, batch, 7))
+  # the reference: seed 5 + 2 trained alone, from its own init, on its own data order
+  single = _tiny_config(seed=7)
+  graphdef1, params1, _ = train.create_state(single, datasets["train"].image_size)
+  state1 = (params1, tx.init(params1), train.zero_metric_sums())
+  ref = jax.tree.map(
+    np.asarray, train.make_train_step(graphdef1, tx, 7)(*state1, train.seed_batches(single, datasets["train"], 7), 7)
+  )
+  for how, out in results.items():
+    for got, want in zip(jax.tree.leaves(train.seed_slice(out, 2, 3)), jax.tree.leaves(ref), strict=True):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=how)
+  loss = results["vmap"][2]["loss"]
+  assert len(set(np.round(loss, 6))) == 3  # three different models and batches
