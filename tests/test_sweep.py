@@ -68,7 +68,7 @@ def test_a_config_argument_selects_the_budget_and_a_bad_one_is_named():
   full, _ = sweep.load_sweep(ROOT / "configs" / "paper_table1.py")
   cpu, runs = sweep.load_sweep(f"{ROOT / 'configs' / 'paper_tc.py'}:cpu")
   assert (full.num_train_steps, full.num_seeds) == (7_800, 3)
-  assert (cpu.num_train_steps, cpu.num_seeds, cpu.dataset.name) == (600, 2, "TC") and len(runs) == 4
+  assert (cpu.num_train_steps, cpu.num_seeds, cpu.dataset.name) == (2_340, 2, "TC") and len(runs) == 4
   with pytest.raises(ValueError, match=r"budget must be one of 'full', 'cpu'; got 'tpu'"):
     sweep.load_sweep(f"{ROOT / 'configs' / 'paper_table1.py'}:tpu")
   with pytest.raises(FileNotFoundError, match="no config file"):
