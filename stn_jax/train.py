@@ -69,6 +69,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     value = _get(config, field)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"config.{field} must be a positive integer; got {value!r}.")
+  for field in ("seed", "dataset.seed"):
+    value = _get(config, field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ValueError(f"config.{field} must be a non-negative integer; got {value!r}.")
   if not config.learning_rate > 0:
     raise ValueError(f"config.learning_rate must be > 0; got {config.learning_rate!r}.")
   if config.model.transform == "tps":

@@ -148,6 +148,7 @@ def test_a_workdir_of_another_config_is_never_clobbered(finished_run, datasets):
     ({"batch_size": 0}, ["config.batch_size", "positive", "0"]),
     ({"num_train_steps": -5}, ["config.num_train_steps", "positive", "-5"]),
     ({"num_seeds": 0}, ["config.num_seeds", "positive", "0"]),
+    ({"seed": -1}, ["config.seed", "non-negative", "-1"]),
     ({"optimizer.name": "lamb"}, ["config.optimizer.name", "'lamb'", "'sgd'"]),
   ],
 )
