@@ -43,15 +43,10 @@ BUDGETS = {
 def get_config(budget: str = "full"):
   if budget not in BUDGETS:
     raise ValueError(f"budget must be one of {', '.join(map(repr, BUDGETS))}; got {budget!r}.")
-  config = default.get_config()
-  config.batch_size = 128
+  config = default.get_config()  # batch 128 and the seed's CNN convolutions come from here
   config.num_train_steps, interval, config.num_seeds = BUDGETS[budget]
   config.eval_every_steps = config.checkpoint_every_steps = interval
   config.optimizer.warmup_steps = min(200, config.num_train_steps // 10)
-  config.model.cnn_features = (16, 16)
-  config.model.cnn_kernel_size = 3
-  config.model.cnn_strides = 2
-  config.model.cnn_pool = False
   config.model.cnn_hidden = (256,)
   config.model.fcn_hidden = (256, 256)
   config.model.loc_hidden = (32,)
