@@ -5,7 +5,9 @@ sampling a 40x40 output from the 60x60 input.
   python experiments/sweep.py --config=configs/paper_tc.py:cpu --workdir=runs/tc_cpu    # paper_table1's cpu budget
 """
 
-from configs import paper_table1
+from stn_jax.config_lib import import_sibling
+
+paper_table1 = import_sibling(__file__, "paper_table1")
 
 
 def get_config(budget: str = "full"):

@@ -1,4 +1,5 @@
-"""Multi-host setup: `jax.distributed.initialize` when the config or the environment asks for it.
+"""Multi-host setup and sharding: `jax.distributed.initialize` when the config or the environment asks for it, the
+one-axis data mesh, and the helpers that put batches and state on it.
 
 config.distributed.initialize: 'auto' (the default) initialises when a coordinator address is configured, or when
 the job runs under SLURM with more than one task, on a multi-host TPU slice, or with $JAX_COORDINATOR_ADDRESS set;
@@ -11,6 +12,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "always", "never")
@@ -44,3 +46,51 @@ def maybe_initialize(distributed_config) -> bool:
     "distributed: process %d of %d, %d global devices", jax.process_index(), jax.process_count(), jax.device_count()
   )
   return True
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The mesh and the arrays on it.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D mesh over the first `num_devices` devices (0: all of them), its one axis named 'data'."""
+  devices = jax.devices()
+  n = num_devices or len(devices)
+  if jax.process_count() > 1 and n != len(devices):
+    raise ValueError(f"config.num_devices must be 0 (all {len(devices)} devices) in a multi-host run; got {n}.")
+  if n > len(devices):
+    raise ValueError(f"config.num_devices={n} but only {len(devices)} devices are visible: {devices}.")
+  return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
+
+
+def shard_batch(mesh: jax.sharding.Mesh, batch: dict, *, seed_axis: bool = False) -> dict:
+  """This process's rows of a global batch -> global arrays split over the mesh's 'data' axis.
+
+  With `seed_axis`, the arrays are (K, rows, ...): one batch per seed, each split over 'data' along its rows.
+  """
+  spec = jax.sharding.PartitionSpec(None, "data") if seed_axis else jax.sharding.PartitionSpec("data")
+  sharding = jax.sharding.NamedSharding(mesh, spec)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def replicate(mesh: jax.sharding.Mesh, tree):
+  return jax.device_put(tree, replicated(mesh))
+
+
+def local_copy(tree):
+  """This process's copy of replicated (possibly multi-host) arrays, as numpy."""
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
+
+
+def process_0_value(value: float) -> float:
+  """Process 0's `value` on every process (a replicated value, e.g. a clock reading, must agree everywhere)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+
+  return float(multihost_utils.broadcast_one_to_all(np.float32(value)))

@@ -17,15 +17,18 @@ def pyplot():
   return plt
 
 
-def _tile(images: np.ndarray, columns: int) -> np.ndarray:
-  """(N, H, W) -> one (rows * (H + 1), columns * (W + 1)) mosaic with 1-px gaps."""
+def mosaic(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+  """(N, H, W) -> one (rows * (H + 1) - 1, columns * (W + 1) - 1) image with 1-px white gaps (columns default
+  to a square layout)."""
+  images = np.asarray(images)
+  columns = columns or int(np.ceil(np.sqrt(len(images))))
   n, h, w = images.shape
   rows = -(-n // columns)
-  mosaic = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1), np.float32)
+  out = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1), np.float32)
   for i in range(n):
     r, c = divmod(i, columns)
-    mosaic[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i]
-  return mosaic
+    out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i]
+  return out
 
 
 def save_input_output_pair(inputs: np.ndarray, outputs: np.ndarray, path: str | Path, *, title: str = "") -> None:
@@ -37,7 +40,7 @@ def save_input_output_pair(inputs: np.ndarray, outputs: np.ndarray, path: str | 
   for ax, images, name in zip(
     axes, (inputs, outputs), ("input (distorted)", "spatial transformer output"), strict=True
   ):
-    ax.imshow(_tile(np.clip(images, 0, 1), columns), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(mosaic(np.clip(images, 0, 1), columns), cmap="gray", vmin=0, vmax=1)
     ax.set_title(name)
     ax.axis("off")
   if title:
@@ -69,19 +72,31 @@ def save_grid_overlay(inputs: np.ndarray, grids: np.ndarray, path: str | Path, *
   plt.close(fig)
 
 
-def save_curves(metrics: list[dict], path: str | Path) -> None:
-  """Loss and accuracy of train and validation against the step."""
+def save_curves(metrics: list[dict], path: str | Path, *, steps_per_epoch: int | None = None) -> None:
+  """Loss and error % of train and validation against the step (and the epoch, on the top axis), both on log axes
+  with plain-number labels: late in training the interesting differences are fractions of a percent."""
   plt = pyplot()
+  from matplotlib import ticker
+
   steps = [m["step"] for m in metrics]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-  for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-    for split in ("train", "val"):
-      ax.plot(steps, [m[f"{split}_{key}"] for m in metrics], marker=".", label=split)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  for ax, key, label in zip(axes, ("loss", "error"), ("cross-entropy loss", "error (%)"), strict=True):
+    for split, name in (("train", "train (mean since the previous evaluation)"), ("val", "validation")):
+      if key == "loss":
+        values = [m[f"{split}_loss"] for m in metrics]
+      else:
+        values = [100 * (1 - m[f"{split}_accuracy"]) for m in metrics]
+      ax.plot(steps, values, marker=".", label=name)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
     ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.grid(alpha=0.3)
-    ax.legend()
-  axes[0].set_yscale("log")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if steps_per_epoch:
+      top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
+      top.set_xlabel("epoch")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

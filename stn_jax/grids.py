@@ -6,7 +6,9 @@ output pixel reads, x running left to right and y top to bottom, both in [-1, 1]
 pixels, so pixel i of a row of W has centre (2i + 1) / W - 1; with `align_corners=True` they are the centres of the
 corner pixels, so pixel i sits at 2i / (W - 1) - 1.
 
-All functions are pure, jitted once at import, and accept any number of leading batch axes.
+All functions are pure and accept any number of leading batch axes. `affine_grid`, `projective_grid` and `tps_grid`
+are thin wrappers that convert nested lists with `jnp.asarray`, normalise the static `size` (any sequence of two
+ints) and `align_corners`, and call a core jitted once at import.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from stn_jax import _validation as v
 
 
+@v.keyword_only()
 def pixel_centers(n: int, *, align_corners: bool = False) -> np.ndarray:
   """Normalised coordinates of the centres of `n` pixels along one axis, as float64 numpy.
 
@@ -44,6 +47,7 @@ def _identity_xy(size: tuple[int, int], align_corners: bool) -> tuple[np.ndarray
   return x, y
 
 
+@v.keyword_only()
 def identity_grid(size, *, align_corners: bool = False, dtype=jnp.float32) -> jax.Array:
   """The grid that reads every pixel at its own centre: `grid_sample(image, identity_grid(...))` returns `image`.
 
@@ -61,24 +65,38 @@ def identity_grid(size, *, align_corners: bool = False, dtype=jnp.float32) -> ja
   return jnp.asarray(np.stack([x, y], axis=-1), dtype=dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("size", "align_corners"))
+@v.keyword_only()
 def affine_grid(theta: jax.Array, size, *, align_corners: bool = False) -> jax.Array:
   """Affine sampling grid, as `torch.nn.functional.affine_grid` but channels-last and with any batch shape.
 
   Args:
-    theta: (..., 2, 3) floating; maps output normalised (x, y, 1) to input normalised (x, y).
-    size: (H_out, W_out), static.
+    theta: (..., 2, 3) floating; maps output normalised (x, y, 1) to input normalised (x, y). A nested list is
+      converted with `jnp.asarray`.
+    size: (H_out, W_out), static: any sequence of two positive ints (a tuple, a list, numpy ints).
     align_corners: see the module docstring.
 
   Returns:
     (..., H_out, W_out, 2) grid of input (x, y), dtype of `theta`.
   """
   func = "affine_grid"
-  v.check_floating(func, "theta", theta)
-  v.check_trailing_shape(func, "theta", theta, (2, 3), what="(..., 2, 3)")
+  theta = v.as_array(func, "theta", theta)
   size = v.check_size(func, "size", size)
   align_corners = v.check_bool(func, "align_corners", align_corners)
+  check_affine(func, "theta", theta)
+  return _affine_grid_jit(theta, size, align_corners)
+
+
+def check_affine(func: str, name: str, theta) -> None:
+  v.check_floating(func, name, theta)
+  v.check_trailing_shape(func, name, theta, (2, 3), what="(..., 2, 3)")
+
+
+def affine_grid_core(theta, size, align_corners):
+  """`affine_grid` of checked arguments, unjitted (the transforms inline it)."""
   return _affine_grid(size, align_corners, theta)
+
+
+_affine_grid_jit = jax.jit(affine_grid_core, static_argnums=(1, 2))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -106,14 +124,15 @@ def _affine_grid_bwd(size, align_corners, _, g):
 _affine_grid.defvjp(_affine_grid_fwd, _affine_grid_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("size", "align_corners"))
+@v.keyword_only()
 def projective_grid(matrix: jax.Array, size, *, align_corners: bool = False) -> jax.Array:
   """Projective (homography) sampling grid.
 
   Args:
     matrix: (..., 3, 3) floating; maps output normalised (x, y, 1) to homogeneous input coordinates (x', y', w'),
       and the grid holds (x' / w', y' / w'). A last row of (0, 0, 1) gives exactly `affine_grid(matrix[..., :2, :])`.
-    size: (H_out, W_out), static.
+      A nested list is converted with `jnp.asarray`.
+    size: (H_out, W_out), static: any sequence of two positive ints (a tuple, a list, numpy ints).
     align_corners: see the module docstring.
 
   Returns:
@@ -121,10 +140,20 @@ def projective_grid(matrix: jax.Array, size, *, align_corners: bool = False) -> 
     and `grid_sample` treats them as it documents.
   """
   func = "projective_grid"
-  v.check_floating(func, "matrix", matrix)
-  v.check_trailing_shape(func, "matrix", matrix, (3, 3), what="(..., 3, 3)")
+  matrix = v.as_array(func, "matrix", matrix)
   size = v.check_size(func, "size", size)
   align_corners = v.check_bool(func, "align_corners", align_corners)
+  check_projective(func, "matrix", matrix)
+  return _projective_grid_jit(matrix, size, align_corners)
+
+
+def check_projective(func: str, name: str, matrix) -> None:
+  v.check_floating(func, name, matrix)
+  v.check_trailing_shape(func, name, matrix, (3, 3), what="(..., 3, 3)")
+
+
+def projective_grid_core(matrix, size, align_corners):
+  """`projective_grid` of checked arguments, unjitted (the transforms inline it)."""
   x, y = (jnp.asarray(c, matrix.dtype) for c in _identity_xy(size, align_corners))
   m = matrix[..., None, None, :, :]
   hx = m[..., 0, 0] * x + m[..., 0, 1] * y + m[..., 0, 2]
@@ -133,6 +162,10 @@ def projective_grid(matrix: jax.Array, size, *, align_corners: bool = False) -> 
   return jnp.stack([hx / hw, hy / hw], axis=-1)
 
 
+_projective_grid_jit = jax.jit(projective_grid_core, static_argnums=(1, 2))
+
+
+@v.keyword_only()
 def tps_control_points(num_points: int = 16, *, dtype=jnp.float32) -> jax.Array:
   """The default thin-plate-spline control points: a regular sqrt(K) x sqrt(K) lattice over [-1, 1]^2.
 
@@ -193,7 +226,7 @@ def _default_tps_weights(num_points: int, size: tuple[int, int], align_corners: 
   return _tps_weights(_lattice(num_points), query, np)
 
 
-@functools.partial(jax.jit, static_argnames=("size", "align_corners"))
+@v.keyword_only()
 def tps_grid(source_points: jax.Array, size, *, target_points: jax.Array | None = None, align_corners: bool = False):
   """Thin-plate-spline sampling grid (the paper's TPS transformer).
 
@@ -203,8 +236,9 @@ def tps_grid(source_points: jax.Array, size, *, target_points: jax.Array | None 
   of the targets give the affine grid (to rounding).
 
   Args:
-    source_points: (..., K, 2) floating (x, y) normalised input coordinates.
-    size: (H_out, W_out), static.
+    source_points: (..., K, 2) floating (x, y) normalised input coordinates. A nested list is converted with
+      `jnp.asarray`.
+    size: (H_out, W_out), static: any sequence of two positive ints (a tuple, a list, numpy ints).
     target_points: (K, 2) output-space control points; by default `tps_control_points(K)`, whose spline weights are
       computed once in float64 and cached.
     align_corners: see the module docstring.
@@ -213,22 +247,38 @@ def tps_grid(source_points: jax.Array, size, *, target_points: jax.Array | None 
     (..., H_out, W_out, 2) grid of input (x, y), dtype of `source_points`.
   """
   func = "tps_grid"
-  v.check_floating(func, "source_points", source_points)
-  v.check_trailing_shape(func, "source_points", source_points, (None, 2), what="(..., K, 2)")
+  source_points = v.as_array(func, "source_points", source_points)
+  if target_points is not None:
+    target_points = v.as_array(func, "target_points", target_points)
   size = v.check_size(func, "size", size)
   align_corners = v.check_bool(func, "align_corners", align_corners)
+  check_tps(func, "source_points", source_points, target_points)
+  return _tps_grid_jit(source_points, size, target_points, align_corners)
+
+
+def check_tps(func: str, name: str, source_points, target_points=None) -> None:
+  v.check_floating(func, name, source_points)
+  v.check_trailing_shape(func, name, source_points, (None, 2), what="(..., K, 2)")
+  k = jnp.shape(source_points)[-2]
+  if target_points is None:
+    _lattice(k)  # K must be a perfect square >= 4
+    return
+  v.check_floating(func, "target_points", target_points)
+  if jnp.shape(target_points) != (k, 2):
+    raise ValueError(
+      f"{func}: target_points must have shape (K, 2) = ({k}, 2) to match {name}; "
+      f"got shape {tuple(jnp.shape(target_points))}."
+    )
+
+
+def tps_grid_core(source_points, size, target_points, align_corners):
+  """`tps_grid` of checked arguments, unjitted (the transforms inline it)."""
   k = source_points.shape[-2]
   dtype = source_points.dtype
   if target_points is None:
     weights = jnp.asarray(_default_tps_weights(k, size, align_corners), dtype)
     target = jnp.asarray(_lattice(k), dtype)
   else:
-    v.check_floating(func, "target_points", target_points)
-    if jnp.shape(target_points) != (k, 2):
-      raise ValueError(
-        f"{func}: target_points must have shape (K, 2) = ({k}, 2) to match source_points; "
-        f"got shape {tuple(jnp.shape(target_points))}."
-      )
     target = jnp.asarray(target_points).astype(jnp.promote_types(dtype, jnp.float32))
     x, y = _identity_xy(size, align_corners)
     query = jnp.asarray(np.stack([x.ravel(), y.ravel()], axis=-1), target.dtype)
@@ -237,3 +287,6 @@ def tps_grid(source_points: jax.Array, size, *, target_points: jax.Array | None 
   displacement = jnp.einsum("pk,...kd->...pd", weights, source_points - target)
   base = identity_grid(size, align_corners=align_corners, dtype=dtype)
   return base + displacement.reshape(*displacement.shape[:-2], *size, 2)
+
+
+_tps_grid_jit = jax.jit(tps_grid_core, static_argnums=(1, 3))

@@ -1,41 +1,94 @@
 r"""Trains an STN classifier from a config file.
 
   python -m stn_jax.main --config=configs/default.py --workdir=runs/default [--config.learning_rate=3e-4 ...]
+  python -m stn_jax.main --config=configs/paper_table1.py:cpu --list     # the fields, their values and meanings
 
-A workdir with a run of the same config in it is resumed from its newest checkpoint; one with another config's run is
-refused. Console script: `stn-train` (same flags).
+A workdir with a run of the same config in it is resumed from its newest checkpoint (or continued, given a larger
+--config.num_train_steps); one with another config's run is refused. A bad config, a misspelt key or a workdir
+conflict ends with a one-line error and exit status 2. Console script: `stn-train` (same flags).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import sys
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax import distributed, train
+from stn_jax import config_lib, distributed, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, figures and results.")
-config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+_LIST = flags.DEFINE_bool("list", False, "Print every field of the config with its value and meaning, and exit.")
+config_flags.DEFINE_config_file(
+  "config", None, "Training configuration file (path.py or path.py:arg).", lock_config=True
+)
+
+USAGE_ERROR = 2  # exit status of a bad command line, config or workdir
+
+
+def one_line(error: BaseException) -> str:
+  """An exception as one readable line: ml_collections reports a misspelt key quoted on two lines and an error in a
+  config file with its whole traceback; keep the message."""
+  text = str(error).replace("\\'", "'").replace("\\n", "\n")
+  if "Traceback (most recent call last)" in text:  # the last line is the config file's own error
+    text = [line for line in text.splitlines() if line.strip()][-1]
+  if match := re.search(r"'([\w.]+)'.*Did you mean \"([\w.]+)\"", text, re.S):
+    return f"--config: no field {match.group(1)!r} (did you mean {match.group(2)!r}?)"
+  return re.sub(r"\s+", " ", text).strip()
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every error (a misspelt key, a bad value, a missing or failing config file) reported
+  as one line and exit status 2."""
+  try:
+    rest = flags.FLAGS(argv)
+    if flags.FLAGS["config"].present:
+      flags.FLAGS.config.get("version")  # ml_collections loads the file lazily: surface its errors here
+    return rest
+  except Exception as e:
+    config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "").split(":")[0]
+    if config_path and not Path(config_path).is_file():
+      sys.stderr.write(f"error: --config: no such file {config_path!r}\n")
+    else:
+      sys.stderr.write(f"error: {one_line(e)}\n")
+    sys.exit(USAGE_ERROR)
+
+
+def quiet_orbax() -> None:
+  """orbax logs every step of every save and restore at INFO; keep its warnings only."""
+  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.getLogger().setLevel(logging.INFO)
-  # orbax logs every step of every save at INFO; keep its warnings only.
-  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-    handler.addFilter(lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)
   config = flags.FLAGS.config
-  train.validate_config(config)  # before any work starts
-  distributed.maybe_initialize(config.distributed)
-  results = train.train_and_evaluate(config, _WORKDIR.value)
+  if config is None:
+    sys.exit("error: --config is required (e.g. --config=configs/default.py)")
+  if _LIST.value:
+    print(config_lib.describe(config))
+    return
+  if not _WORKDIR.value:
+    sys.stderr.write("error: --workdir is required (the run's directory; an existing run there is resumed)\n")
+    sys.exit(USAGE_ERROR)
+  logging.getLogger().setLevel(logging.INFO)
+  quiet_orbax()
+  try:
+    config_lib.validate(config)  # before any work starts
+    distributed.maybe_initialize(config.distributed)
+    results = train.train_and_evaluate(config, _WORKDIR.value)
+  except config_lib.ConfigError as e:
+    sys.stderr.write(f"error: {one_line(e)}\n")
+    sys.exit(USAGE_ERROR)
   print(f"test accuracy {results['test_accuracy']:.4f}; results, metrics and figures in {_WORKDIR.value}")
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -268,23 +268,21 @@ def _bicubic(image, gx, gy, padding_mode, align_corners):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _check_grid_sample_args(image, grid, mode, padding_mode, align_corners):
-  func = "grid_sample"
-  v.check_choice(func, "mode", mode, MODES)
-  v.check_choice(func, "padding_mode", padding_mode, PADDING_MODES)
-  v.check_bool(func, "align_corners", align_corners)
+def check_sample_options(func: str, mode, padding_mode, align_corners) -> tuple[str, str, bool]:
+  """The static options of `grid_sample` (and `warp`), validated and normalised to hashable Python values."""
+  return (
+    v.check_choice(func, "mode", mode, MODES),
+    v.check_choice(func, "padding_mode", padding_mode, PADDING_MODES),
+    v.check_bool(func, "align_corners", align_corners),
+  )
+
+
+def check_image(func: str, image) -> None:
+  """An (N, H, W, C) or (H, W, C) floating image, small enough for int32 indexing."""
   v.check_floating(func, "image", image)
-  v.check_floating(func, "grid", grid)
-  image_shape, grid_shape = jnp.shape(image), jnp.shape(grid)
+  image_shape = jnp.shape(image)
   if len(image_shape) not in (3, 4):
     raise ValueError(f"{func}: image must have shape (N, H, W, C) or (H, W, C); got shape {image_shape}.")
-  want = "(N, H_out, W_out, 2)" if len(image_shape) == 4 else "(H_out, W_out, 2)"
-  if len(grid_shape) != len(image_shape) or grid_shape[-1] != 2:
-    raise ValueError(f"{func}: grid must have shape {want} to go with image of shape {image_shape}; got {grid_shape}.")
-  if len(image_shape) == 4 and image_shape[0] != grid_shape[0]:
-    raise ValueError(
-      f"{func}: image and grid must have the same batch size; got image {image_shape} and grid {grid_shape}."
-    )
   if min(image_shape[-3:]) < 1:
     raise ValueError(f"{func}: image must have H, W, C >= 1; got shape {image_shape}.")
   n = image_shape[0] if len(image_shape) == 4 else 1
@@ -292,7 +290,20 @@ def _check_grid_sample_args(image, grid, mode, padding_mode, align_corners):
     raise ValueError(f"{func}: image of shape {image_shape} has too many pixels for int32 indexing; split the batch.")
 
 
-@functools.partial(jax.jit, static_argnames=("mode", "padding_mode", "align_corners"))
+def _check_grid_sample_args(func, image, grid):
+  check_image(func, image)
+  v.check_floating(func, "grid", grid)
+  image_shape, grid_shape = jnp.shape(image), jnp.shape(grid)
+  want = "(N, H_out, W_out, 2)" if len(image_shape) == 4 else "(H_out, W_out, 2)"
+  if len(grid_shape) != len(image_shape) or grid_shape[-1] != 2:
+    raise ValueError(f"{func}: grid must have shape {want} to go with image of shape {image_shape}; got {grid_shape}.")
+  if len(image_shape) == 4 and image_shape[0] != grid_shape[0]:
+    raise ValueError(
+      f"{func}: image and grid must have the same batch size; got image {image_shape} and grid {grid_shape}."
+    )
+
+
+@v.keyword_only(mode=MODES, padding_mode=PADDING_MODES)
 def grid_sample(
   image: jax.Array,
   grid: jax.Array,
@@ -303,8 +314,11 @@ def grid_sample(
 ) -> jax.Array:
   """Samples `image` at the normalised (x, y) positions of `grid`, as `torch.nn.functional.grid_sample`.
 
+  Nested lists are converted with `jnp.asarray`; the options are keyword-only and static.
+
   Args:
-    image: (N, H, W, C) or (H, W, C), floating.
+    image: (N, H, W, C) or (H, W, C), floating: channels-last. An image that looks channels-first, H <= 4 while W and
+      C are both >= 4 H and >= 8 (as (N, 1, 28, 28) or (N, 3, 64, 64)), draws a UserWarning.
     grid: (N, H_out, W_out, 2) or (H_out, W_out, 2), floating; (x, y) in [-1, 1] as from `affine_grid`.
     mode: 'bilinear', 'nearest' (round half to even) or 'bicubic' (Keys' cubic convolution, A = -0.75).
     padding_mode: what lies outside the image: 'zeros', 'border' (the edge pixels repeated) or 'reflection' (the
@@ -316,7 +330,17 @@ def grid_sample(
     Coordinates far outside or infinite follow the padding mode; NaN coordinates give NaN (bilinear, bicubic) or zero
     (nearest). Gradients are finite at integer positions (one-sided, as torch's) and zero far outside the image.
   """
-  _check_grid_sample_args(image, grid, mode, padding_mode, align_corners)
+  func = "grid_sample"
+  image = v.as_array(func, "image", image)
+  grid = v.as_array(func, "grid", grid)
+  options = check_sample_options(func, mode, padding_mode, align_corners)
+  _check_grid_sample_args(func, image, grid)
+  v.warn_if_channels_first(func, image, stacklevel=3)  # the caller, past this function and `keyword_only`'s wrapper
+  return _grid_sample_jit(image, grid, *options)
+
+
+def grid_sample_core(image, grid, mode, padding_mode, align_corners):
+  """`grid_sample` of checked arguments, unjitted (`warp` inlines it)."""
   batched = image.ndim == 4
   if not batched:
     image, grid = image[None], grid[None]
@@ -333,3 +357,6 @@ def grid_sample(
     out = _bicubic(x, points[..., 0], points[..., 1], padding_mode, align_corners)
   out = out.reshape(n, h_out, w_out, c).astype(image.dtype)
   return out if batched else out[0]
+
+
+_grid_sample_jit = jax.jit(grid_sample_core, static_argnums=(2, 3, 4))

@@ -13,19 +13,17 @@ Kinds and their parameters (per image):
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from stn_jax import _validation as v
-from stn_jax import grids
-from stn_jax.sampling import grid_sample
+from stn_jax import grids, sampling
 
 KINDS = ("affine", "projective", "tps", "attention")
 
 
+@v.keyword_only()
 def param_shape(kind: str, *, num_control_points: int = 16) -> tuple[int, ...]:
   """The per-image parameter shape of a transform kind (see the module docstring)."""
   v.check_choice("param_shape", "kind", kind, KINDS)
@@ -34,6 +32,7 @@ def param_shape(kind: str, *, num_control_points: int = 16) -> tuple[int, ...]:
   return {"affine": (2, 3), "projective": (3, 3), "tps": (num_control_points, 2), "attention": (3,)}[kind]
 
 
+@v.keyword_only()
 def identity_params(kind: str, *, batch_shape=(), num_control_points: int = 16, dtype=jnp.float32) -> jax.Array:
   """Parameters of the identity transform of `kind`, broadcast to `batch_shape + param_shape(kind)`.
 
@@ -57,6 +56,7 @@ def identity_array(kind: str, *, num_control_points: int = 16) -> np.ndarray:
   return p.reshape(shape)
 
 
+@v.keyword_only()
 def affine_theta(*, rotation=0.0, shear=0.0, scale=1.0, scale_xy=None, translation=(0.0, 0.0), dtype=jnp.float32):
   """theta = [R(rotation) @ Shear(shear) @ diag(scale * scale_xy) | translation], broadcast over batch shapes.
 
@@ -153,6 +153,7 @@ def _index_maps(func, input_size, output_size, align_corners, dtype):
   )
 
 
+@v.keyword_only()
 def theta_to_pixel_matrix(theta, *, input_size, output_size=None, align_corners: bool = False) -> jax.Array:
   """Converts a normalised theta into the pixel-index matrix of scipy.ndimage.affine_transform and dm-pix.
 
@@ -175,6 +176,7 @@ def theta_to_pixel_matrix(theta, *, input_size, output_size=None, align_corners:
   return jnp.linalg.inv(in_to_norm) @ _to_3x3(theta.astype(in_to_norm.dtype)) @ out_to_norm
 
 
+@v.keyword_only()
 def pixel_matrix_to_theta(matrix, *, input_size, output_size=None, align_corners: bool = False) -> jax.Array:
   """The inverse of `theta_to_pixel_matrix`: a (..., 3, 3) (row, col) index matrix -> (..., 2, 3) theta."""
   func = "pixel_matrix_to_theta"
@@ -184,21 +186,55 @@ def pixel_matrix_to_theta(matrix, *, input_size, output_size=None, align_corners
   return (in_to_norm @ matrix.astype(in_to_norm.dtype) @ jnp.linalg.inv(out_to_norm))[..., :2, :]
 
 
+@v.keyword_only(kind=KINDS)
 def params_to_grid(params: jax.Array, size, *, kind: str = "affine", align_corners: bool = False) -> jax.Array:
-  """The sampling grid of transform parameters of any kind: (..., *param_shape) -> (..., H_out, W_out, 2)."""
+  """The sampling grid of transform parameters of any kind: (..., *param_shape) -> (..., H_out, W_out, 2).
+
+  Args:
+    params: (..., *param_shape(kind)) floating transform parameters (see the module docstring). A nested list is
+      converted with `jnp.asarray`.
+    size: (H_out, W_out), static: any sequence of two positive ints (a tuple, a list, numpy ints).
+    kind: 'affine', 'projective', 'tps' or 'attention'.
+    align_corners: as `affine_grid`.
+
+  Returns:
+    (..., H_out, W_out, 2) grid of input (x, y), dtype of `params`.
+  """
   func = "params_to_grid"
-  v.check_choice(func, "kind", kind, KINDS)
+  params = v.as_array(func, "params", params)
+  kind = v.check_choice(func, "kind", kind, KINDS)
+  size = v.check_size(func, "size", size)
+  align_corners = v.check_bool(func, "align_corners", align_corners)
+  _check_params(func, params, kind)
+  return _params_to_grid_jit(params, size, kind, align_corners)
+
+
+def _check_params(func: str, params, kind: str) -> None:
   if kind == "affine":
-    return grids.affine_grid(params, size, align_corners=align_corners)
+    grids.check_affine(func, "params", params)
+  elif kind == "projective":
+    grids.check_projective(func, "params", params)
+  elif kind == "tps":
+    grids.check_tps(func, "params", params)
+  else:
+    v.check_floating(func, "params", params)
+    v.check_trailing_shape(func, "params", params, (3,), what="(..., 3) (scale, tx, ty)")
+
+
+def _params_to_grid_core(params, size, kind, align_corners):
+  if kind == "affine":
+    return grids.affine_grid_core(params, size, align_corners)
   if kind == "projective":
-    return grids.projective_grid(params, size, align_corners=align_corners)
+    return grids.projective_grid_core(params, size, align_corners)
   if kind == "tps":
-    return grids.tps_grid(params, size, align_corners=align_corners)
-  v.check_floating(func, "params", params)
-  return grids.affine_grid(attention_theta(params), size, align_corners=align_corners)
+    return grids.tps_grid_core(params, size, None, align_corners)
+  return grids.affine_grid_core(attention_theta(params), size, align_corners)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "size", "mode", "padding_mode", "align_corners"))
+_params_to_grid_jit = jax.jit(_params_to_grid_core, static_argnums=(1, 2, 3))
+
+
+@v.keyword_only(kind=KINDS, mode=sampling.MODES, padding_mode=sampling.PADDING_MODES)
 def warp(
   image: jax.Array,
   params: jax.Array,
@@ -212,29 +248,40 @@ def warp(
   """Warps `image` by transform parameters: `grid_sample(image, params_to_grid(params, size, kind=kind))`.
 
   Args:
-    image: (N, H, W, C) with params (N, *param_shape(kind)), or (H, W, C) with params (*param_shape(kind)).
-    params: transform parameters (see the module docstring).
+    image: (N, H, W, C) with params (N, *param_shape(kind)), or (H, W, C) with params (*param_shape(kind)); channels
+      last (an image that looks channels-first draws a UserWarning, as in `grid_sample`).
+    params: transform parameters (see the module docstring). Nested lists (image or params) are converted with
+      `jnp.asarray`.
     kind: 'affine', 'projective', 'tps' or 'attention'.
-    size: output (H_out, W_out); defaults to the input's (H, W).
+    size: output (H_out, W_out), static: any sequence of two positive ints; defaults to the input's (H, W).
     mode, padding_mode, align_corners: as `grid_sample`.
 
   Returns:
     (N, H_out, W_out, C) or (H_out, W_out, C), dtype of `image`.
   """
   func = "warp"
-  v.check_choice(func, "kind", kind, KINDS)
+  image = v.as_array(func, "image", image)
+  params = v.as_array(func, "params", params)
+  kind = v.check_choice(func, "kind", kind, KINDS)
+  size = None if size is None else v.check_size(func, "size", size)
+  options = sampling.check_sample_options(func, mode, padding_mode, align_corners)
+  sampling.check_image(func, image)
   image_shape, params_shape = jnp.shape(image), jnp.shape(params)
-  if len(image_shape) not in (3, 4):
-    raise ValueError(f"{func}: image must have shape (N, H, W, C) or (H, W, C); got shape {image_shape}.")
-  per_image = param_shape(kind, num_control_points=params_shape[-2] if kind == "tps" and params_shape else 16)
+  per_image = param_shape(kind, num_control_points=params_shape[-2] if kind == "tps" and len(params_shape) >= 2 else 16)
   want = ((image_shape[0],) if len(image_shape) == 4 else ()) + per_image
   if params_shape != want:
     raise ValueError(
       f"{func}: params for kind={kind!r} must have shape {want} to go with image of shape {image_shape}; "
       f"got {params_shape}."
     )
-  size = image_shape[-3:-1] if size is None else v.check_size(func, "size", size)
-  grid = params_to_grid(params, size, kind=kind, align_corners=align_corners)
-  return grid_sample(
-    image, grid.astype(params.dtype), mode=mode, padding_mode=padding_mode, align_corners=align_corners
-  )
+  _check_params(func, params, kind)
+  v.warn_if_channels_first(func, image, stacklevel=3)  # the caller, past this function and `keyword_only`'s wrapper
+  return _warp_jit(image, params, kind, image_shape[-3:-1] if size is None else size, *options)
+
+
+def _warp_core(image, params, kind, size, mode, padding_mode, align_corners):
+  grid = _params_to_grid_core(params, size, kind, align_corners)
+  return sampling.grid_sample_core(image, grid.astype(params.dtype), mode, padding_mode, align_corners)
+
+
+_warp_jit = jax.jit(_warp_core, static_argnums=(2, 3, 4, 5, 6))

@@ -1,26 +1,35 @@
 """Flax NNX models: the spatial transformer and the classifiers it feeds (FCN, CNN, ST-FCN, ST-CNN)."""
 
-from stn_jax.models.classifiers import CNNClassifier, FCNClassifier
+from stn_jax.models.classifiers import CLASSIFIERS, CNNClassifier, FCNClassifier
 from stn_jax.models.stn import (
-  CLASSIFIERS,
+  ACTIVATIONS,
   LOCALIZATIONS,
   TRANSFORMS,
-  LocalizationNet,
+  CNNLocalization,
+  FCNLocalization,
   SpatialTransformer,
   STNClassifier,
+  check_config,
+  config_docs,
   count_params,
   create_model,
+  default_config,
 )
 
 __all__ = [
+  "ACTIVATIONS",
   "CLASSIFIERS",
   "LOCALIZATIONS",
   "TRANSFORMS",
   "CNNClassifier",
+  "CNNLocalization",
   "FCNClassifier",
-  "LocalizationNet",
+  "FCNLocalization",
   "STNClassifier",
   "SpatialTransformer",
+  "check_config",
+  "config_docs",
   "count_params",
   "create_model",
+  "default_config",
 ]

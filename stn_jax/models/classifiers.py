@@ -1,4 +1,8 @@
-"""Classifiers: the seed's CNN (the default), a configurable CNN with max-pooling (the paper's) and an FCN."""
+"""Classifiers: a CNN (the seed's by default; the paper's with max-pooling) and an FCN.
+
+Each is configured by the keyword options of its constructor (`config.model.classifier.cnn` / `.fcn`, built by
+`stn_jax.models.options.default_options`), so their docstrings' Args sections document the config fields.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +23,20 @@ def dense_stack(width: int, hidden: Sequence[int], *, rngs: nnx.Rngs) -> tuple[n
 
 
 class CNNClassifier(nnx.Module):
-  """conv (-> max-pool) blocks, then dense layers, then 10 logits.
+  """conv (-> max-pool) blocks, then dense ReLU layers, then the logits.
 
-  The seed's network is the default: conv 16 3x3 stride 2 ReLU -> conv 16 3x3 stride 2 ReLU -> flatten -> dense 1024
-  ReLU -> dense 10. The paper's CNN baselines use two convolutions each followed by 2x2 max-pooling (`pool=True`).
+  The defaults are the seed's network: conv 16 3x3 stride 2 ReLU -> conv 16 3x3 stride 2 ReLU -> flatten -> dense
+  1024 ReLU -> dense 10.
+
+  Args:
+    in_shape: (H, W, C) of the input.
+    features: output channels of each convolution ('SAME' padding, ReLU).
+    kernel_size: side of the convolutions' square kernels.
+    strides: stride of every convolution.
+    pool: 2x2 max-pooling after each convolution (the paper's CNNs have two max-pooling layers).
+    hidden: widths of the dense ReLU layers between the convolutions and the logits.
+    num_classes: number of logits.
+    rngs: parameter initialisation.
   """
 
   def __init__(
@@ -49,7 +63,7 @@ class CNNClassifier(nnx.Module):
     self.dense, width = dense_stack(h * w * c, hidden, rngs=rngs)
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
-  def __call__(self, x: jax.Array, **_) -> jax.Array:
+  def __call__(self, x: jax.Array) -> jax.Array:
     for conv in self.convs:
       x = jax.nn.relu(conv(x))
       if self.pool:
@@ -61,14 +75,26 @@ class CNNClassifier(nnx.Module):
 
 
 class FCNClassifier(nnx.Module):
-  """flatten -> dense ReLU layers -> 10 logits (the paper's FCN has three weight layers: two hidden + output)."""
+  """flatten -> dense ReLU layers -> the logits (the paper's FCN has three weight layers: two hidden + output).
 
-  def __init__(self, in_shape: Sequence[int], *, hidden: Sequence[int] = (128, 128), num_classes=10, rngs: nnx.Rngs):
+  Args:
+    in_shape: (H, W, C) of the input.
+    hidden: widths of the dense ReLU layers before the logits.
+    num_classes: number of logits.
+    rngs: parameter initialisation.
+  """
+
+  def __init__(
+    self, in_shape: Sequence[int], *, hidden: Sequence[int] = (128, 128), num_classes: int = 10, rngs: nnx.Rngs
+  ):
     self.dense, width = dense_stack(math.prod(in_shape), hidden, rngs=rngs)
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
-  def __call__(self, x: jax.Array, **_) -> jax.Array:
+  def __call__(self, x: jax.Array) -> jax.Array:
     x = x.reshape(x.shape[0], -1)
     for layer in self.dense:
       x = jax.nn.relu(layer(x))
     return self.head(x)
+
+
+CLASSIFIERS = {"cnn": CNNClassifier, "fcn": FCNClassifier}

@@ -3,6 +3,10 @@
 The localisation net's final layer starts at the identity transform (zero kernel, identity bias) and nothing squashes
 its output, so an untrained transformer returns its input exactly (resampled to the output size) and can zoom out as
 freely as in.
+
+`create_model(config.model, in_shape, seed=...)` builds a model from a config's `model` section: the localisation net
+and the classifier are chosen by `kind` and get their sub-config (`config.model.localization[kind]`,
+`config.model.classifier[kind]`) as keyword arguments, unchanged.
 """
 
 from __future__ import annotations
@@ -11,24 +15,45 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
 import stn_jax
 from stn_jax import transforms
-from stn_jax.models.classifiers import CNNClassifier, FCNClassifier, dense_stack
+from stn_jax.models import options
+from stn_jax.models.classifiers import CLASSIFIERS, dense_stack
 
-TRANSFORMS = ("affine", "projective", "tps", "attention", "none")
-LOCALIZATIONS = ("fcn", "cnn")
-CLASSIFIERS = ("cnn", "fcn")
+TRANSFORMS = (*stn_jax.KINDS, "none")
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu, "gelu": jax.nn.gelu}
 
 
-class LocalizationNet(nnx.Module):
-  """Predicts transform parameters from the input image.
+def _identity_head(width: int, identity: np.ndarray, rngs: nnx.Rngs) -> nnx.Linear:
+  """The final regression layer: zero kernel, the identity transform as bias (the paper's initialisation)."""
+  flat_identity = jnp.asarray(identity.reshape(-1), jnp.float32)
+  return nnx.Linear(
+    width, flat_identity.size, kernel_init=nnx.initializers.zeros, bias_init=lambda *_: flat_identity, rngs=rngs
+  )
 
-  fcn: flatten -> dense `hidden` tanh -> dropout -> dense (the seed's: one hidden layer of 20).
-  cnn: conv 5x5 `features[0]` ReLU -> 2x2 max-pool -> conv 5x5 `features[1]` ReLU -> 2x2 max-pool -> flatten ->
-       dense `hidden` ReLU -> dropout -> dense.
+
+def _activation(name: str):
+  if name not in ACTIVATIONS:
+    raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}; got {name!r}.")
+  return ACTIVATIONS[name]
+
+
+class FCNLocalization(nnx.Module):
+  """flatten -> dense `hidden` layers (`activation`) -> dropout -> dense to the transform parameters.
+
+  The defaults are the seed's: one hidden layer of 20 tanh units, dropout 0.2.
+
+  Args:
+    in_shape: (H, W, C) of the input.
+    identity: the identity transform's parameters (the final layer's initial bias).
+    hidden: widths of the hidden dense layers.
+    activation: the hidden layers' nonlinearity: 'tanh', 'relu', 'elu' or 'gelu'.
+    dropout: dropout rate before the final layer (training only).
+    rngs: parameter initialisation.
   """
 
   def __init__(
@@ -36,41 +61,73 @@ class LocalizationNet(nnx.Module):
     in_shape: Sequence[int],
     identity: np.ndarray,
     *,
-    kind: str = "fcn",
     hidden: Sequence[int] = (20,),
+    activation: str = "tanh",
+    dropout: float = 0.2,
+    rngs: nnx.Rngs,
+  ):
+    self.activation = activation
+    _activation(activation)
+    self.dense, width = dense_stack(int(np.prod(in_shape)), hidden, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout)
+    self.shape = identity.shape
+    self.out = _identity_head(width, identity, rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
+    x = x.reshape(x.shape[0], -1)
+    for layer in self.dense:
+      x = _activation(self.activation)(layer(x))
+    x = self.dropout(x, deterministic=not train, rngs=rngs)
+    return self.out(x).reshape(x.shape[0], *self.shape)
+
+
+class CNNLocalization(nnx.Module):
+  """conv `kernel_size` ReLU -> 2x2 max-pool per entry of `features` -> flatten -> dense `hidden` ReLU -> dropout ->
+  dense to the transform parameters.
+
+  Args:
+    in_shape: (H, W, C) of the input.
+    identity: the identity transform's parameters (the final layer's initial bias).
+    features: output channels of each convolution ('SAME' padding), each followed by 2x2 max-pooling.
+    kernel_size: side of the convolutions' square kernels.
+    hidden: widths of the dense ReLU layers after the convolutions.
+    dropout: dropout rate before the final layer (training only).
+    rngs: parameter initialisation.
+  """
+
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    identity: np.ndarray,
+    *,
     features: Sequence[int] = (20, 20),
+    kernel_size: int = 5,
+    hidden: Sequence[int] = (20,),
     dropout: float = 0.2,
     rngs: nnx.Rngs,
   ):
     h, w, c = in_shape
-    self.kind = kind
     convs = []
-    if kind == "cnn":
-      for f in features:
-        convs.append(nnx.Conv(c, f, (5, 5), padding="SAME", rngs=rngs))
-        h, w, c = h // 2, w // 2, f
+    for f in features:
+      convs.append(nnx.Conv(c, f, (kernel_size, kernel_size), padding="SAME", rngs=rngs))
+      h, w, c = h // 2, w // 2, f
     self.convs = nnx.List(convs)
     self.dense, width = dense_stack(h * w * c, hidden, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
     self.shape = identity.shape
-    flat_identity = jnp.asarray(identity.reshape(-1), jnp.float32)
-    self.out = nnx.Linear(
-      width,
-      flat_identity.size,
-      kernel_init=nnx.initializers.zeros,
-      bias_init=lambda *_: flat_identity,
-      rngs=rngs,
-    )
+    self.out = _identity_head(width, identity, rngs)
 
-  def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
     for conv in self.convs:
       x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
-    activation = jnp.tanh if self.kind == "fcn" else jax.nn.relu
     for layer in self.dense:
-      x = activation(layer(x))
+      x = jax.nn.relu(layer(x))
     x = self.dropout(x, deterministic=not train, rngs=rngs)
     return self.out(x).reshape(x.shape[0], *self.shape)
+
+
+LOCALIZATIONS = {"fcn": FCNLocalization, "cnn": CNNLocalization}
 
 
 class SpatialTransformer(nnx.Module):
@@ -80,7 +137,11 @@ class SpatialTransformer(nnx.Module):
     in_shape: (H, W, C) of its input.
     transform: 'affine', 'projective', 'tps' (`num_control_points`) or 'attention' (scale, tx, ty).
     out_size: (H_out, W_out) of its output; default the input's.
-    localization: 'fcn' or 'cnn'; `loc_hidden`, `loc_features`, `loc_dropout` size it.
+    localization: 'fcn' or 'cnn' (LOCALIZATIONS).
+    localization_options: keyword arguments of that localisation net (see FCNLocalization, CNNLocalization).
+    num_control_points: TPS control points, a perfect square.
+    align_corners: the grid and sampler convention.
+    rngs: parameter initialisation.
   """
 
   def __init__(
@@ -90,9 +151,7 @@ class SpatialTransformer(nnx.Module):
     transform: str = "affine",
     out_size: Sequence[int] | None = None,
     localization: str = "fcn",
-    loc_hidden: Sequence[int] = (20,),
-    loc_features: Sequence[int] = (20, 20),
-    loc_dropout: float = 0.2,
+    localization_options: dict | None = None,
     num_control_points: int = 16,
     align_corners: bool = False,
     rngs: nnx.Rngs,
@@ -105,9 +164,7 @@ class SpatialTransformer(nnx.Module):
     self.out_size = tuple(out_size or in_shape[:2])
     self.align_corners = align_corners
     identity = transforms.identity_array(transform, num_control_points=num_control_points)
-    self.localization = LocalizationNet(
-      in_shape, identity, kind=localization, hidden=loc_hidden, features=loc_features, dropout=loc_dropout, rngs=rngs
-    )
+    self.localization = LOCALIZATIONS[localization](in_shape, identity, **(localization_options or {}), rngs=rngs)
 
   def params_and_grid(self, x, *, train: bool = False, rngs=None):
     """The predicted transform parameters (N, *param_shape) and sampling grid (N, H_out, W_out, 2)."""
@@ -137,6 +194,52 @@ def count_params(model: nnx.Module) -> int:
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Building a model from a config's `model` section.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `model` section of a config: the seed's affine ST-CNN. Every option of every localisation net and
+  classifier kind is present (from the constructors' signatures), so each is overridable from the command line."""
+  m = ml_collections.ConfigDict()
+  m.transform = "affine"  # TRANSFORMS
+  m.num_control_points = 16  # tps only: a perfect square
+  m.stn_output_size = ()  # () = the input's size
+  m.match_params_of = ""  # baselines only: widen the classifier to this transform's parameter count
+  m.localization = ml_collections.ConfigDict({"kind": "fcn"})
+  for kind, cls in LOCALIZATIONS.items():
+    m.localization[kind] = options.default_options(cls)
+  m.classifier = ml_collections.ConfigDict({"kind": "cnn"})
+  for kind, cls in CLASSIFIERS.items():
+    m.classifier[kind] = options.default_options(cls)
+  return m
+
+
+def config_docs() -> dict[str, str]:
+  """{field under model.: its documentation}, the per-kind options' read from their constructors' docstrings."""
+  docs = {
+    "transform": f"the spatial transformer's transform: {', '.join(TRANSFORMS)} (none = a baseline without one)",
+    "num_control_points": "TPS control points (a perfect square >= 4; the paper's 16)",
+    "stn_output_size": "the transformer's output (H, W); () = the input's",
+    "match_params_of": "baselines only: widen the classifier's first hidden layer to the parameter count of this "
+    "transform's model ('' = off)",
+    "localization.kind": f"the localisation net: {', '.join(LOCALIZATIONS)}",
+    "classifier.kind": f"the classifier: {', '.join(CLASSIFIERS)}",
+  }
+  for section, kinds in (("localization", LOCALIZATIONS), ("classifier", CLASSIFIERS)):
+    for kind, cls in kinds.items():
+      for name, doc in options.option_docs(cls).items():
+        if name in options.option_names(cls):
+          docs[f"{section}.{kind}.{name}"] = doc
+  return docs
+
+
+def _options(section) -> dict:
+  """The chosen kind's options as plain keyword arguments (sequences as tuples: config.json stores lists)."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(section[section.kind]).items()}
+
+
 def _build(m, in_shape, seed, *, transform, first_width=None) -> STNClassifier:
   rngs = nnx.Rngs(params=seed)
   transformer = None
@@ -147,31 +250,16 @@ def _build(m, in_shape, seed, *, transform, first_width=None) -> STNClassifier:
       in_shape,
       transform=transform,
       out_size=out_size,
-      localization=m.localization,
-      loc_hidden=tuple(m.loc_hidden),
-      loc_features=tuple(m.loc_features),
-      loc_dropout=m.loc_dropout,
+      localization=m.localization.kind,
+      localization_options=_options(m.localization),
       num_control_points=m.num_control_points,
       rngs=rngs,
     )
     classifier_in = (*out_size, in_shape[2])
-
-  def widen(widths):
-    return (first_width, *widths[1:]) if first_width else tuple(widths)
-
-  if m.classifier == "cnn":
-    classifier = CNNClassifier(
-      classifier_in,
-      features=tuple(m.cnn_features),
-      kernel_size=m.cnn_kernel_size,
-      strides=m.cnn_strides,
-      pool=m.cnn_pool,
-      hidden=widen(m.cnn_hidden),
-      rngs=rngs,
-    )
-  else:
-    classifier = FCNClassifier(classifier_in, hidden=widen(m.fcn_hidden), rngs=rngs)
-  return STNClassifier(transformer, classifier)
+  classifier_options = _options(m.classifier)
+  if first_width:
+    classifier_options["hidden"] = (first_width, *classifier_options["hidden"][1:])
+  return STNClassifier(transformer, CLASSIFIERS[m.classifier.kind](classifier_in, **classifier_options, rngs=rngs))
 
 
 def _abstract_count(m, in_shape, transform, first_width=None) -> int:
@@ -189,8 +277,47 @@ def budget_width(model_config, in_shape: Sequence[int]) -> int:
   return max(1, round(1 + (target - at_1) / (at_2 - at_1)))
 
 
+def check_config(model_config, in_shape: Sequence[int]) -> None:
+  """Raises ValueError naming the `config.model` field at fault; builds the model abstractly (no parameters are
+  allocated), so every option the constructors refuse is caught before any work."""
+  m = model_config
+  for field, allowed in (
+    ("transform", TRANSFORMS),
+    ("localization.kind", tuple(LOCALIZATIONS)),
+    ("classifier.kind", tuple(CLASSIFIERS)),
+  ):
+    value = m.transform if field == "transform" else m[field.split(".")[0]].kind
+    if value not in allowed:
+      raise ValueError(f"config.model.{field} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
+  if m.transform == "tps":
+    k = m.num_control_points
+    side = round(k**0.5) if isinstance(k, int) and not isinstance(k, bool) and k > 0 else 0
+    if side < 2 or side * side != k:
+      raise ValueError(f"config.model.num_control_points must be a perfect square >= 4 (4, 9, 16, ...); got {k!r}.")
+  if m.match_params_of and m.match_params_of not in stn_jax.KINDS:
+    allowed = ", ".join(map(repr, stn_jax.KINDS))
+    raise ValueError(f"config.model.match_params_of must be '' or one of {allowed}; got {m.match_params_of!r}.")
+  size = m.stn_output_size
+  if size and (len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size)):
+    raise ValueError(f"config.model.stn_output_size must be () or (height, width) > 0; got {tuple(size)!r}.")
+  # Build each part abstractly (no parameters are allocated), so every option the constructors refuse is named.
+  out_size = tuple(size) if size else tuple(in_shape[:2])
+  parts = [("classifier", CLASSIFIERS, (*out_size, in_shape[2]), ())]
+  if m.transform != "none":
+    identity = transforms.identity_array(m.transform, num_control_points=m.num_control_points)
+    parts.insert(0, ("localization", LOCALIZATIONS, tuple(in_shape), (identity,)))
+  for section, kinds, shape, args in parts:
+    cls, kwargs = kinds[m[section].kind], _options(m[section])
+    try:
+      nnx.eval_shape(
+        lambda cls=cls, shape=shape, args=args, kwargs=kwargs: cls(shape, *args, **kwargs, rngs=nnx.Rngs(0))
+      )
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"config.model.{section}.{m[section].kind}: {e}") from None
+
+
 def create_model(model_config, in_shape: Sequence[int], *, seed: int) -> STNClassifier:
-  """Builds the model a config's `model` section describes (see configs/default.py).
+  """Builds the model a config's `model` section describes (see `default_config`).
 
   With `transform='none'` and `match_params_of` set to a transform, the classifier's first hidden layer is widened so
   that the baseline has as many parameters as its spatial-transformer counterpart.

@@ -1,0 +1,143 @@
+"""A run's workdir: its config.json, its orbax checkpoints, and the rules for resuming it.
+
+  WORKDIR/config.json          the run's config (current layout; an older one is migrated on reading)
+  WORKDIR/config_history.jsonl every accepted change of config on resume (step, the differences)
+  WORKDIR/checkpoints/<step>/  orbax checkpoints of `checkpoint_state(...)`
+  WORKDIR/metrics.jsonl        (stn_jax.metrics) and tensorboard/, figures/, results.json (stn_jax.train)
+
+`open_run` decides, before anything is written, whether a config may run in a workdir: a new workdir is claimed, one
+of the same run (up to `config_lib.FREE_FIELDS` and a longer total) is resumed, anything else is refused with the
+differing fields. `restore_params` gives a run's parameters alone (what predict needs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from stn_jax import config_lib
+from stn_jax.steps import zero_metric_sums
+
+log = logging.getLogger(__name__)
+
+
+class WorkdirConflictError(config_lib.ConfigError):
+  """The workdir holds a run of another config."""
+
+
+def atomic_write(path: Path, text: str) -> None:
+  """Writes `text` to `path` through a temporary file, so a kill never leaves half a file."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def read_config(workdir: str | os.PathLike):
+  """The run's config (migrated to the current layout), or None where there is no config.json."""
+  path = Path(workdir) / "config.json"
+  if not path.exists():
+    return None
+  return config_lib.from_dict(json.loads(path.read_text()))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """What `open_run` found: the changes accepted against the workdir's config and the totals before and after."""
+
+  changes: tuple[str, ...] = ()
+  previous_total: int | None = None
+
+
+def open_run(workdir: Path, config, steps_per_epoch: int, *, write: bool = True) -> RunPlan:
+  """Claims `workdir` for `config`, or checks that it may resume the run there (see the module docstring).
+
+  Raises:
+    WorkdirConflictError: naming the differing fields, before anything in the workdir is touched.
+  """
+  path = workdir / "config.json"
+  text = config_lib.to_json(config)
+  if not path.exists():
+    if write:
+      workdir.mkdir(parents=True, exist_ok=True)
+      atomic_write(path, text)
+    return RunPlan()
+  stored = json.loads(path.read_text())
+  problems, (old_total, new_total) = config_lib.resume_differences(stored, config, steps_per_epoch)
+  if problems:
+    shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+    raise WorkdirConflictError(
+      f"{workdir} holds a run of another config (differs in {shown}); use another --workdir, or the same config to "
+      "resume it (log, evaluation and checkpoint intervals, eval_batch_size, checkpoints_to_keep and the MNIST "
+      "location may differ; num_train_steps may grow)."
+    )
+  changes = tuple(config_lib.diff(config_lib.migrate(stored), config_lib.to_dict(config)))
+  if changes and write:
+    if stored.get("version", 1) != config_lib.VERSION:  # keep the original of a migrated config
+      atomic_write(workdir / f"config.v{stored.get('version', 1)}.json", json.dumps(stored, indent=2, sort_keys=True))
+    atomic_write(path, text)
+  return RunPlan(changes, old_total if old_total != new_total else None)
+
+
+def record_changes(workdir: Path, step: int, plan: RunPlan) -> None:
+  """Appends the accepted config changes of a resume to config_history.jsonl."""
+  if plan.changes:
+    with open(workdir / "config_history.jsonl", "a") as f:
+      f.write(json.dumps({"resumed_at_step": step, "changes": list(plan.changes)}) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoints.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def checkpoint_state(params, opt_state, sums=None, train_time=None, *, num_seeds: int = 1) -> dict:
+  """What a checkpoint holds: parameters, optimiser state, the metric sums since the last evaluation, and the
+  training time so far."""
+  sums = zero_metric_sums(num_seeds) if sums is None else sums
+  train_time = jnp.zeros(()) if train_time is None else train_time
+  # "accum" is the key the sums have always had in checkpoints; keeping it keeps old checkpoints readable.
+  return {"params": params, "opt_state": opt_state, "accum": sums, "train_time": train_time}
+
+
+def abstract(tree, sharding=None):
+  """The tree's shapes and dtypes (jax.ShapeDtypeStruct), the restore target of orbax."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=sharding), tree)
+
+
+def manager(workdir: Path, *, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
+  return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+
+
+def restore_newest(checkpoints: ocp.CheckpointManager, target, *, partial: bool = False) -> tuple[int, dict] | None:
+  """(step, state) of the newest intact checkpoint; a corrupt one is reported and the previous one tried.
+
+  With `partial`, `target` may name a subset of the checkpoint (e.g. {'params': ...}); only that is read.
+  """
+  for step in sorted(checkpoints.all_steps(), reverse=True):
+    try:
+      restore = functools.partial(ocp.args.PyTreeRestore, partial_restore=True) if partial else ocp.args.StandardRestore
+      args = restore(target)
+      return step, checkpoints.restore(step, args=args)
+    except Exception as e:
+      log.warning("checkpoint at step %d is unreadable (%s: %s); falling back to the previous one", step, type(e), e)
+  return None
+
+
+def restore_params(workdir: str | os.PathLike, params_target) -> tuple[int, dict] | None:
+  """(step, params) of the newest intact checkpoint in `workdir`, reading the parameters alone."""
+  with manager(Path(workdir), read_only=True) as checkpoints:
+    restored = restore_newest(checkpoints, {"params": abstract(params_target)}, partial=True)
+  if restored is None:
+    return None
+  step, state = restored
+  return step, state["params"]

@@ -1,0 +1,339 @@
+"""Configs: loading config files, validation, the budget in steps, versions, and what may change on resume.
+
+A config is an ml_collections.ConfigDict from a file's `get_config([arg])` (configs/default.py and the variants that
+import it). This module owns the rules every entry point applies to it:
+
+* `load(spec)`: 'path/to/file.py[:arg]' from any working directory; `import_sibling` lets config files import each
+  other without the repository on sys.path.
+* `validate(config)`: one check per field, the allowed values imported from the module that defines them; a
+  ValueError names the field, the value and what is allowed.
+* `budget(config, steps_per_epoch)`: budgets are given in epochs (`num_epochs`, `eval_every_epochs`,
+  `checkpoint_every_epochs`) and converted to steps once, so a config keeps its meaning when the batch size changes;
+  the `*_steps` twins, when set, override them.
+* `VERSION` and `migrate`: config.json files of older versions are converted on reading, so old workdirs stay usable.
+* `resume_differences`: which differences between a workdir's config and a new one a resume may accept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import ml_collections
+
+from stn_jax import data as data_lib
+from stn_jax import distributed, models, optim, steps
+from stn_jax.data.mnist import SOURCES
+
+VERSION = 2
+
+# (steps field, epochs field): the steps field, when set, overrides the epochs field.
+BUDGET_FIELDS = (
+  ("num_train_steps", "num_epochs"),
+  ("eval_every_steps", "eval_every_epochs"),
+  ("checkpoint_every_steps", "checkpoint_every_epochs"),
+)
+# Fields that cannot change what a run computes; a resumed run may differ from its workdir's config in these.
+FREE_FIELDS = (
+  "log_every_steps",
+  "eval_batch_size",
+  "eval_every_steps",
+  "eval_every_epochs",
+  "checkpoint_every_steps",
+  "checkpoint_every_epochs",
+  "checkpoints_to_keep",
+  "dataset.data_dir",
+  "dataset.mnist_path",
+  "dataset.source",
+)
+
+# The documentation of every field outside `model` (whose docs come from models.config_docs()).
+DOCS = {
+  "version": f"config layout version ({VERSION}); older workdirs' config.json files are migrated on reading",
+  "seed": "parameter init, dropout and data order",
+  "num_seeds": "K > 1: train K models (seeds seed .. seed + K - 1) in one jitted step",
+  "seed_mapping": "how that step maps over the K models: vmap, unroll (K copies; faster on CPU), auto (unroll on CPU, "
+  "vmap elsewhere)",
+  "batch_size": "global batch size",
+  "num_epochs": "training budget in epochs of the train split (converted to steps once)",
+  "num_train_steps": "if set, the training budget in steps (overrides num_epochs; set it larger to continue a run)",
+  "eval_every_epochs": "validation (and the metrics and figures) every this many epochs, and at the end",
+  "eval_every_steps": "if set, validation every this many steps (overrides eval_every_epochs)",
+  "checkpoint_every_epochs": "a checkpoint every this many epochs, and at the end",
+  "checkpoint_every_steps": "if set, a checkpoint every this many steps (overrides checkpoint_every_epochs)",
+  "checkpoints_to_keep": "how many of the newest checkpoints to keep",
+  "log_every_steps": "train loss, learning rate and steps/s logged (and to TensorBoard) every this many steps",
+  "eval_batch_size": "batch size of validation and test evaluation",
+  "learning_rate": "peak learning rate",
+  "num_devices": "data parallel over this many local devices; 0 = all",
+  "distributed.initialize": "jax.distributed.initialize: auto (when a coordinator or cluster is found), always, never",
+  "distributed.coordinator_address": "host:port of process 0 (multi-host runs without a detected cluster)",
+  "distributed.num_processes": "number of processes (with coordinator_address)",
+  "distributed.process_id": "this process's index (with coordinator_address)",
+  "dataset.name": f"the distorted-MNIST variant: {', '.join(data_lib.NAMES)}",
+  "dataset.seed": "the distortions (fixed across model seeds, so every run sees the same test set)",
+  "dataset.fresh_each_epoch": "distort the train split anew every epoch",
+  "dataset.data_dir": "MNIST cache directory; default $STN_JAX_DATA_DIR or ~/.cache/stn_jax",
+  "dataset.mnist_path": "optional directory of MNIST IDX files or an .npz",
+  "dataset.source": f"where MNIST comes from: {', '.join(SOURCES)}",
+  "optimizer.name": f"{', '.join(optim.NAMES)}",
+  "optimizer.momentum": "sgd only (0 = none)",
+  "optimizer.schedule": f"{', '.join(optim.SCHEDULES)} (see stn_jax.optim.learning_rate_schedule)",
+  "optimizer.warmup_steps": "cosine: linear warm-up steps",
+  "optimizer.decay_steps": "step schedule: the steps at which the rate is multiplied by decay_factor",
+  "optimizer.decay_factor": "step schedule: the factor",
+  "optimizer.weight_decay": "decoupled weight decay (AdamW; added to the SGD gradient); 0 = off",
+  "optimizer.grad_clip_norm": "clip the gradient's global norm; 0 = off",
+  "optimizer.localization_lr_multiplier": "scales the localisation net's updates",
+}
+
+
+class ConfigError(ValueError):
+  """A config that cannot run: a bad value, or a workdir holding another config's run."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _import_file(path: Path, name: str):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def import_sibling(config_file: str, name: str):
+  """Imports the config file `name`.py beside `config_file` (a config file's `__file__`), so that config files can
+  build on each other when loaded from any working directory."""
+  path = Path(config_file).resolve().with_name(f"{name}.py")
+  key = f"_stn_config_{path.stem}_{abs(hash(str(path)))}"
+  if key not in sys.modules:
+    sys.modules[key] = _import_file(path, key)
+  return sys.modules[key]
+
+
+def load_module(spec: str | os.PathLike):
+  """(the module of a config file 'path.py[:arg]', [arg] or [])."""
+  path, *arg = str(spec).split(":", 1)
+  if not Path(path).is_file():
+    raise ConfigError(f"--config: no config file {path!r}.")
+  return _import_file(Path(path), f"_stn_config_{Path(path).stem}"), arg
+
+
+def load(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+  """get_config([arg]) of a config file 'path.py[:arg]' (the argument after the colon, as ml_collections does)."""
+  module, arg = load_module(spec)
+  return module.get_config(*arg)
+
+
+def to_dict(config) -> dict:
+  """The config as plain JSON data (tuples become lists), as config.json stores it."""
+  if isinstance(config, dict):
+    return json.loads(json.dumps(config))
+  return json.loads(config.to_json_best_effort())
+
+
+def to_json(config) -> str:
+  return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+def get(tree, dotted: str):
+  for part in dotted.split("."):
+    tree = tree[part]
+  return tree
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def diff(old: dict, new: dict, *, ignore=()) -> list[str]:
+  """'field: old -> new' for every field that differs (fields present in one only included)."""
+  a, b = flatten(to_dict(old)), flatten(to_dict(new))
+  return [
+    f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)
+  ]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Validation.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate(config) -> None:
+  """Raises ConfigError naming the field, its value and what is allowed, before any work starts."""
+  config = ml_collections.ConfigDict(to_dict(config)) if isinstance(config, dict) else config
+  version = config.get("version")
+  if version != VERSION:
+    raise ConfigError(f"config.version must be {VERSION}; got {version!r} (a config written for another version).")
+  choices = {
+    "dataset.name": data_lib.NAMES,
+    "dataset.source": SOURCES,
+    "optimizer.name": optim.NAMES,
+    "optimizer.schedule": optim.SCHEDULES,
+    "distributed.initialize": distributed.MODES,
+    "seed_mapping": steps.SEED_MAPPINGS,
+  }
+  for field, allowed in choices.items():
+    if (value := get(config, field)) not in allowed:
+      raise ConfigError(f"config.{field} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
+  for field in ("batch_size", "num_seeds", "log_every_steps", "eval_batch_size", "checkpoints_to_keep"):
+    if not _is_int(value := get(config, field)) or value < 1:
+      raise ConfigError(f"config.{field} must be a positive integer; got {value!r}.")
+  for field in ("seed", "dataset.seed", "num_devices"):
+    if not _is_int(value := get(config, field)) or value < 0:
+      raise ConfigError(f"config.{field} must be a non-negative integer; got {value!r}.")
+  for steps_field, epochs_field in BUDGET_FIELDS:
+    if (value := config[steps_field]) is not None:
+      if not _is_int(value) or value < 1:
+        raise ConfigError(f"config.{steps_field} must be a positive integer or None; got {value!r}.")
+    elif not isinstance(value := config[epochs_field], (int, float)) or isinstance(value, bool) or not value > 0:
+      raise ConfigError(f"config.{epochs_field} must be > 0 (or set config.{steps_field}); got {value!r}.")
+  if not (isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0):
+    raise ConfigError(f"config.learning_rate must be > 0; got {config.learning_rate!r}.")
+  size = data_lib.VARIANTS[config.dataset.name].size
+  try:
+    models.check_config(config.model, (size, size, 1))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Budgets.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """A config's budgets in steps."""
+
+  steps_per_epoch: int
+  num_train_steps: int
+  eval_every_steps: int
+  checkpoint_every_steps: int
+
+
+def budget(config, steps_per_epoch: int) -> Budget:
+  """Converts the epoch budgets to steps (rounded, at least 1); a `*_steps` field that is set wins."""
+  resolved = {}
+  for steps_field, epochs_field in BUDGET_FIELDS:
+    value = get(config, steps_field)
+    if value is None:
+      value = max(1, math.floor(get(config, epochs_field) * steps_per_epoch + 0.5))
+    resolved[steps_field] = int(value)
+  return Budget(steps_per_epoch, **resolved)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Versions.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def migrate(old: dict) -> dict:
+  """A config.json of any version -> the current layout, describing the same run.
+
+  Version 1 (no `version` field) gave budgets in steps and the model options as flat fields (`loc_hidden`,
+  `cnn_features`, ...); version 2 gives budgets in epochs (with `*_steps` overrides, which carry the old values) and
+  the localisation net and classifier as sub-configs per kind, passed straight to their constructors.
+  """
+  old = to_dict(old)
+  version = old.get("version", 1)
+  if version == VERSION:
+    return old
+  if version != 1:
+    raise ConfigError(f"config.version {version!r} is newer than this stn_jax understands ({VERSION}); upgrade it.")
+  new = dict(old)
+  new["version"] = VERSION
+  for _, epochs_field in BUDGET_FIELDS:  # the steps fields carry the budgets
+    new[epochs_field] = None
+  new.setdefault("checkpoints_to_keep", 3)
+  new.setdefault("num_seeds", 1)
+  new.setdefault("seed_mapping", "auto")
+  m = old["model"]
+  model = to_dict(models.default_config())
+  for key in ("transform", "num_control_points", "stn_output_size"):
+    model[key] = m[key]
+  model["match_params_of"] = m.get("match_params_of", "")
+  loc = model["localization"]
+  loc["kind"] = m["localization"]
+  loc["fcn"].update(hidden=m["loc_hidden"], dropout=m["loc_dropout"], activation="tanh")
+  loc["cnn"].update(hidden=m["loc_hidden"], dropout=m["loc_dropout"], features=m["loc_features"], kernel_size=5)
+  cls = model["classifier"]
+  cls["kind"] = m["classifier"]
+  cls["cnn"].update(
+    features=m["cnn_features"],
+    kernel_size=m["cnn_kernel_size"],
+    strides=m["cnn_strides"],
+    pool=m["cnn_pool"],
+    hidden=m["cnn_hidden"],
+  )
+  cls["fcn"].update(hidden=m["fcn_hidden"])
+  new["model"] = model
+  return new
+
+
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+  """A config.json's content (any version) as a current-layout ConfigDict."""
+  return ml_collections.ConfigDict(migrate(d))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Resuming.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def resume_differences(old, new, steps_per_epoch: int) -> tuple[list[str], tuple[int, int]]:
+  """(the differences that forbid resuming a run of `old` with `new`, (old total steps, new total steps)).
+
+  Fields in FREE_FIELDS may differ; the budgets are compared in steps, so a total given in epochs or in steps is the
+  same total. A longer total continues the run (see optim.learning_rate_schedule); a shorter one is refused.
+  """
+  old, new = migrate(to_dict(old)), to_dict(new)
+  totals = tuple(budget(ml_collections.ConfigDict(c), steps_per_epoch).num_train_steps for c in (old, new))
+  ignore = {*FREE_FIELDS, "num_train_steps", "num_epochs"}
+  problems = diff(old, new, ignore=ignore)
+  if totals[1] < totals[0]:
+    problems.append(f"the total steps: {totals[0]} -> {totals[1]} (a run can be continued, not shortened)")
+  return problems, totals
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Documentation.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def field_docs() -> dict[str, str]:
+  return {**DOCS, **{f"model.{k}": v for k, v in models.config_docs().items()}}
+
+
+def describe(config, *, markdown: bool = False) -> str:
+  """Every field of `config` with its value and documentation: a markdown table or aligned text."""
+  docs = field_docs()
+  rows = []
+  for field, value in flatten(to_dict(config)).items():
+    shown = "None" if value is None else json.dumps(value) if isinstance(value, (str, list)) else str(value)
+    rows.append((field, shown, docs.get(field, "")))
+  if markdown:
+    lines = ["| field | value | meaning |", "|---|---|---|"]
+    return "\n".join([*lines, *(f"| `{f}` | `{v}` | {d} |" for f, v, d in rows)])
+  width = max(len(f) for f, _, _ in rows)
+  value_width = min(24, max(len(v) for _, v, _ in rows))
+  return "\n".join(f"{f:<{width}}  {v:<{value_width}}  {d}" for f, v, d in rows)

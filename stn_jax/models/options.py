@@ -1,0 +1,56 @@
+"""A module's configurable options, read from its constructor: defaults from the signature, docs from the docstring.
+
+A model sub-config (`config.model.classifier.cnn`, ...) is `default_options(CNNClassifier)` and is passed straight
+back to the constructor as keyword arguments, so a new option of a model is one keyword argument with a default and
+one line in its docstring's Args section: no config file or trainer changes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import ml_collections
+
+# Constructor arguments that the model builder fills in itself (the input shape, the transform's identity, ...).
+_NOT_OPTIONS = frozenset({"rngs", "num_classes"})
+
+
+def option_names(cls) -> tuple[str, ...]:
+  """The keyword-only arguments of `cls.__init__` that carry a default: its configurable options."""
+  parameters = inspect.signature(cls.__init__).parameters.values()
+  return tuple(
+    p.name
+    for p in parameters
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+    and p.default is not inspect.Parameter.empty
+    and p.name not in _NOT_OPTIONS
+  )
+
+
+def default_options(cls) -> ml_collections.ConfigDict:
+  """{option: default} of `cls` as a ConfigDict (sequences as tuples: overridable from the command line)."""
+  parameters = inspect.signature(cls.__init__).parameters
+  out = ml_collections.ConfigDict()
+  for name in option_names(cls):
+    default = parameters[name].default
+    out[name] = tuple(default) if isinstance(default, list) else default
+  return out
+
+
+def option_docs(cls) -> dict[str, str]:
+  """{option: its one-paragraph description} from the 'Args:' section of the class docstring."""
+  doc = inspect.getdoc(cls) or ""
+  section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+  docs: dict[str, str] = {}
+  current = None
+  for line in section.splitlines():
+    match = re.match(r"^  (\w+): (.*)$", line)
+    if match:
+      current = match.group(1)
+      docs[current] = match.group(2).strip()
+    elif current and line.startswith("    "):
+      docs[current] += " " + line.strip()
+    elif line.strip() and not line.startswith(" "):
+      break
+  return {name: text.rstrip(".") for name, text in docs.items()}

@@ -1,0 +1,80 @@
+"""Small helpers of the training loop: when to act, and a clock of training time."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import jax
+
+
+def itstime(step: int, every: int, total: int) -> bool:
+  """Whether a periodic action (every `every` steps, and at the last step) is due after `step` steps."""
+  return step % every == 0 or step == total
+
+
+class Chrono:
+  """Training wall time, with the intervals that are not training excluded explicitly.
+
+  The clock starts stopped; `resume(step)` starts it, `pause(wait_for=...)` waits for the device work in `wait_for`
+  to finish and stops it, and `with chrono.excluded(wait_for=...)` leaves a block (evaluation, checkpointing) out.
+  The trainer starts it once the first step of a process has finished, so compilation is never counted.
+  `lap(step, name)` gives the steps per second of counted time since the previous lap of that name (or since the
+  clock first started); `total` carries the counted seconds across resumes.
+  """
+
+  def __init__(self, total: float = 0.0):
+    self.total = total
+    self._since: float | None = None  # perf_counter() when the clock last started; None while stopped
+    self._start: tuple[int, float] | None = None  # (step, total) when the clock first started
+    self._marks: dict[str, tuple[int, float]] = {}
+
+  @property
+  def running(self) -> bool:
+    return self._since is not None
+
+  def resume(self, step: int) -> None:
+    """Starts counting, at training step `step`."""
+    if self._start is None:
+      self._start = (step, self.total)
+    self._since = time.perf_counter()
+
+  def pause(self, wait_for=None) -> None:
+    if wait_for is not None:
+      jax.block_until_ready(wait_for)
+    if self._since is not None:
+      self.total += time.perf_counter() - self._since
+      self._since = None
+
+  @contextlib.contextmanager
+  def excluded(self, wait_for=None):
+    running = self.running
+    self.pause(wait_for)
+    try:
+      yield
+    finally:
+      if running:
+        self._since = time.perf_counter()
+
+  def counted(self, wait_for=None) -> float:
+    """The counted seconds so far, the running interval included."""
+    if wait_for is not None:
+      jax.block_until_ready(wait_for)
+    return self.total + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
+  def lap(self, step: int, name: str = "default", wait_for=None) -> float | None:
+    """Steps per second of counted time since the previous lap named `name` (None before the clock has run)."""
+    if self._start is None:
+      return None
+    now = self.counted(wait_for)
+    previous_step, previous_time = self._marks.get(name, self._start)
+    self._marks[name] = (step, now)
+    if step <= previous_step or now <= previous_time:
+      return None
+    return (step - previous_step) / (now - previous_time)
+
+  def rate(self, step: int) -> float | None:
+    """Steps per second of counted time since the clock first started in this process."""
+    if self._start is None or self.counted() <= self._start[1] or step <= self._start[0]:
+      return None
+    return (step - self._start[0]) / (self.counted() - self._start[1])
