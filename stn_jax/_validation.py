@@ -1,7 +1,8 @@
 """Argument checks shared by the public functions.
 
-Every check raises at trace time (shapes, dtypes and options are static under `jax.jit`), and every message names
-the function, the argument, what it got and what is allowed.
+Every check looks only at static information (shapes, dtypes, options), so it works on tracers too; the public
+wrappers run them before calling their jitted core, so a message is one line (no JAX traceback note), and every message
+names the function, the argument, what it got and what is allowed.
 
 The public functions are thin Python wrappers: `keyword_only` turns an option given positionally into a clear error,
 the wrapper converts array-likes with `as_array` and normalises its static options (`check_size` turns any sequence of

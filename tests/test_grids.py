@@ -119,3 +119,62 @@ def test_grid_errors_name_the_problem(fn, args, error, words):
 def test_tps_target_points_shape_mismatch():
   with pytest.raises(ValueError, match=r"target_points must have shape \(K, 2\) = \(16, 2\).*\(9, 2\)"):
     stn_jax.tps_grid(jnp.zeros((16, 2)), (4, 4), target_points=jnp.zeros((9, 2)))
+
+
+def test_nested_lists_are_converted_like_arrays():
+  rng = np.random.default_rng()
+  theta = _random_theta(rng, (2,))
+  matrix = (np.eye(3) + 0.1 * rng.standard_normal((3, 3))).astype(np.float32)
+  points = (np.asarray(stn_jax.tps_control_points(9)) + 0.1 * rng.standard_normal((9, 2))).astype(np.float32)
+  target = np.asarray(stn_jax.tps_control_points(9))
+  pairs = [
+    (stn_jax.affine_grid(theta.tolist(), [5, 4]), stn_jax.affine_grid(theta, (5, 4))),
+    (stn_jax.projective_grid(matrix.tolist(), [3, 6]), stn_jax.projective_grid(matrix, (3, 6))),
+    (stn_jax.tps_grid(points.tolist(), [4, 4]), stn_jax.tps_grid(points, (4, 4))),
+    (stn_jax.tps_grid(points, (4, 4), target_points=target.tolist()), stn_jax.tps_grid(points, (4, 4))),
+  ]
+  for got, expected in pairs:
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-6)
+  # A list of ints becomes an int32 array, which is not a transform.
+  with pytest.raises(TypeError, match=r"^affine_grid: theta must have a floating dtype .*; got int32\.$"):
+    stn_jax.affine_grid([[1, 0, 0], [0, 1, 0]], (4, 4))
+
+
+@pytest.mark.parametrize(
+  ("call", "words"),
+  [
+    (lambda: stn_jax.affine_grid("theta", (4, 4)), ["affine_grid: theta must be an array", "'theta'", "str"]),
+    (lambda: stn_jax.projective_grid([[1.0, 0.0], [1.0]], (4, 4)), ["projective_grid: matrix", "[[1.0, 0.0], [1.0]]"]),
+    (lambda: stn_jax.tps_grid(None, (4, 4)), ["tps_grid: source_points", "None", "NoneType"]),
+    (lambda: stn_jax.tps_grid(jnp.zeros((4, 2)), (4, 4), target_points={"a": 1}), ["target_points", "{'a': 1}"]),
+  ],
+)
+def test_what_is_not_array_like_is_a_type_error_naming_the_argument(call, words):
+  with pytest.raises(TypeError) as info:
+    call()
+  message = str(info.value)
+  assert "\n" not in message and "must be an array" in message, message
+  for word in words:
+    assert word in message, (word, message)
+
+
+def test_forward_mode_works_through_projective_and_tps_grids_but_not_affine():
+  # The README's "Autodiff" bullet: affine_grid has a custom VJP (reverse mode only); the other grids are plain JAX.
+  rng = np.random.default_rng()
+  matrix = jnp.asarray(np.eye(3) + 0.1 * rng.standard_normal((2, 3, 3)), jnp.float32)
+  points = stn_jax.tps_control_points(9) + 0.1 * jnp.asarray(rng.standard_normal((9, 2)), jnp.float32)
+  for fn, x in (
+    (lambda m: stn_jax.projective_grid(m, (3, 4)), matrix),
+    (lambda p: stn_jax.tps_grid(p, (3, 4)), points),
+  ):
+    np.testing.assert_allclose(np.asarray(jax.jacfwd(fn)(x)), np.asarray(jax.jacrev(fn)(x)), rtol=1e-5, atol=1e-5)
+  theta = jnp.asarray(_random_theta(rng, (2,)))
+  affine = lambda t: stn_jax.affine_grid(t, (3, 4))
+  with pytest.raises(TypeError, match="forward-mode"):
+    jax.jacfwd(affine)(theta)
+  with pytest.raises(TypeError, match="forward-mode"):
+    jax.hessian(lambda t: (affine(t) ** 2).sum())(theta)
+  # The workarounds: jax.jacrev, and reverse over reverse for second order.
+  assert jax.jacrev(affine)(theta).shape == (2, 3, 4, 2, 2, 2, 3)
+  hessian = jax.jacrev(jax.jacrev(lambda t: (affine(t) ** 2).sum()))(theta)
+  assert np.abs(np.asarray(hessian)).max() > 0

@@ -1,6 +1,7 @@
 """grid_sample against torch.nn.functional.grid_sample and scipy.ndimage, under jit / vmap / grad, and on bad input."""
 
 import itertools
+import warnings
 import zlib
 
 import jax
@@ -185,3 +186,71 @@ def test_bad_input_errors_name_the_problem(image_shape, grid_shape, options, err
 def test_integer_image_is_a_type_error():
   with pytest.raises(TypeError, match=r"image must have a floating dtype.*int32"):
     stn_jax.grid_sample(jnp.ones((1, 4, 4, 1), jnp.int32), jnp.zeros((1, 2, 2, 2)))
+
+
+def test_nested_lists_are_converted_like_arrays():
+  rng = np.random.default_rng()
+  image = helpers.random_image(rng, (5, 6, 2))
+  grid = helpers.random_grid(rng, (), (3, 4), (5, 6), align_corners=False, spread=0.2)
+  mode = str(rng.choice(stn_jax.MODES))
+  np.testing.assert_array_equal(
+    np.asarray(stn_jax.grid_sample(image.tolist(), grid.tolist(), mode=mode)),
+    np.asarray(stn_jax.grid_sample(image, grid, mode=mode)),
+  )
+  with pytest.raises(TypeError, match=r"^grid_sample: grid must be an array .*got 'grid' of type str\.$"):
+    stn_jax.grid_sample(image, "grid")
+
+
+def _random_channels_first_shape(rng, batched):
+  c = int(rng.choice([1, 2, 3, 4]))
+  side = int(rng.integers(max(4 * c, 8), 65))
+  return ((int(rng.integers(1, 5)),) if batched else ()) + (c, side, side)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_channels_first_image_warns(batched):
+  rng = np.random.default_rng()
+  shape = _random_channels_first_shape(rng, batched)
+  image = jnp.zeros(shape)
+  grid = jnp.zeros((*shape[:-3], 2, 2, 2))
+  theta = jnp.zeros((*shape[:-3], 2, 3))
+  for func, call in (("grid_sample", stn_jax.grid_sample), ("warp", stn_jax.warp)):
+    with pytest.warns(UserWarning) as record:
+      call(image, grid if func == "grid_sample" else theta)
+    assert len(record) == 1
+    message = str(record[0].message)
+    h, w, c = shape[-3:]
+    for word in (f"{func}: image of shape {shape}", "channels-last NHWC", f"H={h}, W={w}, C={c}", "moveaxis"):
+      assert word in message, (word, message)
+    assert record[0].filename == __file__  # points at the caller
+
+
+@pytest.mark.parametrize(
+  "shape", [(2, 4, 4, 256), (2, 100, 3), (3, 28, 28, 1), (2, 64, 64, 3), (1, 1, 8, 7), (2, 2, 7, 64), (1, 3, 11, 64)]
+)
+def test_legitimate_small_or_channels_last_images_do_not_warn(shape):
+  rng = np.random.default_rng()
+  image = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  batch = shape[:-3]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    stn_jax.grid_sample(image, jnp.zeros((*batch, 2, 2, 2)))
+    stn_jax.warp(image, jnp.broadcast_to(jnp.eye(2, 3), (*batch, 2, 3)))
+
+
+def test_forward_mode_works_for_nearest_and_bicubic_but_not_bilinear():
+  # The README's "Autodiff" bullet: bilinear has a custom VJP (reverse mode only); nearest and bicubic are plain JAX.
+  rng = np.random.default_rng()
+  image = jnp.asarray(helpers.random_image(rng, (1, 5, 6, 2)))
+  grid = jnp.asarray(helpers.random_grid(rng, (1,), (3, 2), (5, 6), align_corners=False))
+  for mode in ("nearest", "bicubic"):
+    for argnums in (0, 1):
+      fn = lambda i, g, m=mode: stn_jax.grid_sample(i, g, mode=m)
+      forward = jax.jacfwd(fn, argnums=argnums)(image, grid)
+      np.testing.assert_allclose(
+        np.asarray(forward), np.asarray(jax.jacrev(fn, argnums=argnums)(image, grid)), rtol=1e-5, atol=1e-5
+      )
+  assert np.abs(np.asarray(forward)).max() > 0.1  # bicubic's grid derivative is really exercised
+  for argnums in (0, 1):
+    with pytest.raises(TypeError, match="forward-mode"):
+      jax.jacfwd(stn_jax.grid_sample, argnums=argnums)(image, grid)

@@ -162,3 +162,73 @@ def test_non_finite_or_huge_theta_never_crashes(value, padding_mode):
       np.testing.assert_array_equal(out[0], 0.0)
     grad = jax.grad(lambda t, m=mode: jnp.nansum(stn_jax.warp(image, t, mode=m, padding_mode=padding_mode)))(theta)
     assert np.isfinite(np.asarray(grad)[1]).all()
+
+
+def test_warp_and_params_to_grid_accept_nested_lists():
+  rng = np.random.default_rng()
+  image = helpers.random_image(rng, (6, 7, 2))
+  theta = (np.eye(2, 3) + 0.2 * rng.standard_normal((2, 3))).astype(np.float32)
+  size = [int(s) for s in rng.integers(2, 9, 2)]
+  expected = np.asarray(stn_jax.warp(image, theta, size=tuple(size)))
+  np.testing.assert_array_equal(np.asarray(stn_jax.warp(image.tolist(), theta.tolist(), size=size)), expected)
+  np.testing.assert_array_equal(
+    np.asarray(stn_jax.params_to_grid(theta.tolist(), size)), np.asarray(stn_jax.affine_grid(theta, size))
+  )
+  attention = rng.uniform(0.5, 1.0, 3).astype(np.float32)
+  np.testing.assert_array_equal(
+    np.asarray(stn_jax.params_to_grid(attention.tolist(), size, kind="attention")),
+    np.asarray(stn_jax.affine_grid(stn_jax.attention_theta(attention), size)),
+  )
+
+
+@pytest.mark.parametrize(
+  ("call", "error", "words"),
+  [
+    (lambda: stn_jax.params_to_grid(jnp.zeros((3, 2)), (4, 4)), ValueError, ["params_to_grid: params", "(..., 2, 3)"]),
+    (
+      lambda: stn_jax.params_to_grid(jnp.zeros((4,)), (4, 4), kind="attention"),
+      ValueError,
+      ["params_to_grid: params", "(..., 3)", "(4,)"],
+    ),
+    (lambda: stn_jax.params_to_grid(jnp.zeros((9, 2), jnp.int32), (4, 4), kind="tps"), TypeError, ["params", "int32"]),
+    (lambda: stn_jax.params_to_grid(jnp.zeros((2, 3)), (4, 4), kind="rigid"), ValueError, ["kind", "'rigid'"]),
+    (lambda: stn_jax.warp(jnp.ones((4, 4, 1)), jnp.zeros(5), kind="tps"), ValueError, ["warp: params", "(5,)"]),
+    (lambda: stn_jax.warp(jnp.ones((4, 4, 1), jnp.int32), jnp.eye(2, 3)), TypeError, ["warp: image", "int32"]),
+    (lambda: stn_jax.warp("image", jnp.eye(2, 3)), TypeError, ["warp: image must be an array", "'image'"]),
+  ],
+)
+def test_params_errors_name_the_calling_function(call, error, words):
+  with pytest.raises(error) as info:
+    call()
+  assert "\n" not in str(info.value), str(info.value)  # raised before jit, so JAX appends no traceback note
+  for word in words:
+    assert word in str(info.value), (word, str(info.value))
+
+
+def test_forward_mode_through_warp_is_as_documented():
+  # The README's "Autodiff" bullet: jax.jvp / jax.jacfwd work for projective and tps with nearest or bicubic sampling;
+  # affine and attention (affine_grid's custom VJP) and bilinear sampling (its custom VJP) are reverse mode only.
+  rng = np.random.default_rng()
+  image = jnp.asarray(helpers.random_image(rng, (2, 7, 8, 1)))
+  for kind in stn_jax.KINDS:
+    params = stn_jax.identity_params(kind, batch_shape=(2,)) + 0.05 * jnp.asarray(
+      rng.standard_normal((2, *stn_jax.param_shape(kind))), jnp.float32
+    )
+    for mode in stn_jax.MODES:
+      fn = lambda p, k=kind, m=mode: stn_jax.warp(image, p, kind=k, mode=m, size=(4, 5))
+      if kind in ("projective", "tps") and mode != "bilinear":
+        np.testing.assert_allclose(
+          np.asarray(jax.jacfwd(fn)(params)), np.asarray(jax.jacrev(fn)(params)), rtol=1e-4, atol=1e-5
+        )
+      else:
+        with pytest.raises(TypeError, match="forward-mode"):
+          jax.jacfwd(fn)(params)
+  # The documented workaround for affine: the same theta as a projective matrix (last row 0, 0, 1) gives the same warp.
+  theta = stn_jax.identity_params("affine", batch_shape=(2,)) + 0.1 * jnp.asarray(rng.standard_normal((2, 2, 3)))
+  matrix = jnp.concatenate([theta, jnp.broadcast_to(jnp.asarray([[0.0, 0.0, 1.0]]), (2, 1, 3))], axis=1)
+  warp_projective = lambda m: stn_jax.warp(image, m, kind="projective", mode="bicubic")
+  np.testing.assert_allclose(
+    np.asarray(warp_projective(matrix)), np.asarray(stn_jax.warp(image, theta, mode="bicubic")), atol=1e-6
+  )
+  _, tangent = jax.jvp(warp_projective, (matrix,), (jnp.ones_like(matrix).at[:, 2].set(0.0),))
+  assert np.abs(np.asarray(tangent)).max() > 0
