@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from stn_jax import train
+from stn_jax import config_lib, distributed, optim, steps, train
 
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"], "Device counts to time.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per device count.")
@@ -29,7 +29,7 @@ _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 
 def main(argv):
   del argv
-  config = train.load_config_file(Path(__file__).resolve().parents[1] / "configs" / "default.py")
+  config = config_lib.load(Path(__file__).resolve().parents[1] / "configs" / "default.py")
   config.batch_size = _BATCH.value
   rng = np.random.default_rng(0)
   batch = {
@@ -42,19 +42,20 @@ def main(argv):
   for n in (int(d) for d in _DEVICES.value):
     if n > jax.device_count():
       continue
-    mesh = train.make_mesh(n)
-    graphdef, params, tx = train.create_state(config, 40)
-    accum = train.zero_metric_sums()
-    params, opt_state, accum = train.replicate(mesh, (params, tx.init(params), accum))
-    step_fn = train.make_train_step(graphdef, tx, 0)
-    sharded = train.shard_batch(mesh, batch)
+    mesh = distributed.make_mesh(n)
+    graphdef, params = train.create_params(config, 40)
+    tx = optim.create_optimizer(config, params, num_train_steps=10_000)
+    accum = steps.zero_metric_sums()
+    params, opt_state, accum = distributed.replicate(mesh, (params, tx.init(params), accum))
+    step_fn = steps.make_train_step(graphdef, tx, 0)
+    sharded = distributed.shard_batch(mesh, batch)
     for i in range(3):
       params, opt_state, accum = step_fn(params, opt_state, accum, sharded, i)
     jax.block_until_ready(params)
     times = []
     for i in range(_STEPS.value):
       start = time.perf_counter()
-      params, opt_state, accum = step_fn(params, opt_state, accum, train.shard_batch(mesh, batch), i)
+      params, opt_state, accum = step_fn(params, opt_state, accum, distributed.shard_batch(mesh, batch), i)
       jax.block_until_ready(params)
       times.append(time.perf_counter() - start)
     ms = 1e3 * float(np.median(times))

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax import train
+from stn_jax import steps, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training config (overrides allowed).")
 _SEEDS = flags.DEFINE_integer("num_seeds", 8, "K: seeds per program, and sequential runs.", lower_bound=2)
@@ -38,11 +38,11 @@ def _timed_run(config, datasets) -> tuple[float, dict]:
 def main(argv):
   del argv
   base = _CONFIG.value
-  k, steps = _SEEDS.value, _STEPS.value
+  k, num_steps = _SEEDS.value, _STEPS.value
   with base.unlocked():
-    base.num_train_steps = steps
-    base.eval_every_steps = base.checkpoint_every_steps = base.log_every_steps = steps
-    base.optimizer.warmup_steps = min(base.optimizer.warmup_steps, steps // 10)
+    base.num_train_steps = num_steps
+    base.eval_every_steps = base.checkpoint_every_steps = base.log_every_steps = num_steps
+    base.optimizer.warmup_steps = min(base.optimizer.warmup_steps, num_steps // 10)
   datasets = train.load_datasets(base)
 
   warmup = base.copy_and_resolve_references()
@@ -61,23 +61,23 @@ def main(argv):
   config = base.copy_and_resolve_references()
   config.num_seeds = k
   together, results = _timed_run(config, datasets)
-  mapping = train.resolve_seed_mapping(config.seed_mapping)
+  mapping = steps.resolve_seed_mapping(config.seed_mapping)
   print(f"one run of {k} seeds ({mapping}): {together:.1f} s, test accuracy {results['test_accuracy']:.4f}")
   gap = np.max(np.abs(np.array(results["test_loss_per_seed"]) - np.array(losses)) / np.abs(losses))
   print(f"largest relative test-loss difference, seed k of the {k}-seed run vs the run with seed k: {gap:.1e}")
 
-  model = f"{config.model.transform} ST-{config.model.classifier.upper()}"
+  model = f"{config.model.transform} ST-{config.model.classifier.kind.upper()}"
   if config.model.transform == "none":
-    model = config.model.classifier.upper()
+    model = config.model.classifier.kind.upper()
   print(
     f"\njax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); {model} on "
-    f"{config.dataset.name}, batch {config.batch_size}, {steps} steps per run"
+    f"{config.dataset.name}, batch {config.batch_size}, {num_steps} steps per run"
   )
   print("| how | wall s | model-steps/s |")
   print("|---|---:|---:|")
   seq_total = sum(sequential)
-  print(f"| {k} sequential runs | {seq_total:.1f} | {k * steps / seq_total:.1f} |")
-  print(f"| one run, num_seeds={k} ({mapping}) | {together:.1f} | {k * steps / together:.1f} |")
+  print(f"| {k} sequential runs | {seq_total:.1f} | {k * num_steps / seq_total:.1f} |")
+  print(f"| one run, num_seeds={k} ({mapping}) | {together:.1f} | {k * num_steps / together:.1f} |")
   print(f"throughput ratio (one run / sequential): {seq_total / together:.2f}")
 
 

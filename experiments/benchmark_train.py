@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from stn_jax import train
+from stn_jax import config_lib, optim, steps, train
 
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _STEPS = flags.DEFINE_integer("steps", 60, "Timed steps per library.")
@@ -60,7 +60,7 @@ def main(argv):
   del argv
   import torch
 
-  config = train.load_config_file(Path(__file__).resolve().parents[1] / "configs" / "default.py")
+  config = config_lib.load(Path(__file__).resolve().parents[1] / "configs" / "default.py")
   config.batch_size = _BATCH.value
   config.optimizer.schedule = "constant"
   b = config.batch_size
@@ -68,13 +68,14 @@ def main(argv):
   images = rng.random((b, 40, 40, 1), dtype=np.float32)
   labels = rng.integers(0, 10, b).astype(np.int32)
 
-  graphdef, params, tx = train.create_state(config, 40)
+  graphdef, params = train.create_params(config, 40)
+  tx = optim.create_optimizer(config, params, num_train_steps=10_000)  # a constant schedule: the total is unused
   state = {
     "params": params,
     "opt_state": tx.init(params),
-    "accum": train.zero_metric_sums(),
+    "accum": steps.zero_metric_sums(),
   }
-  step_fn = train.make_train_step(graphdef, tx, config.seed)
+  step_fn = steps.make_train_step(graphdef, tx, config.seed)
   batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
   counter = [0]
 

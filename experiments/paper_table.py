@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from absl import app, flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs import paper_table1
+from stn_jax import config_lib
+
+paper_table1 = config_lib.import_sibling(Path(__file__).resolve().parents[1] / "configs" / "default.py", "paper_table1")
 
 _TABLE1 = flags.DEFINE_string("table1", None, "Root of the Table 1 sweep.")
 _TC = flags.DEFINE_string("tc", None, "Root of the TC sweep.")
@@ -54,7 +54,7 @@ def collect(root: Path) -> dict[tuple[str, str], dict]:
   """{(model name, dataset): results} of the finished runs under `root`."""
   out = {}
   for results in sorted(root.glob("*/results.json")):
-    config = json.loads((results.parent / "config.json").read_text())
+    config = config_lib.migrate(json.loads((results.parent / "config.json").read_text()))  # any version
     out[model_name(config), config["dataset"]["name"]] = {**json.loads(results.read_text()), "dir": results.parent}
   return out
 

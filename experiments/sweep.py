@@ -1,21 +1,31 @@
 r"""Runs a sweep of training runs, each as its own `python -m stn_jax.main` process, N at a time; resumable.
 
-  python experiments/sweep.py --config=configs/paper_table1.py --workdir=runs/table1 [--parallel=2] [--dry-run]
-  python experiments/sweep.py --config=configs/default.py --grid config.learning_rate=1e-3,3e-4 \
-      --grid config.model.transform=affine,tps --workdir=runs/lr_x_transform
+  python experiments/sweep.py --config=configs/paper_table1.py:cpu --workdir=runs/table1 [--parallel=2] [--dry_run]
+  python experiments/sweep.py --config=configs/default.py --config.num_epochs=2 \
+      --grid config.learning_rate=1e-3,3e-4 --grid 'config.model.localization.fcn.hidden=(20,),(32,)' \
+      --workdir=runs/lr_x_hidden
 
-The runs are the config file's `sweep(add)` (each `add(**{'model.transform': 'tps', ...})` is one run; the Flax
-examples' and big_vision's convention), crossed with the cartesian product of the `--grid` options. Run i goes to
-ROOT/<name>, its name built from the swept values; a run with a results.json is skipped, a killed one resumes from
-its checkpoints. A failed run is reported with its log and does not stop the others. At the end ROOT/results.csv,
-ROOT/results.md and ROOT/results.png compare the runs. Run it from the repository root.
+The runs are the config file's `sweep(add)` (each `add(**{'config.model.transform': 'tps', ...})` is one run; the
+Flax examples' and big_vision's convention), crossed with the cartesian product of the `--grid` options. Values of a
+`--grid` are separated by the commas outside brackets and quotes, so tuples such as `(20,),(32,)` sweep too. Fixed
+`--config.key=value` overrides, as `stn_jax.main` takes them, apply to every run and are not part of run names.
+
+Before anything starts, every run's resolved config is validated and every run directory checked: run i goes to
+ROOT/<name> (its name built from the swept values under short names that stay unique); a run whose directory holds
+its finished run (the same config, up to log/evaluation/checkpoint settings) is skipped, one holding another config
+stops the sweep with the differences, a killed one resumes from its checkpoints, and one given more steps continues.
+A failed run is reported with its log and does not stop the others. At the end ROOT/results.csv (merged with the
+rows already there), ROOT/results.md and ROOT/results.png compare the runs. Works from any directory.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
 import csv
 import itertools
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -23,69 +33,146 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import ml_collections
 from absl import app, flags
+from ml_collections import config_flags
 
-_CONFIG = flags.DEFINE_string("config", None, "Config file (optionally with a sweep(add) function).")
+from stn_jax import config_lib
+from stn_jax.cli import USAGE_ERROR, one_line, parse_flags
+from stn_jax.data.mnist import SPLIT_SIZES
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (optionally with a sweep(add) function).")
 _GRID = flags.DEFINE_multi_string("grid", [], "config.key=v1,v2,... (repeatable): a cartesian product of values.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory; each run gets ROOT/<run-name>.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time.", lower_bound=1)
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the runs and their commands without starting them.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and every run's command without starting them.")
+
+RESULT_COLUMNS = ("test_accuracy", "test_error", "test_error_std", "num_seeds", "train_time_s", "status")
+
+
+class SweepError(ValueError):
+  """A sweep that cannot start: a bad key or value, or a run directory holding another config."""
 
 
 def _strip(key: str) -> str:
   return key[len("config.") :] if key.startswith("config.") else key
 
 
-def load_sweep(config_path: str | Path) -> tuple[object, list[dict]]:
+# ----------------------------------------------------------------------------------------------------------------------
+# Planning: the runs, their configs, names and commands.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_sweep(config_spec: str | Path) -> tuple[ml_collections.ConfigDict, list[dict]]:
   """The config file's get_config([arg]) and the override dicts its sweep(add) produces (one empty dict without one).
 
-  `config_path` may end in ':arg' (ml_collections' convention), passed to get_config.
+  `config_spec` may end in ':arg' (ml_collections' convention), passed to get_config.
   """
-  import importlib.util
-
-  config_path, *arg = str(config_path).split(":", 1)
-  if not Path(config_path).is_file():
-    raise FileNotFoundError(f"--config: no config file {config_path!r}.")
-  spec = importlib.util.spec_from_file_location(f"_sweep_{Path(config_path).stem}", config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module, arg = config_lib.load_module(config_spec)
   runs: list[dict] = []
   if hasattr(module, "sweep"):
     module.sweep(lambda **overrides: runs.append({_strip(k): v for k, v in overrides.items()}))
   return module.get_config(*arg), runs or [{}]
 
 
+def split_values(text: str) -> list[str]:
+  """'1,2' -> ['1', '2']; '(20,),(32,)' -> ['(20,)', '(32,)']: commas inside brackets or quotes do not split."""
+  values, depth, quote, current = [], 0, None, ""
+  for char in text:
+    if quote:
+      quote = None if char == quote else quote
+    elif char in "'\"":
+      quote = char
+    elif char in "([{":
+      depth += 1
+    elif char in ")]}":
+      depth -= 1
+    elif char == "," and depth == 0:
+      values.append(current)
+      current = ""
+      continue
+    current += char
+  values.append(current)
+  if depth != 0 or quote:
+    raise SweepError(f"--grid: unbalanced brackets or quotes in {text!r}.")
+  return values
+
+
 def parse_grid(options: list[str]) -> list[dict]:
-  """['config.a=1,2', 'config.b=x'] -> [{'a': '1', 'b': 'x'}, {'a': '2', 'b': 'x'}]."""
+  """['config.a=1,2', 'config.b=x'] -> [{'a': '1', 'b': 'x'}, {'a': '2', 'b': 'x'}] (values still text)."""
   axes = []
   for option in options:
     if "=" not in option:
-      raise ValueError(f"--grid must look like config.key=v1,v2; got {option!r}.")
+      raise SweepError(f"--grid must look like config.key=v1,v2; got {option!r}.")
     key, values = option.split("=", 1)
-    axes.append([(_strip(key), v) for v in values.split(",")])
+    axes.append([(_strip(key), v) for v in split_values(values)])
   return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+
+
+def _parent(config, key: str):
+  node = config
+  *path, last = key.split(".")
+  for part in path:
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise SweepError(f"swept key {key!r} is not a field of the config ({part!r} not found).")
+    node = node[part]
+  if not isinstance(node, ml_collections.ConfigDict) or last not in node:
+    raise SweepError(f"swept key {key!r} is not a field of the config ({last!r} not found).")
+  return node, last
 
 
 def check_keys(config, runs: list[dict]) -> None:
   """Every swept key must exist in the config (a typo would otherwise fail only when its run starts)."""
   for overrides in runs:
     for key in overrides:
-      node = config
-      for part in key.split("."):
-        if part not in node:
-          raise KeyError(f"swept key {key!r} is not a field of the config ({part!r} not found).")
-        node = node[part]
+      _parent(config, key)
 
 
-def short_name(key: str) -> str:
-  return key.split(".")[-1]
+def parse_value(config, key: str, text):
+  """A --grid value (text) as the type of the config field `key`, as `--config.key=text` would be parsed."""
+  if not isinstance(text, str):
+    return text
+  parent, last = _parent(config, key)
+  kind = parent.get_type(last)
+  try:
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError("not a bool")
+      return text.lower() in ("true", "1")
+    if kind in (int, float):
+      return kind(text)
+    if kind in (tuple, list):
+      value = ast.literal_eval(text)
+      return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if kind is str or kind is type(None):
+      return text[1:-1] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else text
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError) as e:
+    raise SweepError(f"--grid config.{key}: {text!r} is not a {kind.__name__} ({e}).") from None
 
 
-def run_name(overrides: dict) -> str:
-  if not overrides:
-    return "base"
-  parts = [f"{short_name(k)}={_format(v)}" for k, v in overrides.items()]
-  return re.sub(r"[^A-Za-z0-9=.,_+-]", "", ",".join(parts))
+def resolve(base, overrides: dict) -> ml_collections.ConfigDict:
+  """A copy of `base` with the run's overrides applied (values of the fields' types)."""
+  config = copy.deepcopy(base)
+  with config.unlocked():
+    for key, value in overrides.items():
+      parent, last = _parent(config, key)
+      parent[last] = value
+  return config
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+  """{key: the shortest dotted suffix of it that no other key shares}: 'dataset.name' and 'optimizer.name' keep their
+  prefixes, 'learning_rate' stays as it is."""
+  out = {}
+  for key in keys:
+    parts = key.split(".")
+    for n in range(1, len(parts) + 1):
+      name = ".".join(parts[-n:])
+      if not any(other != key and (other == name or other.endswith("." + name)) for other in keys):
+        break
+    out[key] = name
+  return out
 
 
 def _format(value) -> str:
@@ -94,90 +181,202 @@ def _format(value) -> str:
   return str(value)
 
 
-def _flag_value(value) -> str:
+def run_name(overrides: dict, names: dict[str, str] | None = None) -> str:
+  if not overrides:
+    return "base"
+  names = names or short_names(list(overrides))
+  parts = [f"{names[k]}={_format(v)}" for k, v in overrides.items()]
+  return re.sub(r"[^A-Za-z0-9=.,_+-]", "", ",".join(parts))
+
+
+def flag_value(value) -> str:
   if isinstance(value, (tuple, list)):
     return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
   return str(value)
 
 
-def command(config_path: str, workdir: Path, overrides: dict) -> list[str]:
-  args = [sys.executable, "-m", "stn_jax.main", f"--config={config_path}", f"--workdir={workdir}"]
-  return args + [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]
+def command(config_spec: str, workdir: Path, fixed: dict, overrides: dict) -> list[str]:
+  args = [sys.executable, "-m", "stn_jax.main", f"--config={config_spec}", f"--workdir={workdir}"]
+  return args + [f"--config.{k}={flag_value(v)}" for k, v in {**fixed, **overrides}.items()]
 
 
-def run_one(config_path: str, root: Path, overrides: dict) -> dict:
-  name = run_name(overrides)
-  workdir = root / name
-  row = {"run": name, **{short_name(k): _format(v) for k, v in overrides.items()}}
+def plan(base, sweep_runs: list[dict], grid: list[dict], fixed: dict) -> list[dict]:
+  """The runs: the sweep crossed with the grid, values typed, each resolved config validated.
+
+  Returns:
+    [{'overrides': {key: value}, 'config': resolved ConfigDict}, ...]
+  """
+  runs = []
+  for a, b in itertools.product(sweep_runs, grid):
+    if both := set(a) & set(b):
+      raise SweepError(f"{', '.join(sorted(both))}: set by both the config's sweep and --grid.")
+    overrides = {**a, **b}
+    if both := set(overrides) & set(fixed):
+      raise SweepError(f"{', '.join(sorted(both))}: both swept and fixed by a --config.* flag.")
+    overrides = {k: parse_value(base, k, v) for k, v in overrides.items()}
+    config = resolve(base, overrides)
+    try:
+      config_lib.validate(config)
+    except config_lib.ConfigError as e:
+      raise SweepError(f"run {run_name(overrides)}: {e}") from None
+    runs.append({"overrides": overrides, "config": config})
+  return runs
+
+
+def describe_plan(runs: list[dict], sweep_count: int, grid_count: int) -> str:
+  models = sum(r["config"].num_seeds for r in runs)
+  seeds = sorted({r["config"].num_seeds for r in runs})
+  per = f"{seeds[0]} seed(s) each" if len(seeds) == 1 else f"{'/'.join(map(str, seeds))} seeds"
+  return (
+    f"{len(runs)} runs ({sweep_count} from the config's sweep x {grid_count} --grid combination(s)), "
+    f"{models} models ({per})"
+  )
+
+
+def run_state(workdir: Path, config) -> str:
+  """'new', 'done' (finished, same config), 'resume' (unfinished, or given more steps) or the conflict."""
+  if not (workdir / "config.json").exists():
+    return "new"
+  stored = json.loads((workdir / "config.json").read_text())
+  steps_per_epoch = SPLIT_SIZES["train"] // config.batch_size
+  problems, (old_total, new_total) = config_lib.resume_differences(stored, config, steps_per_epoch)
+  if problems:
+    return "conflict: " + "; ".join(problems)
+  return "done" if (workdir / "results.json").exists() and new_total == old_total else "resume"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Running and reporting.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def run_one(config_spec: str, workdir: Path, row: dict, fixed: dict, overrides: dict, state: str) -> dict:
   results = workdir / "results.json"
-  if results.exists():
+  if state == "done":
     return {**row, **json.loads(results.read_text()), "status": "done (skipped)"}
   workdir.mkdir(parents=True, exist_ok=True)
   log_path = workdir / "log.txt"
   start = time.time()
   with open(log_path, "a") as log:
     returncode = subprocess.run(
-      command(config_path, workdir, overrides), stdout=log, stderr=subprocess.STDOUT
+      command(config_spec, workdir, fixed, overrides), stdout=log, stderr=subprocess.STDOUT
     ).returncode
   if returncode != 0 or not results.exists():
-    print(f"FAILED {name} (exit {returncode}); log: {log_path}", flush=True)
+    print(f"FAILED {row['run']} (exit {returncode}); log: {log_path}", flush=True)
     return {**row, "status": f"failed (exit {returncode}, log {log_path})"}
-  print(f"done {name} in {time.time() - start:.0f} s", flush=True)
+  print(f"done {row['run']} in {time.time() - start:.0f} s", flush=True)
   return {**row, **json.loads(results.read_text()), "status": "done"}
 
 
-def write_reports(root: Path, rows: list[dict], swept: list[str]) -> None:
-  columns = ["run", *swept, "test_accuracy", "test_error", "test_error_std", "num_seeds", "train_time_s", "status"]
+def merge_rows(path: Path, rows: list[dict]) -> tuple[list[dict], list[str]]:
+  """The rows of an existing results.csv with this sweep's rows replacing those of the same run, and all columns."""
+  old, columns = [], []
+  if path.exists():
+    with open(path, newline="") as f:
+      reader = csv.DictReader(f)
+      columns = list(reader.fieldnames or [])
+      old = list(reader)
+  new_names = {r["run"] for r in rows}
+  merged = [r for r in old if r.get("run") not in new_names] + rows
+  swept = [c for c in columns if c != "run" and c not in RESULT_COLUMNS]
+  for row in rows:
+    swept += [
+      k for k in row if k not in swept and k != "run" and k not in RESULT_COLUMNS and k in row.get("_swept", ())
+    ]
+  return merged, ["run", *swept, *RESULT_COLUMNS]
+
+
+def write_reports(root: Path, rows: list[dict]) -> None:
+  """results.csv (merged with what is there), results.md and results.png."""
+  rows, columns = merge_rows(root / "results.csv", rows)
   with open(root / "results.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
 
+  def number(value):
+    try:
+      return float(value)
+    except (TypeError, ValueError):
+      return None
+
   def cell(row, column):
     value = row.get(column, "")
-    if column in ("test_accuracy", "test_error", "test_error_std") and value != "":
-      return f"{100 * value:.2f} %"
-    if column == "train_time_s" and value != "":
-      return f"{value:.0f}"
+    if column in ("test_accuracy", "test_error", "test_error_std") and number(value) is not None:
+      return f"{100 * number(value):.2f} %"
+    if column == "train_time_s" and number(value) is not None:
+      return f"{number(value):.0f}"
     return str(value)
 
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
   (root / "results.md").write_text("\n".join(lines) + "\n")
-  done = [r for r in rows if "test_error" in r]
+  done = [r for r in rows if number(r.get("test_error")) is not None]
   if done:
     from stn_jax.figures import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(done) + 2), 4))
-    spread = [100 * r.get("test_error_std", 0.0) for r in done]
-    ax.bar(range(len(done)), [100 * r["test_error"] for r in done], yerr=spread, color="tab:blue", capsize=2)
-    ax.set_xticks(range(len(done)), [r["run"] for r in done], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("test error (%)")
+    names = [r["run"] for r in done]
+    # Horizontal bars: every run's full name stays readable, however many runs and however long their names.
+    fig, ax = plt.subplots(figsize=(min(16, 5 + 0.07 * max(map(len, names))), 1.2 + 0.28 * len(done)))
+    errors = [100 * number(r["test_error"]) for r in done]
+    spread = [100 * (number(r.get("test_error_std")) or 0.0) for r in done]
+    ax.barh(range(len(done)), errors, xerr=spread, color="tab:blue", capsize=2)
+    ax.set_yticks(range(len(done)), names, fontsize=8)
+    ax.invert_yaxis()
+    for y, e in enumerate(errors):
+      ax.text(e, y, f" {e:.2f}", va="center", fontsize=7)
+    ax.set_xlabel("test error (%)")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(root / "results.png", dpi=110)
     plt.close(fig)
 
 
 def main(argv):
-  del argv
-  if not _CONFIG.value or not _WORKDIR.value:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  config_spec = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
+  if not config_spec or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required")
-  sys.path.insert(0, str(Path.cwd()))  # config files import each other as `configs.*` (run from the repo root)
-  config, swept_runs = load_sweep(_CONFIG.value)
-  runs = [{**a, **b} for a, b in itertools.product(swept_runs, parse_grid(_GRID.value))]
-  check_keys(config, runs)
-  swept = list(dict.fromkeys(short_name(k) for r in runs for k in r))
   root = Path(_WORKDIR.value)
-  print(f"{len(runs)} runs from {_CONFIG.value} into {root}, {_PARALLEL.value} at a time")
+  logging.getLogger().setLevel(logging.WARNING)  # the runs log to their own log.txt
+  try:
+    _, sweep_runs = load_sweep(config_spec)
+    fixed = dict(config_flags.get_override_values(flags.FLAGS["config"]))
+    grid = parse_grid(_GRID.value)
+    runs = plan(_CONFIG.value, sweep_runs, grid, fixed)
+    names = short_names(list(dict.fromkeys(k for r in runs for k in r["overrides"])))
+    for r in runs:
+      r["name"] = run_name(r["overrides"], names)
+      r["state"] = run_state(root / r["name"], r["config"])
+    if len({r["name"] for r in runs}) != len(runs):
+      raise SweepError("two runs would share a directory: " + ", ".join(r["name"] for r in runs))
+    conflicts = [f"{r['name']}: {r['state']}" for r in runs if r["state"].startswith("conflict")]
+    if conflicts:
+      raise SweepError(f"run directories under {root} hold other configs: " + " | ".join(conflicts))
+  except (SweepError, config_lib.ConfigError) as e:
+    sys.stderr.write(f"error: {one_line(e)}\n")
+    sys.exit(USAGE_ERROR)
+  print(
+    describe_plan(runs, len(sweep_runs), len(grid)) + f" from {config_spec} into {root}, {_PARALLEL.value} at a time"
+  )
+  if fixed:
+    print("fixed for every run: " + " ".join(f"--config.{k}={flag_value(v)}" for k, v in fixed.items()))
   if _DRY_RUN.value:
-    for overrides in runs:
-      print(run_name(overrides), "\n  ", " ".join(command(_CONFIG.value, root / run_name(overrides), overrides)))
+    for r in runs:
+      print(f"{r['name']} [{r['state']}]\n   ", " ".join(command(config_spec, root / r["name"], fixed, r["overrides"])))
     return
   root.mkdir(parents=True, exist_ok=True)
+
+  def launch(r):
+    row = {"run": r["name"], **{names[k]: _format(v) for k, v in r["overrides"].items()}}
+    row["_swept"] = tuple(names[k] for k in r["overrides"])
+    return run_one(config_spec, root / r["name"], row, fixed, r["overrides"], r["state"])
+
   with ThreadPoolExecutor(_PARALLEL.value) as pool:
-    rows = list(pool.map(lambda o: run_one(_CONFIG.value, root, o), runs))
-  write_reports(root, rows, swept)
+    rows = list(pool.map(launch, runs))
+  write_reports(root, rows)
   failed = [r for r in rows if r["status"].startswith("failed")]
   print(f"{len(rows) - len(failed)} of {len(rows)} runs done; {root / 'results.csv'}, results.md, results.png")
   for r in failed:
@@ -185,4 +384,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,17 +1,21 @@
-"""The training loop on a tiny config with synthetic digits: outputs, reproducibility, resume, validation, predict."""
+"""The training loop on a tiny config with synthetic digits: outputs, reproducibility, resume and continuation,
+validation, data parallelism, populations of seeds, the entry point's errors."""
 
 import json
 import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from configs import default
+from stn_jax import checkpoints, optim, steps, train
 from stn_jax import data as data_lib
-from stn_jax import predict, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _digits(rng, n):
@@ -41,12 +45,12 @@ def _tiny_config(**overrides):
   config = default.get_config()
   config.dataset.name = "R"
   config.batch_size = 16
-  config.num_train_steps = 12
+  config.num_epochs = 2  # 6 steps of 16 per epoch of the 96 synthetic train digits: 12 steps
   config.eval_every_steps = 4
   config.checkpoint_every_steps = 4
   config.log_every_steps = 4
   config.eval_batch_size = 16
-  config.model.cnn_hidden = (32,)
+  config.model.classifier.cnn.hidden = (32,)
   config.optimizer.warmup_steps = 2
   for key, value in overrides.items():
     target = config
@@ -81,6 +85,7 @@ def test_a_run_writes_everything(finished_run):
   assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # it learns
   saved = json.loads((workdir / "results.json").read_text())
   assert saved == results
+  assert saved["num_train_steps"] == 12 and saved["num_epochs"] == 2
   assert set(saved) >= {"test_accuracy", "test_loss", "test_error", "num_train_steps", "train_time_s"}
   assert saved["test_error"] == pytest.approx(1 - saved["test_accuracy"])
   assert json.loads((workdir / "config.json").read_text())["dataset"]["name"] == "R"
@@ -134,7 +139,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(finished_run
 def test_a_workdir_of_another_config_is_never_clobbered(finished_run, datasets):
   workdir, _ = finished_run
   before = (workdir / "metrics.jsonl").read_text()
-  with pytest.raises(train.WorkdirConflictError, match=r"learning_rate: 0\.001 -> 0\.5"):
+  with pytest.raises(checkpoints.WorkdirConflictError, match=r"learning_rate: 0\.001 -> 0\.5"):
     train.train_and_evaluate(_tiny_config(learning_rate=0.5), workdir, datasets=datasets)
   assert (workdir / "metrics.jsonl").read_text() == before
 
@@ -144,7 +149,10 @@ def test_a_workdir_of_another_config_is_never_clobbered(finished_run, datasets):
   [
     ({"dataset.name": "mnist"}, ["config.dataset.name", "'mnist'", "'seed40'", "'TC'"]),
     ({"model.transform": "rigid"}, ["config.model.transform", "'rigid'", "'affine'", "'none'"]),
-    ({"model.classifier": "resnet"}, ["config.model.classifier", "'resnet'", "'cnn'", "'fcn'"]),
+    ({"model.classifier.kind": "resnet"}, ["config.model.classifier.kind", "'resnet'", "'cnn'", "'fcn'"]),
+    ({"model.localization.fcn.activation": "sigmoid"}, ["config.model.localization.fcn", "activation", "'sigmoid'"]),
+    ({"model.num_control_points": 15, "model.transform": "tps"}, ["num_control_points", "perfect square", "got 15"]),
+    ({"num_epochs": 0.0}, ["config.num_epochs", "> 0", "num_train_steps"]),
     ({"batch_size": 0}, ["config.batch_size", "positive", "0"]),
     ({"num_train_steps": -5}, ["config.num_train_steps", "positive", "-5"]),
     ({"num_seeds": 0}, ["config.num_seeds", "positive", "0"]),
@@ -172,71 +180,37 @@ def test_optimizers_and_schedules_build_and_step(datasets, tmp_path):
       {"optimizer.schedule": "constant", "optimizer.grad_clip_norm": 1.0, "optimizer.weight_decay": 1e-4},
     ]
   ):
-    config = _tiny_config(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4, **overrides)
+    config = _tiny_config(num_train_steps=4, **overrides)
     results = train.train_and_evaluate(config, tmp_path / str(i), datasets=datasets)
     assert np.isfinite(results["test_loss"])
 
 
-def test_misspelt_config_key_is_named_by_the_entry_point(tmp_path):
-  command = [
-    sys.executable,
-    "-m",
-    "stn_jax.main",
-    "--config=configs/default.py",
-    f"--workdir={tmp_path}",
-    "--config.lerning_rate=0.1",
+def test_the_entry_point_reports_config_errors_in_one_line_with_exit_status_2(finished_run, tmp_path):
+  workdir, _ = finished_run
+  main = [sys.executable, "-m", "stn_jax.main", f"--config={ROOT / 'configs' / 'default.py'}"]
+  cases = [
+    ([f"--workdir={tmp_path}", "--config.lerning_rate=0.1"], "no field 'lerning_rate' (did you mean 'learning_rate'?)"),
+    ([f"--workdir={tmp_path}", "--config.model.transform=tsp"], "config.model.transform must be one of"),
+    # the finished run is of the tiny config (R, batch 16, ...): the default config is refused, its fields named
+    ([f"--workdir={workdir}"], "holds a run of another config (differs in batch_size: 16 -> 128"),
   ]
-  result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-  assert result.returncode != 0
-  assert "lerning_rate" in result.stderr
+  for args, words in cases:
+    result = subprocess.run([*main, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and words in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
   assert not (tmp_path / "config.json").exists()
 
 
-def test_predict_on_a_saved_checkpoint(finished_run, datasets, tmp_path):
-  workdir, _ = finished_run
-  config, graphdef, params, step = predict.load_run(workdir)
-  assert step == 12
-  test = datasets["test"]
-  images = test.images()
-  npz = tmp_path / "in.npz"
-  np.savez(npz, images=images, labels=test.labels)
-  loaded, labels = predict.read_images(npz)
-  out = predict.predict(config, graphdef, params, loaded)
-  assert out["predictions"].shape == (len(images),) and out["probabilities"].shape == (len(images), 10)
-  np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, rtol=1e-5)
-  assert out["rectified"].shape == (len(images), 32, 32, 1) and out["theta"].shape == (len(images), 2, 3)
-  results = json.loads((workdir / "results.json").read_text())
-  assert np.mean(out["predictions"] == labels) == pytest.approx(results["test_accuracy"])
-  # float input in [0, 1] with a channel axis gives the same predictions
-  same = predict.predict(config, graphdef, params, predict.prepare_images(images.astype(np.float32)[..., None] / 255))
-  np.testing.assert_array_equal(same["predictions"], out["predictions"])
-  with pytest.raises(predict.PredictError, match=r"takes 32x32x1 images.*got 28x28x1"):
-    predict.predict(config, graphdef, params, np.zeros((2, 28, 28, 1), np.float32))
-
-
-def test_predict_cli_and_its_errors(finished_run, datasets, tmp_path):
-  workdir, _ = finished_run
-  from PIL import Image
-
-  png_dir = tmp_path / "pngs"
-  png_dir.mkdir()
-  for i, image in enumerate(datasets["test"].images()[:5]):
-    Image.fromarray(image).save(png_dir / f"{i:03d}.png")
-  out = tmp_path / "out.npz"
-  command = [sys.executable, "-m", "stn_jax.predict", f"--workdir={workdir}", f"--input={png_dir}", f"--output={out}"]
-  result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr
-  with np.load(out) as z:
-    assert z["predictions"].shape == (5,) and z["rectified"].shape == (5, 32, 32, 1)
-  again = subprocess.run(command, capture_output=True, text=True, timeout=300)
-  assert again.returncode != 0 and "exists" in again.stderr
-  with pytest.raises(predict.PredictError, match="no checkpoints"):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "config.json").write_text((workdir / "config.json").read_text())
-    predict.load_run(tmp_path / "empty")
-  with pytest.raises(predict.PredictError, match="cannot read"):
-    (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    predict.read_images(tmp_path / "bad.npz")
+def test_list_prints_every_field_with_its_meaning_from_any_directory(tmp_path):
+  command = [sys.executable, "-m", "stn_jax.main", f"--config={ROOT / 'configs' / 'paper_tc.py'}:cpu", "--list"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+  assert '"TC"' in lines["dataset.name"] and "[40, 40]" in lines["model.stn_output_size"]
+  assert "6.0" in lines["num_epochs"] and "training budget in epochs" in lines["num_epochs"]
+  assert "2x2 max-pooling" in lines["model.classifier.cnn.pool"]  # from CNNClassifier's docstring
 
 
 def test_data_parallel_over_8_devices_matches_one_device(finished_run, tmp_path, datasets):
@@ -305,39 +279,30 @@ def test_num_seeds_trains_k_independent_models_in_one_program(finished_run, tmp_
     for row, ref in zip(rows, single[k], strict=True):
       assert row["train_loss_per_seed"][k] == pytest.approx(ref["train_loss"], rel=1e-4)
       assert row["val_loss_per_seed"][k] == pytest.approx(ref["val_loss"], rel=1e-4)
-  # predict reads any one of the models; an index out of range is named
-  config, graphdef, params, _ = predict.load_run(tmp_path / "both", seed_index=1)
-  images = predict.prepare_images(datasets["test"].images())
-  ours = predict.predict(config, graphdef, params, images)["probabilities"]
-  ref_config, ref_graphdef, ref_params, _ = predict.load_run(tmp_path / "seed1")
-  np.testing.assert_allclose(
-    ours, predict.predict(ref_config, ref_graphdef, ref_params, images)["probabilities"], atol=1e-4
-  )
-  with pytest.raises(predict.PredictError, match=r"seed_index must be in \[0, 2\).*got 2"):
-    predict.load_run(tmp_path / "both", seed_index=2)
 
 
 def test_vmap_and_unroll_seed_mappings_match_a_single_seed_step(datasets):
   import jax
 
   config = _tiny_config(num_seeds=3, seed=5)
-  graphdef, params, tx = train.create_state(config, datasets["train"].image_size)
+  graphdef, params = train.create_params(config, datasets["train"].image_size)
+  tx = optim.create_optimizer(config, steps.seed_slice(params, 0, 3), 12)
   batch = train.seed_batches(config, datasets["train"], 7)
   assert batch["image"].shape == (3, 16, 32, 32, 1)
   results = {}
   for how in ("vmap", "unroll"):
-    state = jax.tree.map(np.array, (params, train.init_optimizer_state(tx, params, 3), train.zero_metric_sums(3)))
-    step = train.make_train_step(graphdef, tx, config.seed, 3, how)
+    state = jax.tree.map(np.array, (params, train.init_optimizer_state(tx, params, 3), steps.zero_metric_sums(3)))
+    step = steps.make_train_step(graphdef, tx, config.seed, 3, how)
     results[how] = jax.tree.map(np.asarray, step(*state, batch, 7))
   # the reference: seed 5 + 2 trained alone, from its own init, on its own data order
   single = _tiny_config(seed=7)
-  graphdef1, params1, _ = train.create_state(single, datasets["train"].image_size)
-  state1 = (params1, tx.init(params1), train.zero_metric_sums())
+  graphdef1, params1 = train.create_params(single, datasets["train"].image_size)
+  state1 = (params1, tx.init(params1), steps.zero_metric_sums())
   ref = jax.tree.map(
-    np.asarray, train.make_train_step(graphdef1, tx, 7)(*state1, train.seed_batches(single, datasets["train"], 7), 7)
+    np.asarray, steps.make_train_step(graphdef1, tx, 7)(*state1, train.seed_batches(single, datasets["train"], 7), 7)
   )
   for how, out in results.items():
-    for got, want in zip(jax.tree.leaves(train.seed_slice(out, 2, 3)), jax.tree.leaves(ref), strict=True):
+    for got, want in zip(jax.tree.leaves(steps.seed_slice(out, 2, 3)), jax.tree.leaves(ref), strict=True):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=how)
   loss = results["vmap"][2]["loss"]
   assert len(set(np.round(loss, 6))) == 3  # three different models and batches
