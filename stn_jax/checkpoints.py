@@ -13,7 +13,6 @@ differing fields. `restore_params` gives a run's parameters alone (what predict 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -125,18 +124,25 @@ def restore_newest(checkpoints: ocp.CheckpointManager, target, *, partial: bool 
   """
   for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
-      restore = functools.partial(ocp.args.PyTreeRestore, partial_restore=True) if partial else ocp.args.StandardRestore
-      args = restore(target)
+      if partial:  # restore_args carry the target's shardings (without them orbax reads those saved in the file)
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        args = ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)
+      else:
+        args = ocp.args.StandardRestore(target)
       return step, checkpoints.restore(step, args=args)
     except Exception as e:
       log.warning("checkpoint at step %d is unreadable (%s: %s); falling back to the previous one", step, type(e), e)
   return None
 
 
-def restore_params(workdir: str | os.PathLike, params_target) -> tuple[int, dict] | None:
-  """(step, params) of the newest intact checkpoint in `workdir`, reading the parameters alone."""
+def restore_params(workdir: str | os.PathLike, params_target, *, device=None) -> tuple[int, dict] | None:
+  """(step, params) of the newest intact checkpoint in `workdir`, reading the parameters alone onto `device` (the
+  first local device by default). `params_target` gives the structure, shapes and dtypes: arrays or abstract leaves
+  (jax.ShapeDtypeStruct, e.g. from nnx.eval_shape)."""
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params_target)
   with manager(Path(workdir), read_only=True) as checkpoints:
-    restored = restore_newest(checkpoints, {"params": abstract(params_target)}, partial=True)
+    restored = restore_newest(checkpoints, {"params": target}, partial=True)
   if restored is None:
     return None
   step, state = restored

@@ -291,8 +291,15 @@ def migrate(old: dict) -> dict:
 
 
 def from_dict(d: dict) -> ml_collections.ConfigDict:
-  """A config.json's content (any version) as a current-layout ConfigDict."""
-  return ml_collections.ConfigDict(migrate(d))
+  """A config.json's content (any version) as a current-layout ConfigDict, its lists as tuples (as config files
+  write sequences)."""
+
+  def tuples(tree):
+    if isinstance(tree, dict):
+      return {k: tuples(v) for k, v in tree.items()}
+    return tuple(tuples(v) for v in tree) if isinstance(tree, list) else tree
+
+  return ml_collections.ConfigDict(tuples(migrate(d)))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

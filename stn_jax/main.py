@@ -1,7 +1,7 @@
 r"""Trains an STN classifier from a config file.
 
   python -m stn_jax.main --config=configs/default.py --workdir=runs/default [--config.learning_rate=3e-4 ...]
-  python -m stn_jax.main --config=configs/paper_table1.py:cpu --list     # the fields, their values and meanings
+  python -m stn_jax.main --config=configs/paper_table1.py:cpu --list [--markdown]  # the fields, values, meanings
 
 A workdir with a run of the same config in it is resumed from its newest checkpoint (or continued, given a larger
 --config.num_train_steps); one with another config's run is refused. A bad config, a misspelt key or a workdir
@@ -21,6 +21,7 @@ from stn_jax.cli import USAGE_ERROR, one_line, parse_flags, quiet_orbax
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, figures and results.")
 _LIST = flags.DEFINE_bool("list", False, "Print every field of the config with its value and meaning, and exit.")
+_MARKDOWN = flags.DEFINE_bool("markdown", False, "With --list: as a markdown table (the README's is made so).")
 config_flags.DEFINE_config_file(
   "config", None, "Training configuration file (path.py or path.py:arg).", lock_config=True
 )
@@ -33,7 +34,7 @@ def main(argv):
   if config is None:
     sys.exit("error: --config is required (e.g. --config=configs/default.py)")
   if _LIST.value:
-    print(config_lib.describe(config))
+    print(config_lib.describe(config, markdown=_MARKDOWN.value))
     return
   if not _WORKDIR.value:
     sys.stderr.write("error: --workdir is required (the run's directory; an existing run there is resumed)\n")

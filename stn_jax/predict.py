@@ -1,121 +1,312 @@
 r"""Classifies images with a trained run's newest checkpoint.
 
-  python -m stn_jax.predict --workdir=DIR --input=FILE.npz|DIR_OF_PNGS --output=FILE.npz [--overwrite] [--seed_index=K]
+  python -m stn_jax.predict --workdir=DIR --input=FILE.npz|IMAGE|DIR_OF_IMAGES [--output=FILE.npz [--overwrite]]
+                            [--seed_index=K] [--pad | --resize] [--grey] [--verbose]
 
-Input: an .npz with `images` (N, H, W) or (N, H, W, C), uint8 or float in [0, 1] (and optionally `labels`), or a
-directory of PNG files (read as grayscale, in sorted order). Output .npz: `predictions` (N,), `probabilities` (N, 10),
-`rectified` (the spatial transformer's outputs, N x H_out x W_out x C) and `theta` (the predicted transform
-parameters, N x param shape; empty without a transformer). Prints the accuracy when the input has labels.
+Input: an .npz with `images` (N, H, W) or (N, H, W, C), uint8 or float in [0, 1] (and optionally `labels` (N,)); an
+image file (.png, .jpg, .jpeg, any case); or a directory of them, read in natural order (2.png before 10.png; hidden
+files and other files are skipped). The models take one channel: an alpha channel is dropped, grey stored as RGB
+(three equal channels) is taken as it is, and colour images are refused unless --grey converts them to luminance
+(ITU-R 601: 0.299 R + 0.587 G + 0.114 B), the same way for both kinds of input. An image of another size than the
+model's input is refused unless --pad (zero padding, centred as the datasets pad the 28x28 digits; larger images are
+refused) or --resize (bilinear) fits it.
+
+Without --output, prints one line per image (its file name, or its index in an .npz; the predicted class and its
+probability; the label where there are labels) and the accuracy when the input has labels. With --output, writes
+exactly that file (never over an existing one without --overwrite), an .npz of `predictions` (N,), `probabilities`
+(N, 10), `rectified` (the spatial transformer's outputs, N x H_out x W_out x 1), `theta` (the predicted transform
+parameters, N x param shape; empty without a transformer), and `names` (image inputs) and `labels` (where given).
+
+Every error (bad input or flags, a workdir without a config or checkpoints, a bad --seed_index) ends with one line
+`error: ...` on stderr and exit status 2. orbax's log lines are hidden unless --verbose. Console script: stn-predict.
+
+The library part works without flags: `load_run`, `read_images` (or `prepare_images` for arrays) and `predict`.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import re
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
+from stn_jax import checkpoints, steps, train
 from stn_jax import data as data_lib
-from stn_jax import train
+from stn_jax.cli import USAGE_ERROR, one_line, quiet_orbax
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FITS = ("pad", "resize")
+LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601
 
 
 class PredictError(ValueError):
   """Bad input or workdir, with a message that says what is wrong."""
 
 
+class Inputs(NamedTuple):
+  """What `read_images` read: float32 (N, H, W, 1) images in [0, 1], int labels (N,) or None, and the file names
+  (image inputs) or None (an .npz)."""
+
+  images: np.ndarray
+  labels: np.ndarray | None
+  names: tuple[str, ...] | None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The run.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
 def load_run(workdir: str | Path, seed_index: int = 0):
-  """(config, graphdef, params, step) of the newest intact checkpoint in `workdir`; of model `seed_index` in a run
-  of config.num_seeds > 1."""
+  """(config, graphdef, params, step): the run's config (migrated to the current layout) and the parameters alone
+  (no optimiser state) of the newest intact checkpoint in `workdir`; of model `seed_index` in a run of
+  config.num_seeds > 1.
+
+  Raises:
+    PredictError: no such workdir, no or an unreadable config.json, no readable checkpoint, a bad seed_index.
+  """
   workdir = Path(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.exists():
-    raise PredictError(f"{workdir} has no config.json: not a training workdir.")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  size = data_lib.VARIANTS[config.dataset.name].size
-  num_seeds = config.get("num_seeds", 1)
-  if not 0 <= seed_index < num_seeds:
-    raise PredictError(f"seed_index must be in [0, {num_seeds}) for this run of {num_seeds} seed(s); got {seed_index}.")
-  graphdef, params, tx = train.create_state(config, size)
-  opt_state = train.init_optimizer_state(tx, params, num_seeds)
-  state = train.checkpoint_state(params, opt_state, num_seeds=num_seeds)
-  checkpoints = workdir / "checkpoints"
-  if not checkpoints.exists():
-    raise PredictError(f"{workdir} has no checkpoints yet: train first (python -m stn_jax.main ...).")
-  with ocp.CheckpointManager(checkpoints.absolute()) as manager:
-    restored = train._restore_newest(manager, train._to_abstract(state))
-  if restored is None:
-    raise PredictError(f"{checkpoints} holds no readable checkpoint.")
-  step, state = restored
-  return config, graphdef, train.seed_slice(state["params"], seed_index, num_seeds), step
-
-
-def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-  """float32 (N, H, W, C) in [0, 1] and the labels (or None) from an .npz or a directory of PNGs."""
-  path = Path(path)
+  if not workdir.is_dir():
+    raise PredictError(f"{workdir}: no such workdir.")
   try:
-    if path.is_dir():
-      files = sorted(path.glob("*.png"))
-      if not files:
-        raise PredictError(f"{path} holds no .png files.")
-      from PIL import Image
-
-      images, labels = np.stack([np.asarray(Image.open(f).convert("L")) for f in files]), None
-    else:
-      with np.load(path, allow_pickle=False) as z:
-        if "images" not in z:
-          raise PredictError(f"{path} has no 'images' array (it has {', '.join(z.files) or 'nothing'}).")
-        images = z["images"]
-        labels = z.get("labels", None)
-  except PredictError:
-    raise
+    config = checkpoints.read_config(workdir)
   except Exception as e:
-    raise PredictError(f"cannot read {path}: {type(e).__name__}: {e}") from None
-  return prepare_images(images), labels
+    raise PredictError(f"{workdir / 'config.json'}: cannot read it: {one_line(e)}") from None
+  if config is None:
+    raise PredictError(f"{workdir} has no config.json: not a training workdir.")
+  try:
+    size = data_lib.VARIANTS[config.dataset.name].size
+    num_seeds = int(config.get("num_seeds", 1))
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    raise PredictError(f"{workdir / 'config.json'}: not a config of this stn_jax ({one_line(e)}).") from None
+  if isinstance(seed_index, bool) or not isinstance(seed_index, int | np.integer) or not 0 <= seed_index < num_seeds:
+    raise PredictError(
+      f"seed_index must be in [0, {num_seeds}) for this run of {num_seeds} model(s); got {seed_index}."
+    )
+  if not (workdir / "checkpoints").is_dir() or not any((workdir / "checkpoints").iterdir()):
+    raise PredictError(f"{workdir} has no checkpoints yet: train first (python -m stn_jax.main ...).")
+  try:
+    graphdef, abstract_params = nnx.eval_shape(lambda: train.create_params(config, size))
+  except Exception as e:
+    raise PredictError(f"{workdir / 'config.json'}: cannot build its model: {one_line(e)}") from None
+  restored = checkpoints.restore_params(workdir, abstract_params)
+  if restored is None:
+    raise PredictError(f"{workdir / 'checkpoints'} holds no readable checkpoint of this run's model.")
+  step, params = restored
+  return config, graphdef, steps.seed_slice(params, seed_index, num_seeds), step
 
 
-def prepare_images(images: np.ndarray) -> np.ndarray:
-  """(N, H, W) or (N, H, W, C), uint8 or float in [0, 1] -> float32 (N, H, W, C) in [0, 1]."""
+def input_size(config) -> int:
+  """The side of the square, one-channel images the config's model takes."""
+  return data_lib.VARIANTS[config.dataset.name].size
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Images.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def natural_key(name: str):
+  """Sorts '2.png' before '10.png' (runs of digits compare as numbers, the rest case-insensitively)."""
+  parts = re.split(r"(\d+)", name)
+  return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)], name
+
+
+def image_files(directory: str | Path) -> list[Path]:
+  """The .png / .jpg / .jpeg files (any case) of `directory`, in natural order; hidden files are skipped."""
+  directory = Path(directory)
+  files = [
+    f for f in directory.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
+  ]
+  return sorted(files, key=lambda f: natural_key(f.name))
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+  """One image file as an (H, W, C) array: uint8 (8-bit images) or uint16 (16-bit ones), C in 1 to 4, the
+  channels as stored (grey, grey + alpha, RGB, RGBA; palette and other modes become RGB or RGBA)."""
+  from PIL import Image
+
+  with Image.open(path) as image:
+    image.load()
+    if image.mode in ("L", "LA", "RGB", "RGBA"):
+      array = np.asarray(image)
+    elif image.mode.startswith("I;16"):
+      array = np.asarray(image).astype(np.uint16)
+    elif image.mode == "I":  # PIL's 16-bit greyscale PNGs
+      array = np.asarray(image)
+      if array.min() < 0 or array.max() > 65535:
+        raise PredictError(f"{path}: 32-bit integer pixels beyond 16 bits; save it as 8 or 16 bits.")
+      array = array.astype(np.uint16)
+    else:  # 1-bit, palette, CMYK, ...
+      has_alpha = "transparency" in image.info or image.mode.endswith("A")
+      array = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+  return array if array.ndim == 3 else array[..., None]
+
+
+def prepare_images(
+  images: np.ndarray, *, size: int | None = None, fit: str | None = None, grey: bool = False, source: str = "images"
+) -> np.ndarray:
+  """Images as the 1-channel models take them: float32 (N, size, size, 1) in [0, 1].
+
+  Args:
+    images: (N, H, W) or (N, H, W, C) with C in 1 to 4 (grey, grey + alpha, RGB, RGBA), uint8, uint16 or float in
+      [0, 1]. An alpha channel is dropped; RGB with three equal channels is taken as grey.
+    size: the model's input side (`input_size(config)`); None keeps (H, W).
+    fit: None (images of another size are refused), 'pad' (zero padding, centred as the datasets pad 28x28 digits;
+      larger images are refused) or 'resize' (bilinear).
+    grey: convert colour RGB to luminance, 0.299 R + 0.587 G + 0.114 B (otherwise it is refused).
+    source: what the images are (a file name), for the error messages.
+
+  Raises:
+    PredictError: naming `source`.
+  """
+  if fit not in (None, *FITS):
+    raise PredictError(f"fit must be None, 'pad' or 'resize'; got {fit!r}.")
   images = np.asarray(images)
   if images.ndim == 3:
     images = images[..., None]
-  if images.ndim != 4:
-    raise PredictError(f"images must be (N, H, W) or (N, H, W, C); got shape {images.shape}.")
-  if images.dtype == np.uint8:
-    images = images.astype(np.float32) / 255.0
+  if images.ndim != 4 or not 1 <= images.shape[-1] <= 4:
+    raise PredictError(f"{source}: images must be (N, H, W) or (N, H, W, C) with C in 1-4; got shape {images.shape}.")
+  if images.dtype == np.uint8 or images.dtype == np.uint16:
+    images = images.astype(np.float32) / np.iinfo(images.dtype).max
   elif np.issubdtype(images.dtype, np.floating):
-    if images.min() < 0 or images.max() > 1:
-      raise PredictError(f"float images must lie in [0, 1]; got [{images.min()}, {images.max()}].")
+    if images.size and not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
+      raise PredictError(f"{source}: float images must lie in [0, 1]; got [{np.min(images)}, {np.max(images)}].")
     images = images.astype(np.float32)
   else:
-    raise PredictError(f"images must be uint8 or float in [0, 1]; got dtype {images.dtype}.")
-  return images
+    raise PredictError(f"{source}: images must be uint8 or float in [0, 1]; got dtype {images.dtype}.")
+  if images.shape[-1] in (2, 4):  # grey + alpha, RGBA: drop the alpha channel
+    images = images[..., :-1]
+  if images.shape[-1] == 3:
+    if np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2]):
+      images = images[..., :1]  # grey stored as RGB
+    elif grey:
+      images = np.clip(images @ LUMINANCE, 0.0, 1.0)[..., None]
+    else:
+      raise PredictError(
+        f"{source}: colour image(s), and the model takes greyscale; pass --grey to convert them to luminance "
+        "(0.299 R + 0.587 G + 0.114 B)."
+      )
+  return images if size is None else fit_size(images, size, fit, source)
+
+
+def fit_size(images: np.ndarray, size: int, fit: str | None, source: str = "images") -> np.ndarray:
+  """float32 (N, H, W, 1) -> (N, size, size, 1): unchanged, zero-padded ('pad') or resized bilinearly ('resize')."""
+  _, h, w, c = images.shape
+  if (h, w) == (size, size):
+    return images
+  if fit is None:
+    raise PredictError(f"{source}: {h}x{w}, the model takes {size}x{size}x{c}; pass --pad or --resize.")
+  if fit == "pad":
+    if h > size or w > size:
+      raise PredictError(f"{source}: {h}x{w} is larger than the model's {size}x{size} input; use --resize instead.")
+    top, left = (size - h) // 2, (size - w) // 2
+    return np.pad(images, ((0, 0), (top, size - h - top), (left, size - w - left), (0, 0)))
+  resized = jax.image.resize(jnp.asarray(images), (len(images), size, size, c), method="bilinear")
+  return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
+
+
+def read_images(path: str | Path, *, size: int | None = None, fit: str | None = None, grey: bool = False) -> Inputs:
+  """Reads an .npz (`images`, optionally `labels`), an image file or a directory of them (see the module docstring)
+  and prepares the images with `prepare_images(size=size, fit=fit, grey=grey)`.
+
+  Raises:
+    PredictError: naming the file that cannot be read or used.
+  """
+  path = Path(path)
+  if path.is_dir():
+    files = image_files(path)
+    if not files:
+      raise PredictError(f"{path} holds no {', '.join(IMAGE_SUFFIXES)} files.")
+  elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+    files = [path]
+  elif path.is_file() and path.suffix.lower() == ".npz":
+    return _read_npz(path, size=size, fit=fit, grey=grey)
+  elif path.exists():
+    raise PredictError(f"{path}: not an .npz, an image ({', '.join(IMAGE_SUFFIXES)}) or a directory of images.")
+  else:
+    raise PredictError(f"{path}: no such file or directory.")
+  images = []
+  for f in files:
+    try:
+      array = read_image_file(f)
+    except PredictError:
+      raise
+    except Exception as e:
+      raise PredictError(f"{f}: cannot read it as an image ({type(e).__name__}: {one_line(e)}).") from None
+    images.append(prepare_images(array[None], size=size, fit=fit, grey=grey, source=str(f)))
+  for f, image in zip(files, images, strict=True):
+    if image.shape != images[0].shape:
+      raise PredictError(
+        f"{f}: {image.shape[1]}x{image.shape[2]}, unlike {files[0]} ({images[0].shape[1]}x{images[0].shape[2]})."
+      )
+  return Inputs(np.concatenate(images), None, tuple(f.name for f in files))
+
+
+def _read_npz(path: Path, *, size, fit, grey) -> Inputs:
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      if "images" not in z.files:
+        raise PredictError(f"{path} has no 'images' array (it has {', '.join(z.files) or 'nothing'}).")
+      images = z["images"]
+      labels = z["labels"] if "labels" in z.files else None
+  except PredictError:
+    raise
+  except Exception as e:
+    raise PredictError(f"{path}: cannot read it as an .npz ({type(e).__name__}: {one_line(e)}).") from None
+  images = prepare_images(images, size=size, fit=fit, grey=grey, source=str(path))
+  if labels is not None:
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+      raise PredictError(
+        f"{path}: labels must be integers of shape ({len(images)},); got {labels.dtype} {labels.shape}."
+      )
+    labels = labels.astype(np.int64)
+  return Inputs(images, labels, None)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Prediction.
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def predict(config, graphdef, params, images: np.ndarray, *, batch_size: int = 500) -> dict:
-  size = data_lib.VARIANTS[config.dataset.name].size
-  if images.shape[1:3] != (size, size) or images.shape[3] != 1:
-    raise PredictError(
-      f"the model takes {size}x{size}x1 images ({config.dataset.name}); got {images.shape[1]}x{images.shape[2]}"
-      f"x{images.shape[3]}."
-    )
-  model = nnx.merge(graphdef, params)
+  """The model's outputs on float32 (N, S, S, 1) images in [0, 1] (`prepare_images`), in batches of `batch_size`:
+  {'predictions' (N,) int32, 'probabilities' (N, 10), 'rectified' (the transformer's outputs; the images without
+  one), 'theta' (N, *param shape; (N, 0) without a transformer)}.
+
+  Raises:
+    PredictError: the images are not of the model's input shape, or there are none.
+  """
+  size = input_size(config)
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4 or images.shape[1:] != (size, size, 1):
+    got = "x".join(map(str, images.shape[1:])) if images.ndim == 4 else f"shape {images.shape}"
+    raise PredictError(f"the model takes {size}x{size}x1 images ({config.dataset.name}); got {got}.")
+  if len(images) == 0:
+    raise PredictError("no images to classify.")
 
   @jax.jit
-  def run(x):
+  def forward(params, x):
+    model = nnx.merge(graphdef, params)
     probabilities = jax.nn.softmax(model(x))
     if model.transformer is None:
-      return probabilities, x, jnp.zeros((x.shape[0], 0))
+      return probabilities, x, jnp.zeros((x.shape[0], 0), x.dtype)
     theta, _ = model.transformer.params_and_grid(x)
     return probabilities, model.transformer(x), theta
 
-  outputs = [jax.device_get(run(jnp.asarray(images[i : i + batch_size]))) for i in range(0, len(images), batch_size)]
+  n, batch = len(images), max(1, min(batch_size, len(images)))
+  outputs = []
+  for start in range(0, n, batch):
+    chunk = images[start : start + batch]
+    padded = np.pad(chunk, ((0, batch - len(chunk)), (0, 0), (0, 0), (0, 0)))  # one shape: one compilation
+    outputs.append([np.asarray(a)[: len(chunk)] for a in forward(params, jnp.asarray(padded))])
   probabilities, rectified, theta = (np.concatenate(parts) for parts in zip(*outputs, strict=True))
   return {
     "predictions": probabilities.argmax(-1).astype(np.int32),
@@ -125,32 +316,111 @@ def predict(config, graphdef, params, images: np.ndarray, *, batch_size: int = 5
   }
 
 
-def main(argv):
-  del argv
-  options = flags.FLAGS
-  if Path(options.output).exists() and not options.overwrite:
-    sys.exit(f"error: {options.output} exists; pass --overwrite to replace it")
+def prediction_lines(result: dict, names=None, labels=None) -> list[str]:
+  """One line per image: its name (or index), the predicted class and its probability (and the label, if any)."""
+  names = [str(i) for i in range(len(result["predictions"]))] if names is None else list(names)
+  width = max(4, *map(len, names))
+  header = f"{'name':<{width}}  class  probability" + ("  label" if labels is not None else "")
+  lines = [header]
+  for i, (name, k) in enumerate(zip(names, result["predictions"], strict=True)):
+    line = f"{name:<{width}}  {int(k):>5}  {result['probabilities'][i, k]:>11.4f}"
+    lines.append(line + (f"  {int(labels[i]):>5}" if labels is not None else ""))
+  return lines
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The command line.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
+  """Defines predict's flags in `flag_values`: their own FlagValues, not absl's global one, so that `main` may run
+  more than once in a process and beside other entry points' flags (stn_jax.main's --workdir among them)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (its newest checkpoint is used).", flag_values=flag_values)
+  flags.DEFINE_string(
+    "input", None, "An .npz with `images` (and optionally `labels`), an image, or a directory of images (.png, .jpg).",
+    flag_values=flag_values,
+  )  # fmt: skip
+  flags.DEFINE_string("output", None, "Output .npz (exactly this name); without it, print.", flag_values=flag_values)
+  flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.", flag_values=flag_values)
+  flags.DEFINE_integer("seed_index", 0, "Which model of a run with config.num_seeds > 1.", flag_values=flag_values)
+  flags.DEFINE_bool("pad", False, "Zero-pad smaller images, centred, to the model's input.", flag_values=flag_values)
+  flags.DEFINE_bool("resize", False, "Resize images bilinearly to the model's input.", flag_values=flag_values)
+  flags.DEFINE_bool("grey", False, "Convert colour images to luminance (else refused).", flag_values=flag_values)
+  flags.DEFINE_bool("verbose", False, "Show INFO logs, orbax's included, and tracebacks.", flag_values=flag_values)
+  return flag_values
+
+
+def _setup_logging(verbose: bool) -> None:
+  """WARNING and above on stderr, without orbax's INFO lines and read-only notices; everything with --verbose."""
+  logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+  logging.getLogger("absl").setLevel(logging.INFO if verbose else logging.WARNING)
+  if not verbose:
+    quiet_orbax()
+    read_only_notice = re.compile(r"read.only", re.I)
+    for handler in logging.getLogger().handlers:
+      handler.addFilter(lambda r: "orbax" not in r.pathname or not read_only_notice.search(r.getMessage()))
+
+
+def _usage_error(message: str) -> int:
+  sys.stderr.write(f"error: {message}\n")
+  return USAGE_ERROR
+
+
+def main(argv: list[str]) -> int:
+  """The command line (see the module docstring); returns the exit status."""
+  options = define_flags(flags.FlagValues())
+  if any(a in ("-h", "-help", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+    print(__doc__.strip() + "\n\nflags:\n" + options.get_help(include_special_flags=False))
+    return 0
+  try:
+    rest = options(argv)
+  except flags.Error as e:
+    return _usage_error(one_line(e))
+  if len(rest) > 1:
+    return _usage_error(f"unexpected arguments: {' '.join(rest[1:])} (flags are --name=value)")
+  for name in ("workdir", "input"):
+    if not options[name].value:
+      return _usage_error(f"--{name} is required (python -m stn_jax.predict --help)")
+  if options.pad and options.resize:
+    return _usage_error("--pad and --resize are mutually exclusive: pick one")
+  if options.overwrite and not options.output:
+    return _usage_error("--overwrite applies to --output only")
+  output = Path(options.output) if options.output else None
+  if output is not None and output.is_dir():
+    return _usage_error(f"--output={output} is a directory")
+  if output is not None and output.exists() and not options.overwrite:
+    return _usage_error(f"{output} exists; pass --overwrite to replace it")
+  _setup_logging(options.verbose)
+  fit = "pad" if options.pad else "resize" if options.resize else None
   try:
     config, graphdef, params, step = load_run(options.workdir, options.seed_index)
-    images, labels = read_images(options.input)
-    result = predict(config, graphdef, params, images)
-  except PredictError as e:
-    sys.exit(f"error: {e}")
-  np.savez(options.output, **result)
-  print(f"wrote {options.output}: {len(images)} predictions from the checkpoint at step {step}")
-  if labels is not None:
-    print(f"accuracy {np.mean(result['predictions'] == labels):.4f} on {len(labels)} labelled images")
+    inputs = read_images(options.input, size=input_size(config), fit=fit, grey=options.grey)
+    result = predict(config, graphdef, params, inputs.images)
+    if output is None:
+      print("\n".join(prediction_lines(result, inputs.names, inputs.labels)))
+    else:
+      extra = {"names": np.asarray(inputs.names)} if inputs.names is not None else {}
+      if inputs.labels is not None:
+        extra["labels"] = inputs.labels
+      output.parent.mkdir(parents=True, exist_ok=True)
+      with open(output, "wb") as f:  # a file handle: numpy would append .npz to a name without it
+        np.savez(f, **result, **extra)
+      print(f"wrote {output}: {len(inputs.images)} predictions from the checkpoint at step {step}")
+  except Exception as e:
+    if options.verbose and not isinstance(e, PredictError):
+      raise
+    return _usage_error(one_line(e))
+  if inputs.labels is not None:
+    accuracy = np.mean(result["predictions"] == inputs.labels)
+    print(f"accuracy {accuracy:.4f} on {len(inputs.labels)} labelled images")
+  return 0
 
 
 def run():
-  # Flags are defined here, not at import, so the library functions above can be imported beside other entry points.
-  flags.DEFINE_string("workdir", None, "Training workdir (its newest checkpoint is used).")
-  flags.DEFINE_string("input", None, "An .npz with `images` (and optionally `labels`) or a directory of PNGs.")
-  flags.DEFINE_string("output", None, "Output .npz.")
-  flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
-  flags.DEFINE_integer("seed_index", 0, "Which model of a run with config.num_seeds > 1.")
-  flags.mark_flags_as_required(["workdir", "input", "output"])
-  app.run(main)
+  """Console-script entry point (stn-predict)."""
+  sys.exit(main(sys.argv))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Models: shapes, the identity initialisation, and the paper's four model families by config."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,10 +12,14 @@ from configs import default
 from stn_jax import models
 
 
-def _model(in_size=32, **overrides):
+def _model(in_size=32, *, classifier="cnn", localization="fcn", cnn_hidden=None, **overrides):
   config = default.get_config()
   for key, value in overrides.items():
     setattr(config.model, key, value)
+  config.model.classifier.kind = classifier
+  config.model.localization.kind = localization
+  if cnn_hidden:
+    config.model.classifier.cnn.hidden = cnn_hidden
   return models.create_model(config.model, (in_size, in_size, 1), seed=0)
 
 
@@ -85,3 +91,47 @@ def test_baselines_match_the_parameter_budget_of_their_st_version(classifier, tr
   inputs, _ = dense[0].kernel[...].shape
   unit = inputs + 1 + dense[1].kernel[...].shape[1]
   assert abs(matched - st) <= unit, (matched, st, unit)
+
+
+def test_each_kind_gets_its_sub_config_as_keyword_arguments():
+  config = default.get_config()
+  m = config.model
+  m.localization.kind = "cnn"
+  m.localization.cnn.features, m.localization.cnn.kernel_size, m.localization.cnn.hidden = (3, 5), 7, (11,)
+  m.classifier.cnn.features, m.classifier.cnn.kernel_size, m.classifier.cnn.hidden = (6,), 5, (13, 9)
+  model = models.create_model(m, (40, 40, 1), seed=0)
+  loc, cls = model.transformer.localization, model.classifier
+  assert isinstance(loc, models.CNNLocalization) and isinstance(cls, models.CNNClassifier)
+  assert [c.kernel[...].shape for c in loc.convs] == [(7, 7, 1, 3), (7, 7, 3, 5)]
+  assert loc.dense[0].kernel[...].shape == (10 * 10 * 5, 11)
+  assert [c.kernel[...].shape for c in cls.convs] == [(5, 5, 1, 6)]
+  assert [d.kernel[...].shape[1] for d in cls.dense] == [13, 9]
+  m.localization.kind, m.localization.fcn.activation, m.localization.fcn.hidden = "fcn", "relu", (4, 3)
+  m.classifier.kind, m.classifier.fcn.hidden = "fcn", (17,)
+  model = models.create_model(m, (40, 40, 1), seed=0)
+  assert model.transformer.localization.activation == "relu"
+  assert [d.kernel[...].shape for d in model.transformer.localization.dense] == [(1600, 4), (4, 3)]
+  assert [d.kernel[...].shape for d in model.classifier.dense] == [(1600, 17)]
+
+
+@pytest.mark.parametrize("section", ["localization", "classifier"])
+def test_every_constructor_option_is_a_documented_config_field(section):
+  kinds = {"localization": models.LOCALIZATIONS, "classifier": models.CLASSIFIERS}[section]
+  config = default.get_config()
+  docs = models.config_docs()
+  for kind, cls in kinds.items():
+    params = inspect.signature(cls.__init__).parameters
+    options = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and p.default is not p.empty} - {"num_classes"}
+    assert set(config.model[section][kind]) == options, (kind, options)
+    for name in options:
+      assert config.model[section][kind][name] == params[name].default
+      assert len(docs[f"{section}.{kind}.{name}"]) > 10, (kind, name)
+
+
+def test_classifiers_take_no_stray_keyword_arguments():
+  model = _model(transform="none")
+  x = jnp.ones((2, 32, 32, 1))
+  with pytest.raises(TypeError, match="train"):
+    model.classifier(x, train=True)
+  with pytest.raises(TypeError):
+    _model(classifier="fcn", transform="none").classifier(x, rngs=None)

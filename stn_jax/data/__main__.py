@@ -66,7 +66,8 @@ def main(argv):
   labels = labels[: _NUM.value]
   if _OUT.value:
     Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(_OUT.value, images=images, labels=labels)
+    with open(_OUT.value, "wb") as f:  # a file handle: given a name without .npz, numpy would append it
+      np.savez_compressed(f, images=images, labels=labels)
     print(f"wrote {_OUT.value}: images {images.shape} uint8, labels {labels.shape}")
   if _PREVIEW.value:
     title = f"{_DATASET.value} / {_SPLIT.value}, seed {_SEED.value} (MNIST, CC BY-SA 3.0)"

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
+from stn_jax.models import options
+
 
 def dense_stack(width: int, hidden: Sequence[int], *, rngs: nnx.Rngs) -> tuple[nnx.List, int]:
   """Dense layers of the `hidden` widths on a `width`-wide input, and the width they end at."""
@@ -51,6 +53,8 @@ class CNNClassifier(nnx.Module):
     num_classes: int = 10,
     rngs: nnx.Rngs,
   ):
+    options.check_positive_ints("CNNClassifier", features=features, kernel_size=kernel_size, strides=strides)
+    options.check_positive_ints("CNNClassifier", hidden=hidden)
     h, w, c = in_shape
     self.pool = pool
     convs = []
@@ -87,6 +91,7 @@ class FCNClassifier(nnx.Module):
   def __init__(
     self, in_shape: Sequence[int], *, hidden: Sequence[int] = (128, 128), num_classes: int = 10, rngs: nnx.Rngs
   ):
+    options.check_positive_ints("FCNClassifier", hidden=hidden)
     self.dense, width = dense_stack(math.prod(in_shape), hidden, rngs=rngs)
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 

@@ -54,3 +54,18 @@ def option_docs(cls) -> dict[str, str]:
     elif line.strip() and not line.startswith(" "):
       break
   return {name: text.rstrip(".") for name, text in docs.items()}
+
+
+def check_positive_ints(owner: str, **values) -> None:
+  """Raises ValueError unless each value is a positive int (or a sequence of them, possibly empty)."""
+  for name, value in values.items():
+    many = isinstance(value, (tuple, list))
+    items = value if many else (value,)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items):
+      what = "a sequence of positive ints" if many else "a positive int"
+      raise ValueError(f"{owner}: {name} must be {what}; got {value!r}.")
+
+
+def check_rate(owner: str, name: str, value) -> None:
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+    raise ValueError(f"{owner}: {name} must be a rate in [0, 1); got {value!r}.")

@@ -38,7 +38,7 @@ def _identity_head(width: int, identity: np.ndarray, rngs: nnx.Rngs) -> nnx.Line
 
 def _activation(name: str):
   if name not in ACTIVATIONS:
-    raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}; got {name!r}.")
+    raise ValueError(f"FCNLocalization: activation must be one of {', '.join(map(repr, ACTIVATIONS))}; got {name!r}.")
   return ACTIVATIONS[name]
 
 
@@ -66,6 +66,8 @@ class FCNLocalization(nnx.Module):
     dropout: float = 0.2,
     rngs: nnx.Rngs,
   ):
+    options.check_positive_ints("FCNLocalization", hidden=hidden)
+    options.check_rate("FCNLocalization", "dropout", dropout)
     self.activation = activation
     _activation(activation)
     self.dense, width = dense_stack(int(np.prod(in_shape)), hidden, rngs=rngs)
@@ -106,7 +108,12 @@ class CNNLocalization(nnx.Module):
     dropout: float = 0.2,
     rngs: nnx.Rngs,
   ):
+    options.check_positive_ints("CNNLocalization", features=features, kernel_size=kernel_size, hidden=hidden)
+    options.check_rate("CNNLocalization", "dropout", dropout)
     h, w, c = in_shape
+    if min(h, w) < 2 ** len(features):
+      need = 2 ** len(features)
+      raise ValueError(f"CNNLocalization: {len(features)} 2x2 max-poolings need an input of >= {need} px; got {h}x{w}.")
     convs = []
     for f in features:
       convs.append(nnx.Conv(c, f, (kernel_size, kernel_size), padding="SAME", rngs=rngs))

