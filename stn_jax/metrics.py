@@ -49,8 +49,9 @@ class MetricWriter:
       atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
       self._tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step or None)
 
-  def write_scalars(self, step: int, scalars: dict, *, jsonl: bool = False) -> None:
-    """TensorBoard scalars at `step`; with `jsonl`, also one row {'step': step, **scalars} of metrics.jsonl."""
+  def write_scalars(self, step: int, scalars: dict, *, jsonl: bool = False, tensorboard_skip=()) -> None:
+    """TensorBoard scalars at `step` (but those named in `tensorboard_skip`); with `jsonl`, also one row
+    {'step': step, **scalars} of metrics.jsonl."""
     if jsonl:
       self.history.append({"step": step, **scalars})
     if not self.enabled:
@@ -59,6 +60,8 @@ class MetricWriter:
       with open(self.path, "a") as f:
         f.write(json.dumps({"step": step, **scalars}) + "\n")
     for key, value in scalars.items():
+      if key in tensorboard_skip:
+        continue
       if isinstance(value, list):
         for k, v in enumerate(value):
           self._tensorboard.add_scalar(f"{key}/{k}", v, step)

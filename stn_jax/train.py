@@ -207,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   eval_step = steps.make_eval_step(graphdef, num_seeds, seed_mapping)
   sample = next(data_lib.eval_batches(datasets["test"], 64))["image"]
 
-  def show_transformer(params, step: int, tag: str) -> None:
+  def show_transformer(params, step: int, tag: str, *, tensorboard: bool = True) -> None:
     """The seed's Fig 4 / 5 (inputs beside the transformer's outputs) and the grids: files and TensorBoard."""
     if not is_main:
       return
@@ -219,10 +219,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     title = f"{config.dataset.name}, {config.model.transform} ST-{config.model.classifier.kind.upper()}, {tag}"
     figures.save_input_output_pair(sample, outputs, workdir / "figures" / f"transform_{tag}.png", title=title)
     figures.save_grid_overlay(sample, grids, workdir / "figures" / f"grids_{tag}.png")
-    writer.write_images(step, {"transformer/input": figures.mosaic(sample[..., 0]),
-                               "transformer/output": figures.mosaic(outputs[..., 0])})  # fmt: skip
+    if tensorboard:
+      mosaics = {"transformer/input": sample, "transformer/output": outputs}
+      writer.write_images(step, {key: figures.mosaic(images[..., 0]) for key, images in mosaics.items()})
 
   # --- The loop. ---
+  logged = jax.tree.map(np.zeros_like, distributed.local_copy(sums))  # the sums at the last log line
   for step in range(start_step, total):
     batch = distributed.shard_batch(mesh, seed_batches(config, train_set, step), seed_axis=num_seeds > 1)
     params, opt_state, sums = train_step(params, opt_state, sums, batch, step)
@@ -233,8 +235,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if utils.itstime(done, config.log_every_steps, total):
       rate = clock.lap(done, "log", wait_for=params)
       with clock.excluded():
-        s = distributed.local_copy(sums)
-        loss = np.mean(s["loss"] / np.maximum(s["count"], 1))
+        s = distributed.local_copy(sums)  # sums since the last evaluation: difference them for the log interval
+        loss = np.mean((s["loss"] - logged["loss"]) / np.maximum(s["count"] - logged["count"], 1))
+        logged = s
         writer.write_scalars(done, {"train_loss": float(loss), "learning_rate": float(schedule(step))})
         eta = f"{(total - done) / rate:.0f} s" if rate else "-"
         log.info("step %d/%d  loss %.4f  steps/s %s  ETA %s", done, total, loss, f"{rate:.1f}" if rate else "-", eta)
@@ -250,11 +253,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
           **seed_summary("val_accuracy", val["accuracy"]),
           "steps_per_sec": interval_rate,  # since the previous evaluation; compilation and evaluation excluded
         }
-        writer.write_scalars(done, row, jsonl=True)
+        writer.write_scalars(done, row, jsonl=True, tensorboard_skip=("train_loss",))  # logged above, finer
         shown = {k: np.round(v, 4).tolist() for k, v in row.items() if v is not None and "_per_seed" not in k}
         log.info("eval at step %d: %s", done, shown)
         show_transformer(params, done, f"step{done:06d}")
         sums = jax.tree.map(jnp.zeros_like, sums)
+        logged = distributed.local_copy(sums)
     if utils.itstime(done, budget.checkpoint_every_steps, total):
       with clock.excluded(wait_for=params):
         train_time = distributed.replicate(mesh, np.float32(distributed.process_0_value(clock.total)))
@@ -279,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     "steps_per_sec": clock.rate(total),  # this process's steps after its first (None if it trained none)
     "num_params": num_params,
   }
-  show_transformer(params, total, "final")
+  show_transformer(params, total, "final", tensorboard=False)  # the last evaluation sent them
   if is_main:
     checkpoints.atomic_write(workdir / "results.json", json.dumps(results, indent=2))
     if writer.history:

@@ -1,11 +1,16 @@
-"""The sweep runner: expansion, key checks, names, skipping finished runs, failure reports, result tables."""
+"""The sweep runner: planning (keys, typed and comma-safe values, fixed overrides, unique names, validation, workdir
+states), running (skips, failures), reports (merged results.csv, readable plot) and its command line."""
 
 import csv
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from stn_jax import config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("sweep", ROOT / "experiments" / "sweep.py")
@@ -13,14 +18,15 @@ sweep = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sweep)
 
 SWEEP_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if "def sweep" in p.read_text())
+DEFAULT = ROOT / "configs" / "default.py"
 
 
 @pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=lambda p: p.name)
-def test_every_swept_key_exists_in_its_config_and_names_are_unique(path):
+def test_every_swept_run_validates_and_names_are_unique(path):
   config, runs = sweep.load_sweep(path)
-  sweep.check_keys(config, runs)
-  names = [sweep.run_name(r) for r in runs]
-  assert len(set(names)) == len(names)
+  planned = sweep.plan(config, runs, [{}], {})
+  names = sweep.short_names(list(dict.fromkeys(k for r in runs for k in r)))
+  assert len({sweep.run_name(r["overrides"], names) for r in planned}) == len(planned)
 
 
 def test_table1_and_tc_sweeps_cover_the_paper():
@@ -33,43 +39,126 @@ def test_table1_and_tc_sweeps_cover_the_paper():
 
 
 def test_a_misspelt_swept_key_is_refused():
-  config, _ = sweep.load_sweep(ROOT / "configs" / "default.py")
-  with pytest.raises(KeyError, match="lerning_rate"):
+  config, _ = sweep.load_sweep(DEFAULT)
+  with pytest.raises(sweep.SweepError, match="lerning_rate"):
     sweep.check_keys(config, [{"lerning_rate": 1}])
 
 
-def test_grid_is_a_cartesian_product():
-  runs = sweep.parse_grid(["config.learning_rate=1e-3,3e-4", "config.model.transform=affine,tps,none"])
-  assert len(runs) == 6 and {"learning_rate": "3e-4", "model.transform": "tps"} in runs
+def test_grid_values_split_outside_brackets_and_take_their_fields_types():
+  assert sweep.split_values("1e-3,3e-4") == ["1e-3", "3e-4"]
+  assert sweep.split_values("(20,),(32,)") == ["(20,)", "(32,)"]
+  assert sweep.split_values("(8, 8),'a,b',[1,2]") == ["(8, 8)", "'a,b'", "[1,2]"]
+  with pytest.raises(sweep.SweepError, match="unbalanced"):
+    sweep.split_values("(20,")
+  runs = sweep.parse_grid(["config.model.localization.fcn.hidden=(20,),(32,)", "config.learning_rate=1e-3,3e-4"])
+  assert len(runs) == 4 and {"model.localization.fcn.hidden": "(32,)", "learning_rate": "3e-4"} in runs
+  config, _ = sweep.load_sweep(DEFAULT)
+  typed = sweep.plan(config, [{}], runs, {})
+  values = {(r["overrides"]["model.localization.fcn.hidden"], r["overrides"]["learning_rate"]) for r in typed}
+  assert values == {((20,), 1e-3), ((20,), 3e-4), ((32,), 1e-3), ((32,), 3e-4)}
+  assert typed[0]["config"].model.localization.fcn.hidden in ((20,), (32,))
+  assert sweep.parse_value(config, "dataset.fresh_each_epoch", "false") is False
+  assert sweep.parse_value(config, "num_train_steps", "60") == 60  # a placeholder field keeps its type
+  with pytest.raises(sweep.SweepError, match=r"config.batch_size: 'big' is not a int"):
+    sweep.parse_value(config, "batch_size", "big")
   with pytest.raises(ValueError, match=r"config\.key=v1,v2"):
     sweep.parse_grid(["config.learning_rate"])
 
 
-def test_finished_runs_are_skipped_failures_reported_and_tables_written(tmp_path):
-  done = {"dataset.name": "R", "model.transform": "affine"}
-  done_dir = tmp_path / sweep.run_name(done)
-  done_dir.mkdir()
-  (done_dir / "results.json").write_text(json.dumps({"test_accuracy": 0.99, "test_error": 0.01, "train_time_s": 5.0}))
-  bad = {"dataset.name": "R", "model.transform": "rigid"}  # refused by the entry point: a real, quick failure
-  rows = [sweep.run_one("configs/default.py", tmp_path, o) for o in (done, bad)]
-  assert rows[0]["status"] == "done (skipped)" and rows[0]["test_accuracy"] == 0.99
-  assert rows[1]["status"].startswith("failed") and "log.txt" in rows[1]["status"]
-  log = (tmp_path / sweep.run_name(bad) / "log.txt").read_text()
+def test_short_names_stay_unique():
+  names = sweep.short_names(["dataset.name", "optimizer.name", "learning_rate", "model.classifier.cnn.hidden"])
+  assert names == {
+    "dataset.name": "dataset.name",
+    "optimizer.name": "optimizer.name",
+    "learning_rate": "learning_rate",
+    "model.classifier.cnn.hidden": "hidden",
+  }
+  both = sweep.short_names(["model.classifier.cnn.hidden", "model.classifier.fcn.hidden"])
+  assert both == {"model.classifier.cnn.hidden": "cnn.hidden", "model.classifier.fcn.hidden": "fcn.hidden"}
+
+
+def test_every_run_is_validated_before_anything_starts():
+  config, _ = sweep.load_sweep(DEFAULT)
+  with pytest.raises(sweep.SweepError, match=r"run transform=tsp: config\.model\.transform must be one of"):
+    sweep.plan(config, [{}], sweep.parse_grid(["config.model.transform=affine,tsp"]), {})
+  with pytest.raises(sweep.SweepError, match="both swept and fixed"):
+    sweep.plan(config, [{}], sweep.parse_grid(["config.seed=1,2"]), {"seed": 3})
+  _, runs = sweep.load_sweep(f"{ROOT / 'configs' / 'paper_tc.py'}:cpu")
+  planned = sweep.plan(config, runs, sweep.parse_grid(["config.seed=0,1"]), {})
+  assert sweep.describe_plan(planned, len(runs), 2).startswith("8 runs (4 from the config's sweep x 2 --grid")
+
+
+def _finished(workdir: Path, config, **results):
+  workdir.mkdir(parents=True)
+  (workdir / "config.json").write_text(config_lib.to_json(config))
+  (workdir / "results.json").write_text(json.dumps({"test_accuracy": 0.99, "test_error": 0.01, **results}))
+
+
+def test_a_run_is_skipped_only_when_its_workdir_holds_the_same_finished_config(tmp_path):
+  config, _ = sweep.load_sweep(DEFAULT)
+  assert sweep.run_state(tmp_path / "new", config) == "new"
+  _finished(tmp_path / "same", config)
+  assert sweep.run_state(tmp_path / "same", config) == "done"
+  logged = config_lib.from_dict(config_lib.to_dict(config))
+  logged.log_every_steps = 7  # cannot change the results
+  assert sweep.run_state(tmp_path / "same", logged) == "done"
+  longer = config_lib.from_dict(config_lib.to_dict(config))
+  longer.num_epochs = 40.0
+  assert sweep.run_state(tmp_path / "same", longer) == "resume"
+  other = config_lib.from_dict(config_lib.to_dict(config))
+  other.learning_rate = 0.5
+  state = sweep.run_state(tmp_path / "same", other)
+  assert state.startswith("conflict") and "learning_rate: 0.001 -> 0.5" in state
+
+
+def test_finished_runs_are_skipped_failures_reported_and_tables_merged(tmp_path):
+  config, _ = sweep.load_sweep(DEFAULT)
+  _finished(tmp_path / "done", config, train_time_s=5.0)
+  row = {"run": "done", "transform": "affine", "_swept": ("transform",)}
+  done = sweep.run_one(str(DEFAULT), tmp_path / "done", row, {}, {}, "done")
+  assert done["status"] == "done (skipped)" and done["test_accuracy"] == 0.99
+  bad_row = {"run": "bad", "transform": "rigid", "_swept": ("transform",)}  # refused by the entry point: quick
+  bad = sweep.run_one(str(DEFAULT), tmp_path / "bad", bad_row, {}, {"model.transform": "rigid"}, "new")
+  assert bad["status"].startswith("failed (exit 2") and "log.txt" in bad["status"]
+  log = (tmp_path / "bad" / "log.txt").read_text()
   assert "config.model.transform" in log and "'rigid'" in log
-  sweep.write_reports(tmp_path, rows, ["name", "transform"])
+  sweep.write_reports(tmp_path, [done, bad])
+  # a second sweep into the same root: its rows join the table, a rerun run's row replaces the old one
+  later = {"run": "lr", "learning_rate": "0.0003", "test_error": 0.02, "status": "done", "_swept": ("learning_rate",)}
+  sweep.write_reports(tmp_path, [later, {**done, "test_error": 0.015}])
   with open(tmp_path / "results.csv") as f:
-    table = list(csv.DictReader(f))
-  assert [r["transform"] for r in table] == ["affine", "rigid"] and table[0]["test_accuracy"] == "0.99"
-  assert "99.00 %" in (tmp_path / "results.md").read_text()
+    reader = csv.DictReader(f)
+    table, columns = list(reader), reader.fieldnames
+  assert [r["run"] for r in table] == ["bad", "lr", "done"]
+  assert columns[:3] == ["run", "transform", "learning_rate"]
+  assert (
+    table[2]["test_error"] == "0.015" and table[0]["transform"] == "rigid" and table[1]["learning_rate"] == "0.0003"
+  )
+  assert "1.50 %" in (tmp_path / "results.md").read_text()
   assert (tmp_path / "results.png").stat().st_size > 1000
 
 
-def test_a_config_argument_selects_the_budget_and_a_bad_one_is_named():
-  full, _ = sweep.load_sweep(ROOT / "configs" / "paper_table1.py")
-  cpu, runs = sweep.load_sweep(f"{ROOT / 'configs' / 'paper_tc.py'}:cpu")
-  assert (full.num_train_steps, full.num_seeds) == (7_800, 3)
-  assert (cpu.num_train_steps, cpu.num_seeds, cpu.dataset.name) == (2_340, 2, "TC") and len(runs) == 4
-  with pytest.raises(ValueError, match=r"budget must be one of 'full', 'cpu'; got 'tpu'"):
-    sweep.load_sweep(f"{ROOT / 'configs' / 'paper_table1.py'}:tpu")
-  with pytest.raises(FileNotFoundError, match="no config file"):
-    sweep.load_sweep(ROOT / "configs" / "paper_table2.py")
+def test_the_command_line_plans_fixed_overrides_tuples_and_refuses_bad_runs_in_one_line(tmp_path):
+  command = [
+    sys.executable,
+    str(ROOT / "experiments" / "sweep.py"),
+    f"--config={DEFAULT}",
+    f"--workdir={tmp_path / 'sweep'}",
+    "--config.num_train_steps=60",
+    "--grid",
+    "config.model.localization.fcn.hidden=(20,),(32,)",
+    "--grid=config.dataset.name=R,P",
+    "--grid=config.optimizer.name=adam,sgd",
+    "--dry_run",
+  ]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = result.stdout
+  assert "8 runs (1 from the config's sweep x 8 --grid combination(s)), 8 models (1 seed(s) each)" in out
+  assert "hidden=32,dataset.name=P,optimizer.name=sgd [new]" in out
+  assert "--config.num_train_steps=60 --config.model.localization.fcn.hidden=(32,)" in out
+  assert "num_train_steps=60," not in out  # fixed overrides are not part of run names
+  assert not (tmp_path / "sweep").exists()
+  bad = subprocess.run([*command[:5], "--grid=config.model.transform=affine,tsp"], capture_output=True, text=True)
+  assert bad.returncode == 2 and bad.stderr.strip().startswith("error: run transform=tsp:")
+  assert len(bad.stderr.strip().splitlines()) == 1

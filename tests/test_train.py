@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from stn_jax import checkpoints, optim, steps, train
+from stn_jax import checkpoints, config_lib, optim, steps, train
 from stn_jax import data as data_lib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def _tiny_config(**overrides):
   config.num_epochs = 2  # 6 steps of 16 per epoch of the 96 synthetic train digits: 12 steps
   config.eval_every_steps = 4
   config.checkpoint_every_steps = 4
-  config.log_every_steps = 4
+  config.log_every_steps = 2
   config.eval_batch_size = 16
   config.model.classifier.cnn.hidden = (32,)
   config.optimizer.warmup_steps = 2
@@ -89,9 +89,37 @@ def test_a_run_writes_everything(finished_run):
   assert set(saved) >= {"test_accuracy", "test_loss", "test_error", "num_train_steps", "train_time_s"}
   assert saved["test_error"] == pytest.approx(1 - saved["test_accuracy"])
   assert json.loads((workdir / "config.json").read_text())["dataset"]["name"] == "R"
-  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   for name in ("transform_final.png", "grids_final.png", "curves.png", "transform_step000004.png"):
     assert (workdir / "figures" / name).stat().st_size > 1000, name
+  # TensorBoard: the train loss and learning rate at every log step, evaluations, the transformer as images
+  scalars, images = _tensorboard(workdir)
+  assert [s for s, _ in scalars["train_loss"]] == [2, 4, 6, 8, 10, 12]
+  rates = dict(scalars["learning_rate"])
+  schedule = optim.learning_rate_schedule(_tiny_config(), 12)
+  assert rates == pytest.approx({s: float(schedule(s - 1)) for s in range(2, 13, 2)})
+  assert [s for s, _ in scalars["val_accuracy"]] == [4, 8, 12]
+  assert images["transformer/input"] == images["transformer/output"] == [4, 8, 12]
+
+
+def _tensorboard(workdir):
+  """({tag: [(step, value)]}, {image tag: [steps]}) read from the run's event files (TFRecord framing)."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  scalars, images = {}, {}
+  for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      (length,) = struct.unpack("<Q", data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
+      i += 16 + length
+      for value in event.summary.value:
+        if value.HasField("image"):
+          images.setdefault(value.tag, []).append(event.step)
+        else:
+          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars, images
 
 
 def test_same_config_gives_bitwise_the_same_run(finished_run, tmp_path, datasets):
@@ -120,6 +148,42 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(finished_run, tmp_path, 
   resumed = train.train_and_evaluate(_tiny_config(), tmp_path, datasets=datasets)
   assert resumed["test_loss"] == results["test_loss"]
   assert _without_timing(_metrics(tmp_path)) == _without_timing(_metrics(workdir))
+
+
+def test_a_finished_run_continues_with_more_steps_and_free_fields_may_change(finished_run, tmp_path, datasets, caplog):
+  workdir, results = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  longer = _tiny_config(num_train_steps=16, log_every_steps=3, eval_batch_size=8, checkpoints_to_keep=1)
+  with caplog.at_level(logging.INFO):
+    continued = train.train_and_evaluate(longer, copy, datasets=datasets)
+  assert "resumed from the checkpoint at step 12" in caplog.text and "from 12 to 16 steps" in caplog.text
+  assert "learning_rate: 0.001" in caplog.text  # the resolved config is logged at the start
+  rows = _metrics(copy)
+  assert [r["step"] for r in rows] == [4, 8, 12, 16]
+  assert _without_timing(rows[:3]) == _without_timing(_metrics(workdir))  # the first 12 steps are kept as they were
+  assert continued["num_train_steps"] == 16 and continued["test_loss"] != results["test_loss"]
+  assert sorted(int(p.name) for p in (copy / "checkpoints").iterdir() if p.name.isdigit()) == [16]
+  history = [json.loads(line) for line in (copy / "config_history.jsonl").read_text().splitlines()]
+  assert history[0]["resumed_at_step"] == 12 and "num_train_steps: None -> 16" in history[0]["changes"]
+  assert json.loads((copy / "config.json").read_text())["num_train_steps"] == 16
+  with pytest.raises(checkpoints.WorkdirConflictError, match=r"16 -> 12 \(a run can be continued, not shortened\)"):
+    train.train_and_evaluate(_tiny_config(), copy, datasets=datasets)
+
+
+@pytest.mark.parametrize("name", ["v1_cnn", "v1_fcn"])
+def test_a_version_1_workdir_resumes_under_its_migrated_config(name, tmp_path, datasets):
+  workdir = tmp_path / name
+  shutil.copytree(ROOT / "tests" / "data" / name, workdir)
+  old = json.loads((workdir / "config.json").read_text())
+  config = config_lib.from_dict(old)  # what the v1 run was, in today's layout
+  config.num_train_steps = 6  # the v1 run stopped at 4
+  results = train.train_and_evaluate(config, workdir, datasets=datasets)
+  assert results["num_train_steps"] == 6 and np.isfinite(results["test_loss"])
+  assert json.loads((workdir / "config.json").read_text())["version"] == 2
+  assert json.loads((workdir / "config.v1.json").read_text()) == old  # the original is kept
+  with pytest.raises(checkpoints.WorkdirConflictError, match="learning_rate"):
+    train.train_and_evaluate(_tiny_config(learning_rate=0.5), workdir, datasets=datasets)
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path, datasets, caplog):
