@@ -324,8 +324,9 @@ def write_reports(root: Path, rows: list[dict]) -> None:
     ax.barh(range(len(done)), errors, xerr=spread, color="tab:blue", capsize=2)
     ax.set_yticks(range(len(done)), names, fontsize=8)
     ax.invert_yaxis()
-    for y, e in enumerate(errors):
-      ax.text(e, y, f" {e:.2f}", va="center", fontsize=7)
+    for y, (e, sd) in enumerate(zip(errors, spread, strict=True)):
+      ax.text(e + sd, y, f"  {e:.2f}", va="center", fontsize=7)
+    ax.set_xlim(0, 1.15 * max(e + sd for e, sd in zip(errors, spread, strict=True)) or 1)
     ax.set_xlabel("test error (%)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -338,7 +339,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   config_spec = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
   if not config_spec or not _WORKDIR.value:
-    raise app.UsageError("--config and --workdir are required")
+    sys.stderr.write("error: --config and --workdir are required (e.g. --config=configs/default.py --workdir=runs/x)\n")
+    sys.exit(USAGE_ERROR)
   root = Path(_WORKDIR.value)
   logging.getLogger().setLevel(logging.WARNING)  # the runs log to their own log.txt
   try:

@@ -89,7 +89,7 @@ def save_curves(metrics: list[dict], path: str | Path, *, steps_per_epoch: int |
       ax.plot(steps, values, marker=".", label=name)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     ax.set_xlabel("step")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3, which="both")

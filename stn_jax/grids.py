@@ -176,10 +176,11 @@ def tps_control_points(num_points: int = 16, *, dtype=jnp.float32) -> jax.Array:
   Returns:
     (K, 2) points (x, y) in row-major order (y outer, x inner).
   """
-  return jnp.asarray(_lattice(num_points), dtype=dtype)
+  return jnp.asarray(control_lattice(num_points), dtype=dtype)
 
 
-def _lattice(num_points: int) -> np.ndarray:
+def control_lattice(num_points: int) -> np.ndarray:
+  """`tps_control_points` as float64 numpy (a constant even where JAX is tracing); validates `num_points`."""
   side = round(float(num_points) ** 0.5) if isinstance(num_points, (int, np.integer)) else 0
   if isinstance(num_points, bool) or side < 2 or side * side != num_points:
     raise ValueError(
@@ -223,7 +224,7 @@ def _tps_weights(target, query, xp):
 def _default_tps_weights(num_points: int, size: tuple[int, int], align_corners: bool) -> np.ndarray:
   x, y = _identity_xy(size, align_corners)
   query = np.stack([x.ravel(), y.ravel()], axis=-1)
-  return _tps_weights(_lattice(num_points), query, np)
+  return _tps_weights(control_lattice(num_points), query, np)
 
 
 @v.keyword_only()
@@ -261,7 +262,7 @@ def check_tps(func: str, name: str, source_points, target_points=None) -> None:
   v.check_trailing_shape(func, name, source_points, (None, 2), what="(..., K, 2)")
   k = jnp.shape(source_points)[-2]
   if target_points is None:
-    _lattice(k)  # K must be a perfect square >= 4
+    control_lattice(k)  # K must be a perfect square >= 4
     return
   v.check_floating(func, "target_points", target_points)
   if jnp.shape(target_points) != (k, 2):
@@ -277,7 +278,7 @@ def tps_grid_core(source_points, size, target_points, align_corners):
   dtype = source_points.dtype
   if target_points is None:
     weights = jnp.asarray(_default_tps_weights(k, size, align_corners), dtype)
-    target = jnp.asarray(_lattice(k), dtype)
+    target = jnp.asarray(control_lattice(k), dtype)
   else:
     target = jnp.asarray(target_points).astype(jnp.promote_types(dtype, jnp.float32))
     x, y = _identity_xy(size, align_corners)

@@ -32,7 +32,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   config = flags.FLAGS.config
   if config is None:
-    sys.exit("error: --config is required (e.g. --config=configs/default.py)")
+    sys.stderr.write("error: --config is required (e.g. --config=configs/default.py)\n")
+    sys.exit(USAGE_ERROR)
   if _LIST.value:
     print(config_lib.describe(config, markdown=_MARKDOWN.value))
     return

@@ -50,7 +50,7 @@ def identity_array(kind: str, *, num_control_points: int = 16) -> np.ndarray:
   elif kind == "projective":
     p = np.eye(3)
   elif kind == "tps":
-    p = grids._lattice(num_control_points)
+    p = grids.control_lattice(num_control_points)
   else:
     p = np.array([1.0, 0.0, 0.0])
   return p.reshape(shape)

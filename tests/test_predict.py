@@ -12,29 +12,10 @@ import pytest
 from PIL import Image
 
 from stn_jax import checkpoints, config_lib, optim, predict, steps, train
-from stn_jax import data as data_lib
+from tests.helpers import synthetic_datasets
 
 ROOT = Path(__file__).resolve().parent.parent
 V1_WORKDIRS = ROOT / "tests" / "data"
-
-
-def _digits(rng, n):
-  """The synthetic digits of tests/test_train.py, copied as they were when tests/data's expected predictions were
-  made: class k is a bar at a class-specific position."""
-  labels = rng.integers(0, 10, n).astype(np.int32)
-  digits = np.zeros((n, 28, 28), np.uint8)
-  for i, k in enumerate(labels):
-    digits[i, 4 + 2 * k : 8 + 2 * k, 6:22] = 200 + rng.integers(0, 55)
-  return digits, labels
-
-
-def synthetic_datasets():
-  rng = np.random.default_rng(0)
-  out = {}
-  for split, n in (("train", 96), ("validation", 40), ("test", 40)):
-    digits, labels = _digits(rng, n)
-    out[split] = data_lib.DistortedMnist("R", split, digits, labels, seed=0)
-  return out
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import ml_collections
 def main(process_id: int, port: int, workdir: str) -> None:
   from stn_jax import distributed, train
   from tests import test_train
+  from tests.helpers import synthetic_datasets
 
   config = test_train._tiny_config()
   config.distributed.coordinator_address = f"localhost:{port}"
@@ -21,7 +22,7 @@ def main(process_id: int, port: int, workdir: str) -> None:
   import jax
 
   assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
-  results = train.train_and_evaluate(config, workdir, datasets=test_train.synthetic_datasets())
+  results = train.train_and_evaluate(config, workdir, datasets=synthetic_datasets())
   print(json.dumps({"process": jax.process_index(), **results}), flush=True)
 
 
