@@ -121,13 +121,6 @@ def _parent(config, key: str):
   return node, last
 
 
-def check_keys(config, runs: list[dict]) -> None:
-  """Every swept key must exist in the config (a typo would otherwise fail only when its run starts)."""
-  for overrides in runs:
-    for key in overrides:
-      _parent(config, key)
-
-
 def parse_value(config, key: str, text):
   """A --grid value (text) as the type of the config field `key`, as `--config.key=text` would be parsed."""
   if not isinstance(text, str):
@@ -336,8 +329,9 @@ def write_reports(root: Path, rows: list[dict]) -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  config_spec = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
+    sys.stderr.write(f"error: unexpected arguments: {' '.join(argv[1:])}\n")
+    sys.exit(USAGE_ERROR)
+  config_spec = config_flags.get_config_filename(flags.FLAGS["config"]) if flags.FLAGS["config"].present else None
   if not config_spec or not _WORKDIR.value:
     sys.stderr.write("error: --config and --workdir are required (e.g. --config=configs/default.py --workdir=runs/x)\n")
     sys.exit(USAGE_ERROR)

@@ -5,9 +5,11 @@
   WORKDIR/checkpoints/<step>/  orbax checkpoints of `checkpoint_state(...)`
   WORKDIR/metrics.jsonl        (stn_jax.metrics) and tensorboard/, figures/, results.json (stn_jax.train)
 
-`open_run` decides, before anything is written, whether a config may run in a workdir: a new workdir is claimed, one
-of the same run (up to `config_lib.FREE_FIELDS` and a longer total) is resumed, anything else is refused with the
-differing fields. `restore_params` gives a run's parameters alone (what predict needs).
+`open_run` decides, before anything is written, whether a config may run in a workdir: a new workdir (or one whose run
+never reached its first checkpoint) is claimed, one of the same run (up to `config_lib.FREE_FIELDS`, the options of
+unused model kinds and a longer total) is resumed, anything else is refused with the differing fields. A longer total
+continues the run; its earlier results.json is kept as results_at_step_<old total>.json. `restore_params` gives a
+run's parameters alone (what predict needs).
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ def open_run(workdir: Path, config, steps_per_epoch: int, *, write: bool = True)
       atomic_write(path, text)
     return RunPlan()
   stored = json.loads(path.read_text())
+  if not has_checkpoint(workdir):  # nothing trained yet (a run stopped before its first checkpoint): start afresh
+    if write:
+      atomic_write(path, text)
+    return RunPlan()
   problems, (old_total, new_total) = config_lib.resume_differences(stored, config, steps_per_epoch)
   if problems:
     shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
@@ -79,11 +85,20 @@ def open_run(workdir: Path, config, steps_per_epoch: int, *, write: bool = True)
       "location may differ; num_train_steps may grow)."
     )
   changes = tuple(config_lib.diff(config_lib.migrate(stored), config_lib.to_dict(config)))
+  if new_total != old_total and write and (workdir / "results.json").exists():
+    # the results of the shorter run stay, by name, but no longer read as this run's
+    os.replace(workdir / "results.json", workdir / f"results_at_step_{old_total}.json")
   if changes and write:
     if stored.get("version", 1) != config_lib.VERSION:  # keep the original of a migrated config
       atomic_write(workdir / f"config.v{stored.get('version', 1)}.json", json.dumps(stored, indent=2, sort_keys=True))
     atomic_write(path, text)
   return RunPlan(changes, old_total if old_total != new_total else None)
+
+
+def has_checkpoint(workdir: Path) -> bool:
+  """Whether the workdir holds any finished checkpoint (orbax renames a step's directory to the bare step number
+  when it is complete)."""
+  return any(d.is_dir() and d.name.isdigit() for d in (workdir / "checkpoints").glob("*"))
 
 
 def record_changes(workdir: Path, step: int, plan: RunPlan) -> None:

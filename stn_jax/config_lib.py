@@ -29,6 +29,7 @@ import ml_collections
 from stn_jax import data as data_lib
 from stn_jax import distributed, models, optim, steps
 from stn_jax.data.mnist import SOURCES
+from stn_jax.errors import ConfigError
 
 VERSION = 2
 
@@ -40,6 +41,10 @@ BUDGET_FIELDS = (
 )
 # Fields that cannot change what a run computes; a resumed run may differ from its workdir's config in these.
 FREE_FIELDS = (
+  "distributed.initialize",  # how the processes of a run find each other (process_id differs on every process)
+  "distributed.coordinator_address",
+  "distributed.num_processes",
+  "distributed.process_id",
   "log_every_steps",
   "eval_batch_size",
   "eval_every_steps",
@@ -91,10 +96,6 @@ DOCS = {
   "optimizer.grad_clip_norm": "clip the gradient's global norm; 0 = off",
   "optimizer.localization_lr_multiplier": "scales the localisation net's updates",
 }
-
-
-class ConfigError(ValueError):
-  """A config that cannot run: a bad value, or a workdir holding another config's run."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -273,9 +274,11 @@ def migrate(old: dict) -> dict:
     model[key] = m[key]
   model["match_params_of"] = m.get("match_params_of", "")
   loc = model["localization"]
-  loc["kind"] = m["localization"]
-  loc["fcn"].update(hidden=m["loc_hidden"], dropout=m["loc_dropout"], activation="tanh")
-  loc["cnn"].update(hidden=m["loc_hidden"], dropout=m["loc_dropout"], features=m["loc_features"], kernel_size=5)
+  loc["kind"] = m["localization"]  # the kind in use gets the old values; the other keeps today's defaults
+  if m["localization"] == "fcn":
+    loc["fcn"].update(hidden=m["loc_hidden"], dropout=m["loc_dropout"], activation="tanh")
+  else:
+    loc["cnn"].update(hidden=m["loc_hidden"], dropout=m["loc_dropout"], features=m["loc_features"], kernel_size=5)
   cls = model["classifier"]
   cls["kind"] = m["classifier"]
   cls["cnn"].update(
@@ -307,16 +310,27 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def in_use(config: dict) -> dict:
+  """The config without the options of the localisation-net and classifier kinds it does not use (they cannot change
+  what it computes)."""
+  config = to_dict(config)
+  for section in ("localization", "classifier"):
+    part = config["model"][section]
+    config["model"][section] = {"kind": part["kind"], part["kind"]: part.get(part["kind"])}
+  return config
+
+
 def resume_differences(old, new, steps_per_epoch: int) -> tuple[list[str], tuple[int, int]]:
   """(the differences that forbid resuming a run of `old` with `new`, (old total steps, new total steps)).
 
-  Fields in FREE_FIELDS may differ; the budgets are compared in steps, so a total given in epochs or in steps is the
-  same total. A longer total continues the run (see optim.learning_rate_schedule); a shorter one is refused.
+  Fields in FREE_FIELDS and the options of unused model kinds may differ; the budgets are compared in steps, so a
+  total given in epochs or in steps is the same total. A longer total continues the run (see
+  optim.learning_rate_schedule); a shorter one is refused.
   """
   old, new = migrate(to_dict(old)), to_dict(new)
   totals = tuple(budget(ml_collections.ConfigDict(c), steps_per_epoch).num_train_steps for c in (old, new))
   ignore = {*FREE_FIELDS, "num_train_steps", "num_epochs"}
-  problems = diff(old, new, ignore=ignore)
+  problems = diff(in_use(old), in_use(new), ignore=ignore)
   if totals[1] < totals[0]:
     problems.append(f"the total steps: {totals[0]} -> {totals[1]} (a run can be continued, not shortened)")
   return problems, totals

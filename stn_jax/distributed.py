@@ -14,6 +14,8 @@ import os
 import jax
 import numpy as np
 
+from stn_jax.errors import ConfigError
+
 log = logging.getLogger(__name__)
 MODES = ("auto", "always", "never")
 
@@ -27,11 +29,7 @@ def _cluster_detected() -> bool:
 
 def maybe_initialize(distributed_config) -> bool:
   """Initialises JAX's distributed runtime if asked to; returns whether it did."""
-  d = distributed_config
-  if d.initialize not in MODES:
-    raise ValueError(
-      f"config.distributed.initialize must be one of {', '.join(map(repr, MODES))}; got {d.initialize!r}."
-    )
+  d = distributed_config  # validated by config_lib.validate
   wanted = d.initialize == "always" or (d.initialize == "auto" and (d.coordinator_address or _cluster_detected()))
   if not wanted:
     return False
@@ -58,10 +56,17 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   devices = jax.devices()
   n = num_devices or len(devices)
   if jax.process_count() > 1 and n != len(devices):
-    raise ValueError(f"config.num_devices must be 0 (all {len(devices)} devices) in a multi-host run; got {n}.")
+    raise ConfigError(f"config.num_devices must be 0 (all {len(devices)} devices) in a multi-host run; got {n}.")
   if n > len(devices):
-    raise ValueError(f"config.num_devices={n} but only {len(devices)} devices are visible: {devices}.")
+    raise ConfigError(f"config.num_devices={n} but only {len(devices)} devices are visible: {devices}.")
   return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
+
+
+def check_divisible(mesh: jax.sharding.Mesh, **batch_sizes: int) -> None:
+  """Every global batch must split evenly over the mesh's devices (named config fields: batch_size=128, ...)."""
+  for name, size in batch_sizes.items():
+    if size % mesh.size:
+      raise ConfigError(f"config.{name} ({size}) must be a multiple of the {mesh.size} devices.")
 
 
 def shard_batch(mesh: jax.sharding.Mesh, batch: dict, *, seed_axis: bool = False) -> dict:

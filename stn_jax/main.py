@@ -29,7 +29,8 @@ config_flags.DEFINE_config_file(
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.stderr.write(f"error: unexpected arguments: {' '.join(argv[1:])}\n")
+    sys.exit(USAGE_ERROR)
   config = flags.FLAGS.config
   if config is None:
     sys.stderr.write("error: --config is required (e.g. --config=configs/default.py)\n")

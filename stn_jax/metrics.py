@@ -1,7 +1,7 @@
 """One writer for a run's metrics: metrics.jsonl (the evaluation rows), TensorBoard (scalars and images) and the log.
 
-Only process 0 writes (`enabled=False` elsewhere); a resumed run truncates metrics.jsonl and TensorBoard to its
-checkpoint's step, so every row is written once.
+Only process 0 writes (`enabled=False` elsewhere); a run truncates metrics.jsonl and TensorBoard to the step it
+starts from (its checkpoint's, or 0), so every row is written once.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class MetricWriter:
       from stn_jax.checkpoints import atomic_write
 
       atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
-      self._tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step or None)
+      self._tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step)
 
   def write_scalars(self, step: int, scalars: dict, *, jsonl: bool = False, tensorboard_skip=()) -> None:
     """TensorBoard scalars at `step` (but those named in `tensorboard_skip`); with `jsonl`, also one row

@@ -151,7 +151,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   workdir = Path(workdir)
   is_main = jax.process_index() == 0  # only process 0 writes logs, metrics, figures and results
 
-  # --- Setup: data, budget, workdir, mesh. ---
+  # --- Setup: mesh, data, budget, workdir (checked before anything is written). ---
+  mesh = distributed.make_mesh(config.num_devices)
+  distributed.check_divisible(mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
   datasets = datasets or load_datasets(config)
   train_set = datasets["train"]
   if len(train_set) < config.batch_size:
@@ -170,12 +172,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     budget.eval_every_steps,
     budget.checkpoint_every_steps,
   )
-  mesh = distributed.make_mesh(config.num_devices)
-  if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
-    raise config_lib.ConfigError(
-      f"config.batch_size ({config.batch_size}) and config.eval_batch_size ({config.eval_batch_size}) must be "
-      f"multiples of the {mesh.size} devices."
-    )
   log.info("process %d of %d; data parallel over %d device(s): %s", jax.process_index(), jax.process_count(),
            mesh.size, list(mesh.devices.flat))  # fmt: skip
 
@@ -224,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       writer.write_images(step, {key: figures.mosaic(images[..., 0]) for key, images in mosaics.items()})
 
   # --- The loop. ---
-  logged = jax.tree.map(np.zeros_like, distributed.local_copy(sums))  # the sums at the last log line
+  logged = distributed.local_copy(sums)  # the sums at the last log line (a checkpoint's, on resume)
   for step in range(start_step, total):
     batch = distributed.shard_batch(mesh, seed_batches(config, train_set, step), seed_axis=num_seeds > 1)
     params, opt_state, sums = train_step(params, opt_state, sums, batch, step)
@@ -279,8 +275,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     "num_seeds": num_seeds,
     "num_train_steps": total,
     "num_epochs": total / budget.steps_per_epoch,
-    "train_time_s": clock.total,  # training steps only: no compilation, evaluation or checkpointing
-    "steps_per_sec": clock.rate(total),  # this process's steps after its first (None if it trained none)
+    "train_time_s": clock.total,  # training steps only: not compilation, evaluation, logging or checkpointing
+    "steps_per_sec": total / max(clock.total, 1e-9),  # over train_time_s (each process's compiling step untimed)
     "num_params": num_params,
   }
   show_transformer(params, total, "final", tensorboard=False)  # the last evaluation sent them

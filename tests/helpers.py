@@ -3,9 +3,12 @@ synthetic digits for training tests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from stn_jax import config_lib
 from stn_jax import data as data_lib
 
 
@@ -67,3 +70,25 @@ def synthetic_datasets() -> dict:
     digits, labels = synthetic_digits(rng, n)
     out[split] = data_lib.DistortedMnist("R", split, digits, labels, seed=0)
   return out
+
+
+def tiny_config(**overrides):
+  """configs/default.py shrunk for tests on `synthetic_datasets()`: R, batch 16, 2 epochs = 12 steps, evaluation and
+  checkpoints every 4; `overrides` by dotted key ('model.classifier.cnn.hidden': (8,))."""
+  config = config_lib.load(Path(__file__).resolve().parents[1] / "configs" / "default.py")
+  config.dataset.name = "R"
+  config.batch_size = 16
+  config.num_epochs = 2  # 6 steps of 16 per epoch of the 96 synthetic train digits: 12 steps
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 4
+  config.log_every_steps = 2
+  config.eval_batch_size = 16
+  config.model.classifier.cnn.hidden = (32,)
+  config.optimizer.warmup_steps = 2
+  for key, value in overrides.items():
+    target = config
+    *path, last = key.split(".")
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return config

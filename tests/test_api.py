@@ -1,13 +1,14 @@
 """The public API keeps its conventions: documented, options keyword-only, every name exported."""
 
 import inspect
+import logging
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import stn_jax
-from stn_jax import grids
 
 # Array arguments that may be passed positionally; everything else must be keyword-only.
 _POSITIONAL = {
@@ -92,7 +93,7 @@ def test_a_positional_option_is_matched_to_the_option_it_fits():
 
 
 @pytest.mark.parametrize("form", ["list", "numpy ints", "numpy array"])
-def test_size_may_be_any_sequence_of_two_ints_and_compiles_once(form):
+def test_size_may_be_any_sequence_of_two_ints_and_compiles_once(form, caplog):
   rng = np.random.default_rng()
   h, w = (int(s) for s in rng.integers(2, 9, 2))
   size = {"list": [h, w], "numpy ints": (np.int64(h), np.int32(w)), "numpy array": np.array([h, w])}[form]
@@ -113,10 +114,13 @@ def test_size_may_be_any_sequence_of_two_ints_and_compiles_once(form):
     assert expected.shape[-3:-1] == (h, w), name
     np.testing.assert_array_equal(np.asarray(call(size)), expected, err_msg=name)
   # The sizes are normalised before the jitted core: the same (h, w) compiles once, whatever sequence holds it.
-  before = grids._affine_grid_jit._cache_size()
-  stn_jax.affine_grid(theta, size)
-  stn_jax.affine_grid(theta, (h, w))
-  assert grids._affine_grid_jit._cache_size() == before
+  with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles():
+    stn_jax.affine_grid(theta, size)
+    stn_jax.affine_grid(theta, (h, w))
+    assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
+    new_size = (20 + 10 * ["list", "numpy ints", "numpy array"].index(form) + h, w)  # compiled by no other test
+    stn_jax.affine_grid(theta, new_size)  # a new size does compile (the check can fail)
+  assert len([r for r in caplog.records if "Compiling" in r.getMessage()]) == 1
 
 
 @pytest.mark.parametrize(

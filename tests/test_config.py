@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stn_jax import cli, config_lib, models, utils
+from stn_jax import checkpoints, cli, config_lib, models, utils
 
 ROOT = Path(__file__).resolve().parents[1]
 V1_RUNS = sorted((ROOT / "tests" / "data").glob("v1_*"))
@@ -102,6 +102,10 @@ def test_what_a_resume_may_change():
   shorter.num_train_steps = 100
   problems, _ = config_lib.resume_differences(config_lib.to_dict(old), shorter, spe)
   assert problems == ["the total steps: 11700 -> 100 (a run can be continued, not shortened)"]
+  elsewhere = _default()  # another process of a multi-host run, the options of kinds the model does not use
+  elsewhere.distributed.process_id, elsewhere.distributed.coordinator_address = 1, "host0:1234"
+  elsewhere.model.localization.cnn.hidden, elsewhere.model.classifier.fcn.hidden = (99,), (7, 7)
+  assert config_lib.resume_differences(config_lib.to_dict(old), elsewhere, spe) == ([], (11_700, 11_700))
   other = _default()
   other.learning_rate, other.model.classifier.cnn.hidden = 3e-4, (64,)
   problems, _ = config_lib.resume_differences(config_lib.to_dict(old), other, spe)
@@ -157,3 +161,15 @@ def test_cli_errors_are_one_line():
   )
   assert cli.one_line(traceback) == "ValueError: bad"
   assert cli.one_line(ValueError("a\n   b")) == "a b"
+
+
+def test_a_workdir_without_a_checkpoint_takes_any_config(tmp_path):
+  first, second = _default(), _default()
+  second.batch_size, second.learning_rate = 64, 0.5
+  assert checkpoints.open_run(tmp_path, first, 390) == checkpoints.RunPlan()
+  # no checkpoint was ever written (the run died early): the new config simply replaces it
+  assert checkpoints.open_run(tmp_path, second, 781) == checkpoints.RunPlan()
+  assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 64
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)  # once there is one, the run is refused
+  with pytest.raises(checkpoints.WorkdirConflictError, match=r"batch_size: 64 -> 128.*learning_rate: 0.5 -> 0.001"):
+    checkpoints.open_run(tmp_path, first, 390)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from stn_jax import checkpoints, config_lib, optim, predict, steps, train
-from tests.helpers import synthetic_datasets
+from tests.helpers import synthetic_datasets, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 V1_WORKDIRS = ROOT / "tests" / "data"
@@ -32,19 +32,8 @@ def test_npz(datasets, tmp_path_factory):
 
 
 def _tiny_config(**overrides):
-  config = config_lib.load(ROOT / "configs" / "default.py")
-  config.dataset.name = "R"
-  config.batch_size = 16
-  config.num_train_steps = 4
-  config.eval_every_steps = 4
-  config.checkpoint_every_steps = 4
-  config.log_every_steps = 4
-  config.eval_batch_size = 16
-  config.model.classifier.cnn.hidden = (32,)
-  config.optimizer.warmup_steps = 2
-  for key, value in overrides.items():
-    setattr(config, key, value)
-  return config
+  """tests.helpers.tiny_config trained for 4 steps."""
+  return tiny_config(num_train_steps=4, log_every_steps=4, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import default
 from stn_jax import checkpoints, config_lib, optim, steps, train
 from stn_jax import data as data_lib
-from tests.helpers import synthetic_datasets
+from tests.helpers import synthetic_datasets, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,26 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def datasets():
   return synthetic_datasets()
-
-
-def _tiny_config(**overrides):
-  config = default.get_config()
-  config.dataset.name = "R"
-  config.batch_size = 16
-  config.num_epochs = 2  # 6 steps of 16 per epoch of the 96 synthetic train digits: 12 steps
-  config.eval_every_steps = 4
-  config.checkpoint_every_steps = 4
-  config.log_every_steps = 2
-  config.eval_batch_size = 16
-  config.model.classifier.cnn.hidden = (32,)
-  config.optimizer.warmup_steps = 2
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return config
 
 
 def _without_timing(rows):
@@ -55,7 +34,7 @@ def _metrics(workdir):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, datasets):
   workdir = tmp_path_factory.mktemp("run")
-  results = train.train_and_evaluate(_tiny_config(), workdir, datasets=datasets)
+  results = train.train_and_evaluate(tiny_config(), workdir, datasets=datasets)
   return workdir, results
 
 
@@ -78,7 +57,7 @@ def test_a_run_writes_everything(finished_run):
   scalars, images = _tensorboard(workdir)
   assert [s for s, _ in scalars["train_loss"]] == [2, 4, 6, 8, 10, 12]
   rates = dict(scalars["learning_rate"])
-  schedule = optim.learning_rate_schedule(_tiny_config(), 12)
+  schedule = optim.learning_rate_schedule(tiny_config(), 12)
   assert rates == pytest.approx({s: float(schedule(s - 1)) for s in range(2, 13, 2)})
   assert [s for s, _ in scalars["val_accuracy"]] == [4, 8, 12]
   assert images["transformer/input"] == images["transformer/output"] == [4, 8, 12]
@@ -107,7 +86,7 @@ def _tensorboard(workdir):
 
 def test_same_config_gives_bitwise_the_same_run(finished_run, tmp_path, datasets):
   workdir, results = finished_run
-  again = train.train_and_evaluate(_tiny_config(), tmp_path, datasets=datasets)
+  again = train.train_and_evaluate(tiny_config(), tmp_path, datasets=datasets)
   assert again["test_loss"] == results["test_loss"] and again["test_accuracy"] == results["test_accuracy"]
   assert _without_timing(_metrics(tmp_path)) == _without_timing(_metrics(workdir))
 
@@ -123,12 +102,12 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(finished_run, tmp_path, 
 
   monkeypatch.setattr(data_lib, "train_batch", dies_at_step_10)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(_tiny_config(), tmp_path, datasets=datasets)
+    train.train_and_evaluate(tiny_config(), tmp_path, datasets=datasets)
   monkeypatch.setattr(data_lib, "train_batch", real_batch)
   # A kill can also leave a half-written metrics line behind.
   with open(tmp_path / "metrics.jsonl", "a") as f:
     f.write('{"step": 12, "train_lo')
-  resumed = train.train_and_evaluate(_tiny_config(), tmp_path, datasets=datasets)
+  resumed = train.train_and_evaluate(tiny_config(), tmp_path, datasets=datasets)
   assert resumed["test_loss"] == results["test_loss"]
   assert _without_timing(_metrics(tmp_path)) == _without_timing(_metrics(workdir))
 
@@ -137,7 +116,7 @@ def test_a_finished_run_continues_with_more_steps_and_free_fields_may_change(fin
   workdir, results = finished_run
   copy = tmp_path / "run"
   shutil.copytree(workdir, copy)
-  longer = _tiny_config(num_train_steps=16, log_every_steps=3, eval_batch_size=8, checkpoints_to_keep=1)
+  longer = tiny_config(num_train_steps=16, log_every_steps=3, eval_batch_size=8, checkpoints_to_keep=1)
   with caplog.at_level(logging.INFO):
     continued = train.train_and_evaluate(longer, copy, datasets=datasets)
   assert "resumed from the checkpoint at step 12" in caplog.text and "from 12 to 16 steps" in caplog.text
@@ -150,8 +129,9 @@ def test_a_finished_run_continues_with_more_steps_and_free_fields_may_change(fin
   history = [json.loads(line) for line in (copy / "config_history.jsonl").read_text().splitlines()]
   assert history[0]["resumed_at_step"] == 12 and "num_train_steps: None -> 16" in history[0]["changes"]
   assert json.loads((copy / "config.json").read_text())["num_train_steps"] == 16
+  assert json.loads((copy / "results_at_step_12.json").read_text()) == results  # the shorter run's, kept aside
   with pytest.raises(checkpoints.WorkdirConflictError, match=r"16 -> 12 \(a run can be continued, not shortened\)"):
-    train.train_and_evaluate(_tiny_config(), copy, datasets=datasets)
+    train.train_and_evaluate(tiny_config(), copy, datasets=datasets)
 
 
 @pytest.mark.parametrize("name", ["v1_cnn", "v1_fcn"])
@@ -166,7 +146,7 @@ def test_a_version_1_workdir_resumes_under_its_migrated_config(name, tmp_path, d
   assert json.loads((workdir / "config.json").read_text())["version"] == 2
   assert json.loads((workdir / "config.v1.json").read_text()) == old  # the original is kept
   with pytest.raises(checkpoints.WorkdirConflictError, match="learning_rate"):
-    train.train_and_evaluate(_tiny_config(learning_rate=0.5), workdir, datasets=datasets)
+    train.train_and_evaluate(tiny_config(learning_rate=0.5), workdir, datasets=datasets)
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path, datasets, caplog):
@@ -178,7 +158,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(finished_run
     if f.is_file():
       f.write_bytes(b"garbage")
   with caplog.at_level(logging.WARNING):
-    again = train.train_and_evaluate(_tiny_config(), copy, datasets=datasets)
+    again = train.train_and_evaluate(tiny_config(), copy, datasets=datasets)
   assert "unreadable" in caplog.text and "step 12" in caplog.text
   assert again["test_loss"] == results["test_loss"]
 
@@ -187,7 +167,7 @@ def test_a_workdir_of_another_config_is_never_clobbered(finished_run, datasets):
   workdir, _ = finished_run
   before = (workdir / "metrics.jsonl").read_text()
   with pytest.raises(checkpoints.WorkdirConflictError, match=r"learning_rate: 0\.001 -> 0\.5"):
-    train.train_and_evaluate(_tiny_config(learning_rate=0.5), workdir, datasets=datasets)
+    train.train_and_evaluate(tiny_config(learning_rate=0.5), workdir, datasets=datasets)
   assert (workdir / "metrics.jsonl").read_text() == before
 
 
@@ -209,7 +189,7 @@ def test_a_workdir_of_another_config_is_never_clobbered(finished_run, datasets):
 )
 def test_invalid_configs_fail_before_any_work(overrides, words, tmp_path):
   with pytest.raises(ValueError) as info:
-    train.train_and_evaluate(_tiny_config(**overrides), tmp_path / "w")
+    train.train_and_evaluate(tiny_config(**overrides), tmp_path / "w")
   for word in words:
     assert word in str(info.value), (word, str(info.value))
   assert not (tmp_path / "w").exists()
@@ -227,7 +207,7 @@ def test_optimizers_and_schedules_build_and_step(datasets, tmp_path):
       {"optimizer.schedule": "constant", "optimizer.grad_clip_norm": 1.0, "optimizer.weight_decay": 1e-4},
     ]
   ):
-    config = _tiny_config(num_train_steps=4, **overrides)
+    config = tiny_config(num_train_steps=4, **overrides)
     results = train.train_and_evaluate(config, tmp_path / str(i), datasets=datasets)
     assert np.isfinite(results["test_loss"])
 
@@ -238,6 +218,7 @@ def test_the_entry_point_reports_config_errors_in_one_line_with_exit_status_2(fi
   cases = [
     ([f"--workdir={tmp_path}", "--config.lerning_rate=0.1"], "no field 'lerning_rate' (did you mean 'learning_rate'?)"),
     ([f"--workdir={tmp_path}", "--config.model.transform=tsp"], "config.model.transform must be one of"),
+    ([f"--workdir={tmp_path}", "--config.num_devices=99"], "config.num_devices=99 but only 8 devices are visible"),
     # the finished run is of the tiny config (R, batch 16, ...): the default config is refused, its fields named
     ([f"--workdir={workdir}"], "holds a run of another config (differs in batch_size: 16 -> 128"),
   ]
@@ -265,7 +246,7 @@ def test_data_parallel_over_8_devices_matches_one_device(finished_run, tmp_path,
 
   assert jax.device_count() == 8  # tests/conftest.py forces 8 CPU devices
   workdir, results = finished_run  # trained over all 8 devices (num_devices=0)
-  single = train.train_and_evaluate(_tiny_config(num_devices=1), tmp_path, datasets=datasets)
+  single = train.train_and_evaluate(tiny_config(num_devices=1), tmp_path, datasets=datasets)
   assert single["test_loss"] == pytest.approx(results["test_loss"], rel=1e-4)
   assert single["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1 / 40)
   for a, b in zip(_metrics(tmp_path), _metrics(workdir), strict=True):
@@ -274,8 +255,9 @@ def test_data_parallel_over_8_devices_matches_one_device(finished_run, tmp_path,
 
 
 def test_batch_must_divide_among_devices(tmp_path, datasets):
-  with pytest.raises(ValueError, match=r"config.batch_size \(12\).*multiples of the 8 devices"):
-    train.train_and_evaluate(_tiny_config(batch_size=12), tmp_path, datasets=datasets)
+  with pytest.raises(ValueError, match=r"config.batch_size \(12\) must be a multiple of the 8 devices"):
+    train.train_and_evaluate(tiny_config(batch_size=12), tmp_path / "w", datasets=datasets)
+  assert not (tmp_path / "w").exists()  # refused before anything is written
 
 
 def test_two_processes_with_jax_distributed_on_localhost(finished_run, tmp_path):
@@ -309,9 +291,9 @@ def test_two_processes_with_jax_distributed_on_localhost(finished_run, tmp_path)
 
 def test_num_seeds_trains_k_independent_models_in_one_program(finished_run, tmp_path, datasets):
   workdir, seed0 = finished_run  # config.seed = 0, one model
-  seed1 = train.train_and_evaluate(_tiny_config(seed=1), tmp_path / "seed1", datasets=datasets)
+  seed1 = train.train_and_evaluate(tiny_config(seed=1), tmp_path / "seed1", datasets=datasets)
   assert seed1["test_loss"] != pytest.approx(seed0["test_loss"], rel=1e-3)  # the seeds differ
-  both = train.train_and_evaluate(_tiny_config(num_seeds=2), tmp_path / "both", datasets=datasets)
+  both = train.train_and_evaluate(tiny_config(num_seeds=2), tmp_path / "both", datasets=datasets)
   # Model k of the vmapped run is the run with seed + k (init, dropout and data order), up to float reordering.
   np.testing.assert_allclose(both["test_loss_per_seed"], [seed0["test_loss"], seed1["test_loss"]], rtol=1e-4)
   np.testing.assert_allclose(
@@ -331,7 +313,7 @@ def test_num_seeds_trains_k_independent_models_in_one_program(finished_run, tmp_
 def test_vmap_and_unroll_seed_mappings_match_a_single_seed_step(datasets):
   import jax
 
-  config = _tiny_config(num_seeds=3, seed=5)
+  config = tiny_config(num_seeds=3, seed=5)
   graphdef, params = train.create_params(config, datasets["train"].image_size)
   tx = optim.create_optimizer(config, steps.seed_slice(params, 0, 3), 12)
   batch = train.seed_batches(config, datasets["train"], 7)
@@ -342,7 +324,7 @@ def test_vmap_and_unroll_seed_mappings_match_a_single_seed_step(datasets):
     step = steps.make_train_step(graphdef, tx, config.seed, 3, how)
     results[how] = jax.tree.map(np.asarray, step(*state, batch, 7))
   # the reference: seed 5 + 2 trained alone, from its own init, on its own data order
-  single = _tiny_config(seed=7)
+  single = tiny_config(seed=7)
   graphdef1, params1 = train.create_params(single, datasets["train"].image_size)
   state1 = (params1, tx.init(params1), steps.zero_metric_sums())
   ref = jax.tree.map(

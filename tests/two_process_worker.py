@@ -11,10 +11,9 @@ import ml_collections
 
 def main(process_id: int, port: int, workdir: str) -> None:
   from stn_jax import distributed, train
-  from tests import test_train
-  from tests.helpers import synthetic_datasets
+  from tests.helpers import synthetic_datasets, tiny_config
 
-  config = test_train._tiny_config()
+  config = tiny_config()
   config.distributed.coordinator_address = f"localhost:{port}"
   config.distributed.num_processes = 2
   config.distributed.process_id = process_id
