@@ -1,7 +1,7 @@
 r"""K seeds trained in one program (config.num_seeds = K) against K sequential single-seed runs, in one process.
 
   python experiments/benchmark_seeds.py [--num_seeds=8] [--steps=200] [--config=configs/default.py] \
-      [--config.seed_mapping=vmap] [--config.model.classifier=fcn ...]
+      [--config.seed_mapping=vmap] [--config.model.classifier.kind=fcn ...]
 
 Both sides are whole `train_and_evaluate` runs on real MNIST (loaded once and shared): K runs with seeds 0..K-1 one
 after the other, then one run with num_seeds=K, each of --steps steps with one validation pass, one checkpoint and the
