@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   # How that step maps over the K models: vmap | unroll (K copies side by side; faster on CPU, where a vmapped
   # convolution with per-model weights is a slow grouped convolution) | auto (unroll on CPU, vmap elsewhere).
   config.seed_mapping = "auto"
+  # The model's float32 products: default (the backend's; TF32 on Ampere/Hopper GPUs) | high | highest.
+  config.matmul_precision = "default"
   config.batch_size = 128
   # Budgets in epochs of the 50,000 train digits (390 steps of 128); a *_steps field, when set, overrides its twin.
   config.num_epochs = 30.0

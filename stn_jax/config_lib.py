@@ -64,6 +64,8 @@ DOCS = {
   "num_seeds": "K > 1: train K models (seeds seed .. seed + K - 1) in one jitted step",
   "seed_mapping": "how that step maps over the K models: vmap, unroll (K copies; faster on CPU), auto (unroll on CPU, "
   "vmap elsewhere)",
+  "matmul_precision": "the model's float32 products: default (the backend's: TF32 on Ampere/Hopper GPUs), high, "
+  "highest (full float32 everywhere); grids are always full precision",
   "batch_size": "global batch size",
   "num_epochs": "training budget in epochs of the train split (converted to steps once)",
   "num_train_steps": "if set, the training budget in steps (overrides num_epochs; set it larger to continue a run)",
@@ -192,6 +194,7 @@ def validate(config) -> None:
     "optimizer.schedule": optim.SCHEDULES,
     "distributed.initialize": distributed.MODES,
     "seed_mapping": steps.SEED_MAPPINGS,
+    "matmul_precision": steps.MATMUL_PRECISIONS,
   }
   for field, allowed in choices.items():
     if (value := get(config, field)) not in allowed:
@@ -268,6 +271,7 @@ def migrate(old: dict) -> dict:
   new.setdefault("checkpoints_to_keep", 3)
   new.setdefault("num_seeds", 1)
   new.setdefault("seed_mapping", "auto")
+  new.setdefault("matmul_precision", "default")  # version 1 ran at the backend's default
   m = old["model"]
   model = to_dict(models.default_config())
   for key in ("transform", "num_control_points", "stn_output_size"):

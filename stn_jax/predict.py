@@ -294,12 +294,13 @@ def predict(config, graphdef, params, images: np.ndarray, *, batch_size: int = 5
 
   @jax.jit
   def forward(params, x):
-    model = nnx.merge(graphdef, params)
-    probabilities = jax.nn.softmax(model(x))
-    if model.transformer is None:
-      return probabilities, x, jnp.zeros((x.shape[0], 0), x.dtype)
-    theta, _ = model.transformer.params_and_grid(x)
-    return probabilities, model.transformer(x), theta
+    with steps.matmul_precision(config.get("matmul_precision", "default")):  # as the run trained
+      model = nnx.merge(graphdef, params)
+      probabilities = jax.nn.softmax(model(x))
+      if model.transformer is None:
+        return probabilities, x, jnp.zeros((x.shape[0], 0), x.dtype)
+      theta, _ = model.transformer.params_and_grid(x)
+      return probabilities, model.transformer(x), theta
 
   n, batch = len(images), max(1, min(batch_size, len(images)))
   outputs = []

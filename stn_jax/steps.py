@@ -7,6 +7,7 @@ optimiser state, metric sums, batch, step), jitted once, with its state donated.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -15,6 +16,18 @@ import optax
 from flax import nnx
 
 SEED_MAPPINGS = ("auto", "vmap", "unroll")
+# Precision of the model's own float32 matrix products and convolutions (config.matmul_precision). 'default' is the
+# backend's: exact float32 on CPU, TF32 (a 10-bit mantissa) for float32 products on Ampere/Hopper GPUs; 'high' is
+# TF32 or bfloat16x3 where the backend has them; 'highest' is full float32 everywhere. Grid generation is always at
+# full precision (stn_jax.grids), whatever this says.
+MATMUL_PRECISIONS = ("default", "high", "highest")
+
+
+def matmul_precision(name: str):
+  """A context in which traced products of the model run at `name` (one of MATMUL_PRECISIONS)."""
+  if name not in MATMUL_PRECISIONS:
+    raise ValueError(f"matmul_precision must be one of {', '.join(map(repr, MATMUL_PRECISIONS))}; got {name!r}.")
+  return contextlib.nullcontext() if name == "default" else jax.default_matmul_precision(name)
 
 
 def cross_entropy(logits, labels):
@@ -58,14 +71,17 @@ def seed_slice(tree, index: int, num_seeds: int):
   return jax.tree.map(lambda a: a[index], tree)
 
 
-def make_train_step(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap"):
+def make_train_step(
+  graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default"
+):
   """The pure, jitted update `(params, opt_state, sums, batch, step) -> (params, opt_state, sums)`; the first three
   are donated.
 
   With `num_seeds` = K > 1, params, opt_state, sums and the batch carry a leading axis of K independent models (seed
   k's dropout is that of a run with seed + k) and one jitted step updates all of them, vmapped over the seed axis
   (`seed_mapping='vmap'`) or as K copies of the step side by side in the program ('unroll': on XLA:CPU a vmapped
-  convolution with per-seed weights becomes a grouped convolution about 5x slower than K plain ones).
+  convolution with per-seed weights becomes a grouped convolution about 5x slower than K plain ones). The model's
+  products run at `precision` (MATMUL_PRECISIONS).
   """
 
   def one_step(params, opt_state, sums, batch, step, seed):
@@ -86,15 +102,16 @@ def make_train_step(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: s
 
   @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
   def train_step(params, opt_state, sums, batch, step):
-    if num_seeds == 1:
-      return one_step(params, opt_state, sums, batch, step, seed)
-    mapped = over_seeds(one_step, (0, 0, 0, 0, None, 0), seed_mapping)
-    return mapped(params, opt_state, sums, batch, step, seeds)
+    with matmul_precision(precision):
+      if num_seeds == 1:
+        return one_step(params, opt_state, sums, batch, step, seed)
+      mapped = over_seeds(one_step, (0, 0, 0, 0, None, 0), seed_mapping)
+      return mapped(params, opt_state, sums, batch, step, seeds)
 
   return train_step
 
 
-def make_eval_step(graphdef, num_seeds: int = 1, seed_mapping: str = "vmap"):
+def make_eval_step(graphdef, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default"):
   """Jitted sums of loss, correct and count over a masked batch; with K seeds, (K,) sums from one shared batch."""
 
   def one_eval(params, batch):
@@ -104,4 +121,11 @@ def make_eval_step(graphdef, num_seeds: int = 1, seed_mapping: str = "vmap"):
     correct = jnp.where(mask, logits.argmax(-1) == batch["label"], False).sum()
     return {"loss": loss, "correct": correct, "count": mask.sum()}
 
-  return jax.jit(one_eval if num_seeds == 1 else over_seeds(one_eval, (0, None), seed_mapping))
+  evaluate = one_eval if num_seeds == 1 else over_seeds(one_eval, (0, None), seed_mapping)
+
+  @jax.jit
+  def eval_step(params, batch):
+    with matmul_precision(precision):
+      return evaluate(params, batch)
+
+  return eval_step

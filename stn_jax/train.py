@@ -199,8 +199,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   seed_mapping = steps.resolve_seed_mapping(config.seed_mapping)
   if num_seeds > 1:
     log.info("%d seeds per step, mapped by %s", num_seeds, seed_mapping)
-  train_step = steps.make_train_step(graphdef, tx, config.seed, num_seeds, seed_mapping)
-  eval_step = steps.make_eval_step(graphdef, num_seeds, seed_mapping)
+  train_step = steps.make_train_step(graphdef, tx, config.seed, num_seeds, seed_mapping, config.matmul_precision)
+  eval_step = steps.make_eval_step(graphdef, num_seeds, seed_mapping, config.matmul_precision)
   sample = next(data_lib.eval_batches(datasets["test"], 64))["image"]
 
   def show_transformer(params, step: int, tag: str, *, tensorboard: bool = True) -> None:

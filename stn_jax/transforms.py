@@ -115,7 +115,7 @@ def compose_affine(a: jax.Array, b: jax.Array) -> jax.Array:
   """
   for name, t in (("a", a), ("b", b)):
     v.check_trailing_shape("compose_affine", name, t, (2, 3), what="(..., 2, 3)")
-  return (_to_3x3(jnp.asarray(a)) @ _to_3x3(jnp.asarray(b)))[..., :2, :]
+  return _matmul(_to_3x3(jnp.asarray(a)), _to_3x3(jnp.asarray(b)))[..., :2, :]
 
 
 def invert_affine(theta: jax.Array) -> jax.Array:
@@ -144,13 +144,21 @@ def _index_to_normalised(size: tuple[int, int], align_corners: bool, func: str) 
 
 
 def _index_maps(func, input_size, output_size, align_corners, dtype):
-  """The index -> normalised matrices of the input and output sizes (output defaults to input), in >= float32."""
+  """(input index -> normalised, its inverse, output index -> normalised, its inverse) 3x3 matrices, computed in
+  float64 numpy (constants: no matrix inverse runs on the device) and cast to >= float32."""
   input_size = v.check_size(func, "input_size", input_size)
   output_size = input_size if output_size is None else v.check_size(func, "output_size", output_size)
   dtype = jnp.promote_types(dtype, jnp.float32)
-  return tuple(
-    jnp.asarray(_index_to_normalised(size, align_corners, func), dtype) for size in (input_size, output_size)
-  )
+  maps = []
+  for size in (input_size, output_size):
+    m = _index_to_normalised(size, align_corners, func)
+    maps += [jnp.asarray(m, dtype), jnp.asarray(np.linalg.inv(m), dtype)]
+  return tuple(maps)
+
+
+def _matmul(a, b):
+  """a @ b at full float32 precision on every backend (TF32 would move a pixel coordinate by ~1e-3)."""
+  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 @v.keyword_only()
@@ -172,8 +180,8 @@ def theta_to_pixel_matrix(theta, *, input_size, output_size=None, align_corners:
   func = "theta_to_pixel_matrix"
   theta = jnp.asarray(theta)
   v.check_trailing_shape(func, "theta", theta, (2, 3), what="(..., 2, 3)")
-  in_to_norm, out_to_norm = _index_maps(func, input_size, output_size, align_corners, theta.dtype)
-  return jnp.linalg.inv(in_to_norm) @ _to_3x3(theta.astype(in_to_norm.dtype)) @ out_to_norm
+  _, norm_to_in, out_to_norm, _ = _index_maps(func, input_size, output_size, align_corners, theta.dtype)
+  return _matmul(_matmul(norm_to_in, _to_3x3(theta.astype(out_to_norm.dtype))), out_to_norm)
 
 
 @v.keyword_only()
@@ -182,8 +190,8 @@ def pixel_matrix_to_theta(matrix, *, input_size, output_size=None, align_corners
   func = "pixel_matrix_to_theta"
   matrix = jnp.asarray(matrix)
   v.check_trailing_shape(func, "matrix", matrix, (3, 3), what="(..., 3, 3)")
-  in_to_norm, out_to_norm = _index_maps(func, input_size, output_size, align_corners, matrix.dtype)
-  return (in_to_norm @ matrix.astype(in_to_norm.dtype) @ jnp.linalg.inv(out_to_norm))[..., :2, :]
+  in_to_norm, _, _, norm_to_out = _index_maps(func, input_size, output_size, align_corners, matrix.dtype)
+  return _matmul(_matmul(in_to_norm, matrix.astype(in_to_norm.dtype)), norm_to_out)[..., :2, :]
 
 
 @v.keyword_only(kind=KINDS)

@@ -92,3 +92,15 @@ def tiny_config(**overrides):
       target = target[part]
     target[last] = value
   return config
+
+
+def product_precisions(stablehlo: str) -> list[str]:
+  """The precision of every dot_general and convolution of a lowered program ('DEFAULT' where none is given)."""
+  import re
+
+  out = []
+  for line in stablehlo.splitlines():
+    if "dot_general" in line or "convolution" in line:
+      found = re.search(r"precision = \[(\w+),", line) or re.search(r"#stablehlo<precision (\w+)>", line)
+      out.append(found.group(1) if found else "DEFAULT")
+  return out

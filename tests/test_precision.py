@@ -1,0 +1,111 @@
+"""Sampling coordinates must not depend on the backend: every matrix product of grid generation and the transform
+helpers, and of their gradients, runs at HIGHEST precision. On GPUs the default for float32 products is TF32 (a
+10-bit mantissa); the lowered program is the same on every backend, so CPU can check it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import stn_jax
+from tests.helpers import product_precisions
+
+
+def unprecise_products(fn, *args) -> list[str]:
+  """The precisions of fn's lowered matrix products and convolutions that are not HIGHEST."""
+  return [p for p in product_precisions(jax.jit(fn).lower(*args).as_text()) if p != "HIGHEST"]
+
+
+def _inputs():
+  rng = np.random.default_rng()
+  lattice = np.asarray(stn_jax.tps_control_points(16))
+  return {
+    "theta": jnp.asarray(np.eye(2, 3) + 0.1 * rng.standard_normal((3, 2, 3)), jnp.float32),
+    "matrix": jnp.asarray(np.eye(3) + 0.05 * rng.standard_normal((3, 3, 3)), jnp.float32),
+    "points": jnp.asarray(lattice + 0.05 * rng.standard_normal((3, 16, 2)), jnp.float32),
+    "target": jnp.asarray(lattice + 0.02 * rng.standard_normal((16, 2)), jnp.float32),
+    "attention": jnp.asarray([1.0, 0.0, 0.0] + 0.1 * rng.standard_normal((3, 3)), jnp.float32),
+    "image": jnp.asarray(rng.random((3, 9, 8, 2)), jnp.float32),
+    "grid": jnp.asarray(rng.uniform(-1.2, 1.2, (3, 5, 6, 2)), jnp.float32),
+    "angles": jnp.asarray(rng.uniform(-1, 1, (3,)), jnp.float32),
+  }
+
+
+CASES = {
+  "affine_grid": (lambda x: stn_jax.affine_grid(x["theta"], (5, 6)), ("theta",)),
+  "projective_grid": (lambda x: stn_jax.projective_grid(x["matrix"], (5, 6)), ("matrix",)),
+  "tps_grid": (lambda x: stn_jax.tps_grid(x["points"], (5, 6)), ("points",)),
+  "tps_grid(target_points)": (
+    lambda x: stn_jax.tps_grid(x["points"], (5, 6), target_points=x["target"]),
+    ("points", "target"),
+  ),
+  "compose_affine": (lambda x: stn_jax.compose_affine(x["theta"], x["theta"][::-1]), ("theta",)),
+  "invert_affine": (lambda x: stn_jax.invert_affine(x["theta"]), ("theta",)),
+  "affine_theta": (lambda x: stn_jax.affine_theta(rotation=x["angles"], shear=0.1 * x["angles"]), ("angles",)),
+  "attention_theta": (lambda x: stn_jax.attention_theta(x["attention"]), ("attention",)),
+  "theta_to_pixel_matrix": (
+    lambda x: stn_jax.theta_to_pixel_matrix(x["theta"], input_size=(9, 8), output_size=(5, 6)),
+    ("theta",),
+  ),
+  "pixel_matrix_to_theta": (
+    lambda x: stn_jax.pixel_matrix_to_theta(x["matrix"], input_size=(9, 8), output_size=(5, 6)),
+    ("matrix",),
+  ),
+  **{
+    f"grid_sample({mode})": (
+      lambda x, mode=mode: stn_jax.grid_sample(x["image"], x["grid"], mode=mode),
+      ("image", "grid"),
+    )
+    for mode in stn_jax.MODES
+  },
+  **{
+    f"warp({kind})": (
+      lambda x, kind=kind, key=key: stn_jax.warp(x["image"], x[key], kind=kind, size=(5, 6)),
+      ("image", key),
+    )
+    for kind, key in (("affine", "theta"), ("projective", "matrix"), ("tps", "points"), ("attention", "attention"))
+  },
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_product_of_grids_transforms_and_their_gradients_is_at_highest_precision(name):
+  fn, differentiable = CASES[name]
+  x = _inputs()
+  assert unprecise_products(fn, x) == [], "forward"
+  for arg in differentiable:
+
+    def loss(value, arg=arg):
+      out = fn({**x, arg: value})
+      return jnp.sum(out * jnp.cos(out))
+
+    assert unprecise_products(jax.grad(loss), x[arg]) == [], f"gradient with respect to {arg}"
+
+
+def test_the_check_finds_a_default_precision_product():
+  a = jnp.ones((4, 3))
+  assert len(unprecise_products(lambda m: m @ m.T, a)) == 1
+  assert unprecise_products(lambda m: jnp.matmul(m, m.T, precision=jax.lax.Precision.HIGHEST), a) == []
+  conv = lambda m: jax.lax.conv(m[None, None], m[None, None, :2, :2], (1, 1), "VALID")
+  assert len(unprecise_products(conv, a)) == 1
+
+
+@pytest.mark.parametrize("precision", ["default", "high", "highest"])
+def test_matmul_precision_sets_the_models_own_products(precision):
+  from stn_jax import optim, steps, train
+  from tests.helpers import tiny_config
+
+  config = tiny_config(matmul_precision=precision)
+  graphdef, params = train.create_params(config, 32)
+  tx = optim.create_optimizer(config, params, 12)
+  state = (params, tx.init(params), steps.zero_metric_sums())
+  batch = {"image": jnp.zeros((16, 32, 32, 1)), "label": jnp.zeros((16,), jnp.int32)}
+  train_step = steps.make_train_step(graphdef, tx, 0, precision=precision)
+  found = product_precisions(train_step.lower(*state, batch, 0).as_text())
+  assert len(found) > 10  # the model's dense layers and convolutions, forward and backward
+  want = {"default": "DEFAULT", "high": "HIGH", "highest": "HIGHEST"}[precision]
+  assert set(found) == ({want} if precision == "highest" else {want, "HIGHEST"})
+  # the HIGHEST ones at lower settings are the grid's (affine_grid's VJP contraction): always exact
+  assert precision == "highest" or found.count("HIGHEST") == 1
+  evaluation = steps.make_eval_step(graphdef, precision=precision).lower(params, {**batch, "mask": batch["label"] > 0})
+  assert set(product_precisions(evaluation.as_text())) == {want}
