@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
   # The model's float32 products: default (the backend's; TF32 on Ampere/Hopper GPUs) | high | highest.
   config.matmul_precision = "default"
   config.batch_size = 128
+  # How batches reach the device: auto | device (the epoch on the device) | host (prefetched chunks); and how many
+  # steps one jitted call runs (0 = auto). Neither changes the results.
+  config.input_pipeline = "auto"
+  config.steps_per_dispatch = 0
   # Budgets in epochs of the 50,000 train digits (390 steps of 128); a *_steps field, when set, overrides its twin.
   config.num_epochs = 30.0
   config.num_train_steps = config_dict.placeholder(int)

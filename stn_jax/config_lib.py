@@ -27,7 +27,7 @@ from pathlib import Path
 import ml_collections
 
 from stn_jax import data as data_lib
-from stn_jax import distributed, models, optim, steps
+from stn_jax import distributed, feed, models, optim, steps
 from stn_jax.data.mnist import SOURCES
 from stn_jax.errors import ConfigError
 
@@ -45,6 +45,8 @@ FREE_FIELDS = (
   "distributed.coordinator_address",
   "distributed.num_processes",
   "distributed.process_id",
+  "input_pipeline",  # the same batches and bitwise the same updates, however they reach the device
+  "steps_per_dispatch",
   "log_every_steps",
   "eval_batch_size",
   "eval_every_steps",
@@ -67,6 +69,10 @@ DOCS = {
   "matmul_precision": "the model's float32 products: default (the backend's: TF32 on Ampere/Hopper GPUs), high, "
   "highest (full float32 everywhere); grids are always full precision",
   "batch_size": "global batch size",
+  "input_pipeline": "auto (device when two epochs fit in a quarter of the device's memory), device (the epoch's uint8 "
+  "images on the device, batches gathered in the step), host (chunks gathered on the host, prefetched)",
+  "steps_per_dispatch": "training steps per jitted call; must divide the log, evaluation and checkpoint intervals; "
+  "0 = auto (1 on CPU, up to 10 elsewhere); results do not depend on it",
   "num_epochs": "training budget in epochs of the train split (converted to steps once)",
   "num_train_steps": "if set, the training budget in steps (overrides num_epochs; set it larger to continue a run)",
   "eval_every_epochs": "validation (and the metrics and figures) every this many epochs, and at the end",
@@ -195,6 +201,7 @@ def validate(config) -> None:
     "distributed.initialize": distributed.MODES,
     "seed_mapping": steps.SEED_MAPPINGS,
     "matmul_precision": steps.MATMUL_PRECISIONS,
+    "input_pipeline": feed.PIPELINES,
   }
   for field, allowed in choices.items():
     if (value := get(config, field)) not in allowed:
@@ -202,7 +209,7 @@ def validate(config) -> None:
   for field in ("batch_size", "num_seeds", "log_every_steps", "eval_batch_size", "checkpoints_to_keep"):
     if not _is_int(value := get(config, field)) or value < 1:
       raise ConfigError(f"config.{field} must be a positive integer; got {value!r}.")
-  for field in ("seed", "dataset.seed", "num_devices"):
+  for field in ("seed", "dataset.seed", "num_devices", "steps_per_dispatch"):
     if not _is_int(value := get(config, field)) or value < 0:
       raise ConfigError(f"config.{field} must be a non-negative integer; got {value!r}.")
   for steps_field, epochs_field in BUDGET_FIELDS:
@@ -272,6 +279,8 @@ def migrate(old: dict) -> dict:
   new.setdefault("num_seeds", 1)
   new.setdefault("seed_mapping", "auto")
   new.setdefault("matmul_precision", "default")  # version 1 ran at the backend's default
+  new.setdefault("input_pipeline", "auto")  # neither changes what a run computes
+  new.setdefault("steps_per_dispatch", 0)
   m = old["model"]
   model = to_dict(models.default_config())
   for key in ("transform", "num_control_points", "stn_output_size"):

@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -71,17 +72,15 @@ def seed_slice(tree, index: int, num_seeds: int):
   return jax.tree.map(lambda a: a[index], tree)
 
 
-def make_train_step(
-  graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default"
-):
-  """The pure, jitted update `(params, opt_state, sums, batch, step) -> (params, opt_state, sums)`; the first three
-  are donated.
+def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default"):
+  """The pure update `(params, opt_state, sums, batch, step) -> (params, opt_state, sums)` on a float batch, not yet
+  jitted (`make_train_step` jits it; `make_train_loop` scans it).
 
   With `num_seeds` = K > 1, params, opt_state, sums and the batch carry a leading axis of K independent models (seed
-  k's dropout is that of a run with seed + k) and one jitted step updates all of them, vmapped over the seed axis
-  (`seed_mapping='vmap'`) or as K copies of the step side by side in the program ('unroll': on XLA:CPU a vmapped
-  convolution with per-seed weights becomes a grouped convolution about 5x slower than K plain ones). The model's
-  products run at `precision` (MATMUL_PRECISIONS).
+  k's dropout is that of a run with seed + k), updated together, vmapped over the seed axis (`seed_mapping='vmap'`)
+  or as K copies of the step side by side in the program ('unroll': on XLA:CPU a vmapped convolution with per-seed
+  weights becomes a grouped convolution about 5x slower than K plain ones). The model's products run at `precision`
+  (MATMUL_PRECISIONS).
   """
 
   def one_step(params, opt_state, sums, batch, step, seed):
@@ -100,15 +99,56 @@ def make_train_step(
 
   seeds = seed + jnp.arange(num_seeds, dtype=jnp.uint32)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-  def train_step(params, opt_state, sums, batch, step):
+  def update(params, opt_state, sums, batch, step):
     with matmul_precision(precision):
       if num_seeds == 1:
         return one_step(params, opt_state, sums, batch, step, seed)
       mapped = over_seeds(one_step, (0, 0, 0, 0, None, 0), seed_mapping)
       return mapped(params, opt_state, sums, batch, step, seeds)
 
-  return train_step
+  return update
+
+
+def make_train_step(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision="default"):
+  """`make_update`'s update, jitted once, its state (params, opt_state, sums) donated."""
+  return jax.jit(make_update(graphdef, tx, seed, num_seeds, seed_mapping, precision), donate_argnums=(0, 1, 2))
+
+
+# uint8 -> float32 in [0, 1] by table: bitwise stn_jax.data.to_float's host division (XLA may rewrite a division by a
+# constant into a multiplication by its reciprocal, which is not exact).
+_UINT8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 (..., H, W) -> float32 (..., H, W, 1) in [0, 1]: bitwise what stn_jax.data.to_float gives on the host."""
+  return jnp.asarray(_UINT8_TO_FLOAT)[images.astype(jnp.int32)][..., None]
+
+
+def make_train_loop(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision="default"):
+  """`num_steps` updates in one jitted call, on batches that are already on the device:
+
+    run(params, opt_state, sums, data, start, step, *, num_steps) -> (params, opt_state, sums)
+
+  `data` holds uint8 images (steps, B, S, S) and int32 labels (steps, B) — with K seeds (K, steps, B, ...) — and
+  update i uses row `start + i` of it, converted to float inside the program, as training step `step + i`. The state
+  is donated; `num_steps` is static (one compilation per distinct chunk length).
+
+  The updates are unrolled in the program rather than a `lax.scan`: XLA:CPU compiles a loop body differently (its
+  results differ in the last bits), while N unrolled updates give bitwise the results of N calls of
+  `make_train_step`, so how many steps one call runs never changes a run. Compile time grows with `num_steps`.
+  """
+  update = make_update(graphdef, tx, seed, num_seeds, seed_mapping, precision)
+  axis = 0 if num_seeds == 1 else 1
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1, 2), static_argnames=("num_steps",))
+  def run(params, opt_state, sums, data, start, step, *, num_steps: int):
+    state = (params, opt_state, sums)
+    for i in range(num_steps):
+      row = {k: jax.lax.dynamic_index_in_dim(v, start + i, axis, keepdims=False) for k, v in data.items()}
+      state = update(*state, {"image": to_float(row["image"]), "label": row["label"]}, step + i)
+    return state
+
+  return run
 
 
 def make_eval_step(graphdef, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default"):

@@ -25,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from stn_jax import checkpoints, config_lib, distributed, figures, models, optim, steps, utils
+from stn_jax import checkpoints, config_lib, distributed, feed, figures, models, optim, steps, utils
 from stn_jax import data as data_lib
 from stn_jax.metrics import MetricWriter
 
@@ -159,7 +159,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if len(train_set) < config.batch_size:
     raise config_lib.ConfigError(f"config.batch_size {config.batch_size} exceeds the {len(train_set)} train examples.")
   budget = config_lib.budget(config, len(train_set) // config.batch_size)
-  plan = checkpoints.open_run(workdir, config, budget.steps_per_epoch, write=is_main)
+  intervals = {
+    "log_every_steps": config.log_every_steps,
+    "eval_every_*": budget.eval_every_steps,
+    "checkpoint_every_*": budget.checkpoint_every_steps,
+  }
+  per_dispatch = feed.steps_per_dispatch(config.steps_per_dispatch, intervals)
+  run_plan = checkpoints.open_run(workdir, config, budget.steps_per_epoch, write=is_main)
   (workdir / "figures").mkdir(parents=True, exist_ok=True)
   total, num_seeds = budget.num_train_steps, config.num_seeds
   log.info("config (%s):\n%s", workdir / "config.json", config)
@@ -189,17 +195,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if restored is not None:
     start_step, state = restored
     log.info("resumed from the checkpoint at step %d", start_step)
-    if plan.previous_total is not None:
-      log.info("continuing the run from %d to %d steps (the schedule spans the new total)", plan.previous_total, total)
+    if run_plan.previous_total is not None:
+      log.info(
+        "continuing the run from %d to %d steps (the schedule spans the new total)", run_plan.previous_total, total
+      )
   if is_main:
-    checkpoints.record_changes(workdir, start_step, plan)
+    checkpoints.record_changes(workdir, start_step, run_plan)
   params, opt_state, sums = state["params"], state["opt_state"], state["accum"]
   clock = utils.Chrono(float(distributed.local_copy(state["train_time"])))
   writer = MetricWriter(workdir, start_step=start_step, enabled=is_main)
   seed_mapping = steps.resolve_seed_mapping(config.seed_mapping)
   if num_seeds > 1:
     log.info("%d seeds per step, mapped by %s", num_seeds, seed_mapping)
-  train_step = steps.make_train_step(graphdef, tx, config.seed, num_seeds, seed_mapping, config.matmul_precision)
+  train_loop = steps.make_train_loop(graphdef, tx, config.seed, num_seeds, seed_mapping, config.matmul_precision)
   eval_step = steps.make_eval_step(graphdef, num_seeds, seed_mapping, config.matmul_precision)
   sample = next(data_lib.eval_batches(datasets["test"], 64))["image"]
 
@@ -221,11 +229,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   # --- The loop. ---
   logged = distributed.local_copy(sums)  # the sums at the last log line (a checkpoint's, on resume)
-  for step in range(start_step, total):
-    batch = distributed.shard_batch(mesh, seed_batches(config, train_set, step), seed_axis=num_seeds > 1)
-    params, opt_state, sums = train_step(params, opt_state, sums, batch, step)
-    done = step + 1
-    if not clock.running:  # the first step of this process compiles: start the clock once it is done
+  pipeline = feed.choose(config.input_pipeline, train_set, config.batch_size, num_seeds)
+  seeds = [config.seed + k for k in range(num_seeds)]
+  train_feed = feed.TrainFeed(train_set, config.batch_size, seeds, mesh, pipeline=pipeline)
+  log.info("input pipeline: %s; %d step(s) per dispatch", pipeline, per_dispatch)
+  dispatches = list(feed.chunks(start_step, total, per_dispatch, budget.steps_per_epoch))
+  for i, (step, num_steps) in enumerate(dispatches):
+    data, start = train_feed.chunk(step, num_steps, next_chunk=dispatches[i + 1] if i + 1 < len(dispatches) else None)
+    params, opt_state, sums = train_loop(params, opt_state, sums, data, start, step, num_steps=num_steps)
+    done = step + num_steps
+    if not clock.running:  # the first call of this process compiles: start the clock once it is done
       clock.pause(wait_for=params)
       clock.resume(done)
     if utils.itstime(done, config.log_every_steps, total):
@@ -234,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         s = distributed.local_copy(sums)  # sums since the last evaluation: difference them for the log interval
         loss = np.mean((s["loss"] - logged["loss"]) / np.maximum(s["count"] - logged["count"], 1))
         logged = s
-        writer.write_scalars(done, {"train_loss": float(loss), "learning_rate": float(schedule(step))})
+        writer.write_scalars(done, {"train_loss": float(loss), "learning_rate": float(schedule(done - 1))})
         eta = f"{(total - done) / rate:.0f} s" if rate else "-"
         log.info("step %d/%d  loss %.4f  steps/s %s  ETA %s", done, total, loss, f"{rate:.1f}" if rate else "-", eta)
     if utils.itstime(done, budget.eval_every_steps, total):
@@ -263,6 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         )
         manager.wait_until_finished()
   clock.pause(wait_for=params)
+  train_feed.close()
   manager.wait_until_finished()
   manager.close()
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stn_jax import checkpoints, config_lib, optim, steps, train
-from stn_jax import data as data_lib
+from stn_jax import checkpoints, config_lib, feed, optim, steps, train
 from tests.helpers import synthetic_datasets, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,19 +90,33 @@ def test_same_config_gives_bitwise_the_same_run(finished_run, tmp_path, datasets
   assert _without_timing(_metrics(tmp_path)) == _without_timing(_metrics(workdir))
 
 
+@pytest.mark.parametrize(("pipeline", "per_dispatch"), [("host", 2), ("device", 4)])
+def test_the_pipeline_and_steps_per_dispatch_do_not_change_a_run(
+  finished_run, tmp_path, datasets, pipeline, per_dispatch
+):
+  workdir, results = finished_run  # device pipeline, one step per call
+  config = tiny_config(input_pipeline=pipeline, steps_per_dispatch=per_dispatch, log_every_steps=4)
+  again = train.train_and_evaluate(config, tmp_path, datasets=datasets)
+  assert again["test_loss"] == results["test_loss"]  # bitwise: the same batches and the same updates
+  assert _without_timing(_metrics(tmp_path)) == _without_timing(_metrics(workdir))
+  with pytest.raises(config_lib.ConfigError, match=r"steps_per_dispatch \(4\) must divide config.log_every_steps"):
+    train.train_and_evaluate(tiny_config(steps_per_dispatch=4, log_every_steps=2), tmp_path / "w", datasets=datasets)
+  assert not (tmp_path / "w").exists()
+
+
 def test_an_interrupted_run_resumes_to_the_same_metrics(finished_run, tmp_path, datasets, monkeypatch):
   workdir, results = finished_run
-  real_batch = data_lib.train_batch
+  real_chunk = feed.TrainFeed.chunk
 
-  def dies_at_step_10(dataset, step, *args, **kwargs):
+  def dies_at_step_10(self, step, *args, **kwargs):
     if step == 10:
       raise KeyboardInterrupt("killed")
-    return real_batch(dataset, step, *args, **kwargs)
+    return real_chunk(self, step, *args, **kwargs)
 
-  monkeypatch.setattr(data_lib, "train_batch", dies_at_step_10)
+  monkeypatch.setattr(feed.TrainFeed, "chunk", dies_at_step_10)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(tiny_config(), tmp_path, datasets=datasets)
-  monkeypatch.setattr(data_lib, "train_batch", real_batch)
+  monkeypatch.setattr(feed.TrainFeed, "chunk", real_chunk)
   # A kill can also leave a half-written metrics line behind.
   with open(tmp_path / "metrics.jsonl", "a") as f:
     f.write('{"step": 12, "train_lo')

@@ -5,7 +5,7 @@ MNIST is by Yann LeCun and Corinna Cortes, licensed CC BY-SA 3.0.
 
 from stn_jax.data.distortions import NAMES, VARIANTS, distort
 from stn_jax.data.mnist import SPLITS, Mnist, MnistUnavailableError, default_data_dir, load_mnist
-from stn_jax.data.pipeline import DistortedMnist, eval_batches, to_float, train_batch, train_batches
+from stn_jax.data.pipeline import DistortedMnist, epoch_rows, eval_batches, to_float, train_batch, train_batches
 
 __all__ = [
   "NAMES",
@@ -16,6 +16,7 @@ __all__ = [
   "MnistUnavailableError",
   "default_data_dir",
   "distort",
+  "epoch_rows",
   "eval_batches",
   "load_mnist",
   "to_float",

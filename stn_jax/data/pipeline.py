@@ -98,15 +98,33 @@ def train_batch(
   Returns:
     dict(image=float32 (B / P, S, S, 1) in [0, 1], label=int32 (B / P,)).
   """
+  steps_per_epoch = len(dataset) // batch_size
+  epoch, within = divmod(step, max(steps_per_epoch, 1))
+  rows = epoch_rows(dataset, epoch, batch_size, shuffle_seed=shuffle_seed, process_index=process_index,
+                    process_count=process_count)[within]  # fmt: skip
+  return {"image": to_float(dataset.images(epoch)[rows]), "label": dataset.labels[rows]}
+
+
+def epoch_rows(
+  dataset: DistortedMnist,
+  epoch: int,
+  batch_size: int,
+  *,
+  shuffle_seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> np.ndarray:
+  """The example indices of every step of `epoch`: int (steps_per_epoch, B / P), this process's rows of each global
+  batch. Row `within` is the batch of step epoch * steps_per_epoch + within; the epoch's permutation is drawn once,
+  from (shuffle_seed, epoch), and the examples left over after the last full batch are not used that epoch."""
   _check_sharding(batch_size, process_index, process_count)
   steps_per_epoch = len(dataset) // batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset)} examples of {dataset.name}/{dataset.split}.")
-  epoch, within = divmod(step, steps_per_epoch)
   order = np.random.default_rng([shuffle_seed, epoch]).permutation(len(dataset))
-  rows = order[within * batch_size : (within + 1) * batch_size]
-  rows = _process_rows(rows, process_index, process_count)
-  return {"image": to_float(dataset.images(epoch)[rows]), "label": dataset.labels[rows]}
+  batches = order[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+  local = batch_size // process_count
+  return batches[:, process_index * local : (process_index + 1) * local]
 
 
 def train_batches(dataset: DistortedMnist, batch_size: int, *, shuffle_seed: int, start_step: int = 0, **sharding):
