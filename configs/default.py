@@ -23,8 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.version = 2
   config.seed = 0  # model init, dropout and data order
   config.num_seeds = 1  # K > 1 trains K models (seeds seed .. seed + K - 1) in one jitted step
-  # How that step maps over the K models: vmap | unroll (K copies side by side; faster on CPU, where a vmapped
-  # convolution with per-model weights is a slow grouped convolution) | auto (unroll on CPU, vmap elsewhere).
+  # How that step maps over the K models: vmap | unroll (K copies side by side) | auto (vmap; unroll on CPU when the
+  # model has lax.conv convolutions, which vmap turns into slow grouped ones; model.*.cnn.conv='patches' avoids them).
   config.seed_mapping = "auto"
   # The model's float32 products: default (the backend's; TF32 on Ampere/Hopper GPUs) | high | highest.
   config.matmul_precision = "default"

@@ -42,8 +42,11 @@ def main(argv):
   step_fn = steps.make_train_step(graphdef, tx, base.seed, precision=base.matmul_precision)
   fixed = distributed.shard_batch(mesh, train.seed_batches(base, train_set, 0))
 
-  def fresh_state():
-    return distributed.replicate(mesh, (params, tx.init(params), steps.zero_metric_sums()))
+  host_params = jax.tree.map(np.asarray, params)
+
+  def fresh_state():  # new buffers every time: the step donates its state
+    state = (host_params, tx.init(host_params), steps.zero_metric_sums())
+    return distributed.replicate(mesh, jax.tree.map(np.array, state))
 
   def bare() -> float:
     state = step_fn(*fresh_state(), fixed, 0)  # compiled already after the first round

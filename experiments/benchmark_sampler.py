@@ -51,6 +51,17 @@ def _time_block(fn, calls: int) -> list[float]:
   return times[1:]
 
 
+def torch_device(torch) -> str:
+  """torch on the device JAX uses: CUDA when JAX runs on a GPU and torch has CUDA, else the CPU."""
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def synchronize(torch, device: str) -> None:
+  """Waits for torch's queued GPU work, as jax.block_until_ready does for JAX's."""
+  if device == "cuda":
+    torch.cuda.synchronize()
+
+
 def _jax_passes(size, mode):
   def warp(image, theta):
     return stn_jax.grid_sample(image, stn_jax.affine_grid(theta, size), mode=mode)
@@ -70,6 +81,7 @@ def main(argv):
   import torch
   import torch.nn.functional as F  # noqa: N812
 
+  device = torch_device(torch)
   rows = []
   for case in _CASES.value:
     n, h, w, c, ho, wo = _parse(case)
@@ -78,20 +90,22 @@ def main(argv):
     theta = np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1)) + 0.1 * rng.standard_normal((n, 2, 3), np.float32)
     weight = rng.standard_normal((n, ho, wo, c), np.float32)
     j_image, j_theta, j_weight = jnp.asarray(image), jnp.asarray(theta), jnp.asarray(weight)
-    t_image = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
-    t_theta = torch.from_numpy(theta)
-    t_weight = torch.from_numpy(weight).permute(0, 3, 1, 2).contiguous()
+    t_image = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous().to(device)
+    t_theta = torch.from_numpy(theta).to(device)
+    t_weight = torch.from_numpy(weight).permute(0, 3, 1, 2).contiguous().to(device)
 
     def torch_forward():
       with torch.no_grad():
         grid = F.affine_grid(t_theta, (n, c, ho, wo), align_corners=False)
         F.grid_sample(t_image, grid, mode=_MODE.value, align_corners=False)
+      synchronize(torch, device)
 
     def torch_backward(with_image):
       image_ = t_image.detach().requires_grad_(with_image)
       theta_ = t_theta.detach().requires_grad_(True)
       grid = F.affine_grid(theta_, (n, c, ho, wo), align_corners=False)
       (F.grid_sample(image_, grid, mode=_MODE.value, align_corners=False) * t_weight).sum().backward()
+      synchronize(torch, device)
 
     jax_passes = _jax_passes((ho, wo), _MODE.value)
     torch_passes = {
@@ -117,7 +131,8 @@ def main(argv):
 
   print(
     f"stn_jax {stn_jax.__version__}, jax {jax.__version__} on {jax.devices()[0].platform} "
-    f"({jax.devices()[0].device_kind}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    f"({jax.devices()[0].device_kind}); torch {torch.__version__} on {device} "
+    f"({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'}); "
     f"{platform.processor() or platform.machine()}; mode={_MODE.value}"
   )
   print("| case (NxHxWxC:HoxWo) | pass | stn_jax ms | torch ms | jax/torch |")

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax import steps, train
+from stn_jax import models, steps, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training config (overrides allowed).")
 _SEEDS = flags.DEFINE_integer("num_seeds", 8, "K: seeds per program, and sequential runs.", lower_bound=2)
@@ -61,7 +61,7 @@ def main(argv):
   config = base.copy_and_resolve_references()
   config.num_seeds = k
   together, results = _timed_run(config, datasets)
-  mapping = steps.resolve_seed_mapping(config.seed_mapping)
+  mapping = steps.resolve_seed_mapping(config.seed_mapping, xla_convolutions=models.has_xla_convolutions(config.model))
   print(f"one run of {k} seeds ({mapping}): {together:.1f} s, test accuracy {results['test_accuracy']:.4f}")
   gap = np.max(np.abs(np.array(results["test_loss_per_seed"]) - np.array(losses)) / np.abs(losses))
   print(f"largest relative test-loss difference, seed k of the {k}-seed run vs the run with seed k: {gap:.1e}")

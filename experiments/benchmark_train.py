@@ -26,7 +26,7 @@ _STEPS = flags.DEFINE_integer("steps", 60, "Timed steps per library.")
 _BLOCK = flags.DEFINE_integer("block", 10, "Steps per library before switching (the first is not timed).")
 
 
-def torch_model_and_optimizer(lr: float):
+def torch_model_and_optimizer(lr: float, device: str = "cpu"):
   import torch
   from torch import nn
 
@@ -48,7 +48,7 @@ def torch_model_and_optimizer(lr: float):
       x = nn.functional.grid_sample(x, grid, align_corners=False)
       return self.head(self.features(x))
 
-  net = Net()
+  net = Net().to(device)
   groups = [
     {"params": net.loc.parameters(), "lr": lr * 0.1},
     {"params": list(net.features.parameters()) + list(net.head.parameters()), "lr": lr},
@@ -86,16 +86,19 @@ def main(argv):
     counter[0] += 1
     jax.block_until_ready(state["params"])
 
-  net, optimizer = torch_model_and_optimizer(config.learning_rate)
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"  # JAX's device
+  net, optimizer = torch_model_and_optimizer(config.learning_rate, device)
   net.train()
-  t_images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-  t_labels = torch.from_numpy(labels).long()
+  t_images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+  t_labels = torch.from_numpy(labels).long().to(device)
 
   def torch_step():
     optimizer.zero_grad(set_to_none=True)
     loss = torch.nn.functional.cross_entropy(net(t_images), t_labels)
     loss.backward()
     optimizer.step()
+    if device == "cuda":  # wait for the queued GPU work, as jax.block_until_ready does
+      torch.cuda.synchronize()
 
   for _ in range(3):
     jax_step()
@@ -110,9 +113,10 @@ def main(argv):
         block.append(time.perf_counter() - start)
       times[name] += block[1:]
   jax_ms, torch_ms = (1e3 * float(np.median(times[k])) for k in ("stn_jax", "torch"))
+  torch_what = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} threads"
   print(
-    f"jax {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__} with "
-    f"{torch.get_num_threads()} threads; batch {b}, 40x40x1, affine ST-CNN (configs/default.py)"
+    f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}); torch "
+    f"{torch.__version__} on {device} ({torch_what}); batch {b}, 40x40x1, affine ST-CNN (configs/default.py)"
   )
   print("| library | ms / step | steps/s |")
   print("|---|---:|---:|")

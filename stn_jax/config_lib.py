@@ -64,8 +64,8 @@ DOCS = {
   "version": f"config layout version ({VERSION}); older workdirs' config.json files are migrated on reading",
   "seed": "parameter init, dropout and data order",
   "num_seeds": "K > 1: train K models (seeds seed .. seed + K - 1) in one jitted step",
-  "seed_mapping": "how that step maps over the K models: vmap, unroll (K copies; faster on CPU), auto (unroll on CPU, "
-  "vmap elsewhere)",
+  "seed_mapping": "how that step maps over the K models: vmap, unroll (K copies), auto (vmap; unroll on CPU when the "
+  "model has lax.conv convolutions, which vmap makes grouped)",
   "matmul_precision": "the model's float32 products: default (the backend's: TF32 on Ampere/Hopper GPUs), high, "
   "highest (full float32 everywhere); grids are always full precision",
   "batch_size": "global batch size",

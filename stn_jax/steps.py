@@ -52,11 +52,13 @@ def over_seeds(fn, in_axes, how: str):
   return unrolled
 
 
-def resolve_seed_mapping(how: str) -> str:
-  """'auto' -> 'unroll' on CPU (vmapped convolutions are slow there), 'vmap' on accelerators."""
+def resolve_seed_mapping(how: str, *, xla_convolutions: bool = True) -> str:
+  """'auto' -> 'vmap' on accelerators; on CPU 'unroll' where the model has lax.conv convolutions (XLA:CPU runs a
+  vmapped convolution with per-model weights as a grouped convolution, slower than K plain ones) and 'vmap' where it
+  has none (patch convolutions and dense layers batch well there too)."""
   if how != "auto":
     return how
-  return "unroll" if jax.default_backend() == "cpu" else "vmap"
+  return "unroll" if jax.default_backend() == "cpu" and xla_convolutions else "vmap"
 
 
 def zero_metric_sums(num_seeds: int = 1) -> dict:

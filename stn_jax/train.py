@@ -204,7 +204,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   params, opt_state, sums = state["params"], state["opt_state"], state["accum"]
   clock = utils.Chrono(float(distributed.local_copy(state["train_time"])))
   writer = MetricWriter(workdir, start_step=start_step, enabled=is_main)
-  seed_mapping = steps.resolve_seed_mapping(config.seed_mapping)
+  seed_mapping = steps.resolve_seed_mapping(
+    config.seed_mapping, xla_convolutions=models.has_xla_convolutions(config.model)
+  )
   if num_seeds > 1:
     log.info("%d seeds per step, mapped by %s", num_seeds, seed_mapping)
   train_loop = steps.make_train_loop(graphdef, tx, config.seed, num_seeds, seed_mapping, config.matmul_precision)

@@ -1,11 +1,13 @@
 """Models: shapes, the identity initialisation, and the paper's four model families by config."""
 
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import stn_jax
 from configs import default
@@ -135,3 +137,58 @@ def test_classifiers_take_no_stray_keyword_arguments():
     model.classifier(x, train=True)
   with pytest.raises(TypeError):
     _model(classifier="fcn", transform="none").classifier(x, rngs=None)
+
+
+@pytest.mark.parametrize(("strides", "kernel"), [(1, 5), (2, 3)])
+def test_patches_convolution_is_the_same_function_as_lax_conv(strides, kernel):
+  from stn_jax.models.layers import Conv
+
+  rng = np.random.default_rng()
+  x = jnp.asarray(rng.standard_normal((3, 11, 10, 4)), jnp.float32)
+  reference = Conv(4, 6, (kernel, kernel), strides=strides, padding="SAME", rngs=nnx.Rngs(0))
+  patches = Conv(4, 6, (kernel, kernel), strides=strides, padding="SAME", impl="patches", rngs=nnx.Rngs(0))
+  patches.bias[...] = reference.bias[...] = jnp.asarray(rng.standard_normal(6), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(patches.kernel[...]), np.asarray(reference.kernel[...]))  # same params
+  with jax.default_matmul_precision("highest"):
+    want, got = np.asarray(reference(x)), np.asarray(patches(x))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  grad = jax.grad(lambda m, x: jnp.sum(jnp.sin(m(x))), argnums=(0, 1))
+  (g_ref, gx_ref), (g_pat, gx_pat) = grad(reference, x), grad(patches, x)
+  np.testing.assert_allclose(np.asarray(gx_pat), np.asarray(gx_ref), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(g_pat.kernel[...]), np.asarray(g_ref.kernel[...]), rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="conv must be one of 'xla', 'patches'; got 'fft'"):
+    Conv(4, 6, (3, 3), impl="fft", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("conv", ["xla", "patches"])
+def test_a_vmapped_population_of_patch_convolutions_has_no_grouped_convolution(conv):
+  from stn_jax import optim, steps, train
+  from tests.helpers import tiny_config
+
+  k = 4
+  config = tiny_config(**{"num_seeds": k, "model.classifier.cnn.conv": conv})
+  graphdef, params = train.create_params(config, 32)
+  tx = optim.create_optimizer(config, steps.seed_slice(params, 0, k), 12)
+  state = (params, train.init_optimizer_state(tx, params, k), steps.zero_metric_sums(k))
+  batch = {"image": jnp.zeros((k, 16, 32, 32, 1)), "label": jnp.zeros((k, 16), jnp.int32)}
+  step = steps.make_train_step(graphdef, tx, 0, num_seeds=k, seed_mapping="vmap")
+  hlo = step.lower(*state, batch, 0).compile().as_text()
+  groups = [int(g) for g in re.findall(r"feature_group_count=(\d+)", hlo)]
+  if conv == "xla":  # what the issue found: every per-model convolution becomes a grouped one
+    assert k in groups
+  else:  # no convolution at all: strided slices, and products batched over the population
+    assert "convolution(" not in hlo
+    assert re.search(r"dot\(.*lhs_batch_dims=\{0\}", hlo)
+
+
+def test_auto_seed_mapping_unrolls_on_cpu_only_for_lax_convolutions():
+  from stn_jax import steps
+
+  m = default.get_config().model
+  assert models.has_xla_convolutions(m) and steps.resolve_seed_mapping("auto", xla_convolutions=True) == "unroll"
+  m.classifier.cnn.conv = "patches"
+  assert not models.has_xla_convolutions(m)  # an FCN localisation net and a patch-convolution classifier
+  assert steps.resolve_seed_mapping("auto", xla_convolutions=False) == "vmap"
+  m.localization.kind = "cnn"
+  assert models.has_xla_convolutions(m)
+  assert steps.resolve_seed_mapping("unroll", xla_convolutions=False) == "unroll"

@@ -14,6 +14,7 @@ from stn_jax.models.stn import (
   count_params,
   create_model,
   default_config,
+  has_xla_convolutions,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
   "count_params",
   "create_model",
   "default_config",
+  "has_xla_convolutions",
 ]

@@ -13,6 +13,7 @@ import jax
 from flax import nnx
 
 from stn_jax.models import options
+from stn_jax.models.layers import Conv
 
 
 def dense_stack(width: int, hidden: Sequence[int], *, rngs: nnx.Rngs) -> tuple[nnx.List, int]:
@@ -37,6 +38,8 @@ class CNNClassifier(nnx.Module):
     strides: stride of every convolution.
     pool: 2x2 max-pooling after each convolution (the paper's CNNs have two max-pooling layers).
     hidden: widths of the dense ReLU layers between the convolutions and the logits.
+    conv: how the convolutions run: 'xla' (lax.conv) or 'patches' (patch extraction + one matrix product: what a
+      vmapped population of models batches well on GPUs; the same function, other rounding).
     num_classes: number of logits.
     rngs: parameter initialisation.
   """
@@ -50,6 +53,7 @@ class CNNClassifier(nnx.Module):
     strides: int = 2,
     pool: bool = False,
     hidden: Sequence[int] = (1024,),
+    conv: str = "xla",
     num_classes: int = 10,
     rngs: nnx.Rngs,
   ):
@@ -59,7 +63,7 @@ class CNNClassifier(nnx.Module):
     self.pool = pool
     convs = []
     for f in features:
-      convs.append(nnx.Conv(c, f, (kernel_size, kernel_size), strides=strides, padding="SAME", rngs=rngs))
+      convs.append(Conv(c, f, (kernel_size, kernel_size), strides=strides, padding="SAME", impl=conv, rngs=rngs))
       h, w, c = -(-h // strides), -(-w // strides), f
       if pool:
         h, w = h // 2, w // 2

@@ -23,6 +23,7 @@ import stn_jax
 from stn_jax import transforms
 from stn_jax.models import options
 from stn_jax.models.classifiers import CLASSIFIERS, dense_stack
+from stn_jax.models.layers import Conv
 
 TRANSFORMS = (*stn_jax.KINDS, "none")
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu, "gelu": jax.nn.gelu}
@@ -94,6 +95,7 @@ class CNNLocalization(nnx.Module):
     kernel_size: side of the convolutions' square kernels.
     hidden: widths of the dense ReLU layers after the convolutions.
     dropout: dropout rate before the final layer (training only).
+    conv: how the convolutions run: 'xla' or 'patches' (see CNNClassifier).
     rngs: parameter initialisation.
   """
 
@@ -106,6 +108,7 @@ class CNNLocalization(nnx.Module):
     kernel_size: int = 5,
     hidden: Sequence[int] = (20,),
     dropout: float = 0.2,
+    conv: str = "xla",
     rngs: nnx.Rngs,
   ):
     options.check_positive_ints("CNNLocalization", features=features, kernel_size=kernel_size, hidden=hidden)
@@ -116,7 +119,7 @@ class CNNLocalization(nnx.Module):
       raise ValueError(f"CNNLocalization: {len(features)} 2x2 max-poolings need an input of >= {need} px; got {h}x{w}.")
     convs = []
     for f in features:
-      convs.append(nnx.Conv(c, f, (kernel_size, kernel_size), padding="SAME", rngs=rngs))
+      convs.append(Conv(c, f, (kernel_size, kernel_size), padding="SAME", impl=conv, rngs=rngs))
       h, w, c = h // 2, w // 2, f
     self.convs = nnx.List(convs)
     self.dense, width = dense_stack(h * w * c, hidden, rngs=rngs)
@@ -272,6 +275,13 @@ def _build(m, in_shape, seed, *, transform, first_width=None) -> STNClassifier:
 def _abstract_count(m, in_shape, transform, first_width=None) -> int:
   abstract = nnx.eval_shape(lambda: _build(m, in_shape, 0, transform=transform, first_width=first_width))
   return count_params(abstract)
+
+
+def has_xla_convolutions(model_config) -> bool:
+  """Whether the model a config describes has lax.conv convolutions (CNN parts whose conv is 'xla')."""
+  m = model_config
+  parts = [m.classifier] + ([m.localization] if m.transform != "none" or m.get("match_params_of") else [])
+  return any(part.kind == "cnn" and part.cnn.get("conv", "xla") == "xla" for part in parts)
 
 
 def budget_width(model_config, in_shape: Sequence[int]) -> int:
