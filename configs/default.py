@@ -75,4 +75,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 0.0
   config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
   config.optimizer.localization_lr_multiplier = 0.1
+
+  # A population of num_seeds models in one program may differ in these, one value per member (empty: all alike).
+  config.population = ml_collections.ConfigDict()
+  config.population.seed = ()  # empty: seed, seed + 1, ...
+  config.population.learning_rate = ()
+  config.population.localization_lr_multiplier = ()
+  config.population.weight_decay = ()
   return config

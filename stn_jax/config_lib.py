@@ -103,6 +103,10 @@ DOCS = {
   "optimizer.weight_decay": "decoupled weight decay (AdamW; added to the SGD gradient); 0 = off",
   "optimizer.grad_clip_norm": "clip the gradient's global norm; 0 = off",
   "optimizer.localization_lr_multiplier": "scales the localisation net's updates",
+  "population.seed": "per member of a num_seeds population: its seed (empty: seed + k)",
+  "population.learning_rate": "per member: its peak learning rate (empty: learning_rate for all)",
+  "population.localization_lr_multiplier": "per member: its localisation multiplier (empty: the optimizer's for all)",
+  "population.weight_decay": "per member: its decoupled weight decay (empty: the optimizer's for all)",
 }
 
 
@@ -218,6 +222,18 @@ def validate(config) -> None:
         raise ConfigError(f"config.{steps_field} must be a positive integer or None; got {value!r}.")
     elif not isinstance(value := config[epochs_field], (int, float)) or isinstance(value, bool) or not value > 0:
       raise ConfigError(f"config.{epochs_field} must be > 0 (or set config.{steps_field}); got {value!r}.")
+  population = config.get("population") or {}
+  for name, values in population.items():
+    if values and len(values) != config.num_seeds:
+      raise ConfigError(
+        f"config.population.{name} must be empty or have config.num_seeds ({config.num_seeds}) values; got {values!r}."
+      )
+    low, what = (0, "non-negative") if name != "learning_rate" else (1e-300, "positive")
+    kinds = (int,) if name == "seed" else (int, float)
+    if values and not all(isinstance(v, kinds) and not isinstance(v, bool) and v >= low for v in values):
+      raise ConfigError(f"config.population.{name} must hold {what} {kinds[-1].__name__}s; got {values!r}.")
+  if any(population.get(name) for name in optim.MEMBER_HYPERPARAMETERS) and config.num_seeds < 2:
+    raise ConfigError("config.population's hyperparameters need config.num_seeds >= 2 members; got 1.")
   if not (isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0):
     raise ConfigError(f"config.learning_rate must be > 0; got {config.learning_rate!r}.")
   size = data_lib.VARIANTS[config.dataset.name].size
@@ -281,6 +297,7 @@ def migrate(old: dict) -> dict:
   new.setdefault("matmul_precision", "default")  # version 1 ran at the backend's default
   new.setdefault("input_pipeline", "auto")  # neither changes what a run computes
   new.setdefault("steps_per_dispatch", 0)
+  new.setdefault("population", {name: [] for name in ("seed", *optim.MEMBER_HYPERPARAMETERS)})
   m = old["model"]
   model = to_dict(models.default_config())
   for key in ("transform", "num_control_points", "stn_output_size"):
@@ -321,6 +338,12 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------------------------------------------------
 # Resuming.
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def member_seeds(config) -> list[int]:
+  """The seed of each member of the config's population: config.population.seed, or seed, seed + 1, ..."""
+  given = (config.get("population") or {}).get("seed")
+  return [int(s) for s in given] if given else [config.seed + k for k in range(config.num_seeds)]
 
 
 def in_use(config: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -45,3 +46,63 @@ def create_optimizer(config: ml_collections.ConfigDict, params, num_train_steps:
     )
     parts.append(optax.masked(optax.scale(o.localization_lr_multiplier), is_localization))
   return optax.chain(*parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Populations whose members differ in optimiser hyperparameters.
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The hyperparameters a population's members may differ in (config.population.<name>), beside their seeds.
+MEMBER_HYPERPARAMETERS = ("learning_rate", "localization_lr_multiplier", "weight_decay")
+
+
+def varies(config) -> bool:
+  """Whether the config's population members differ in any optimiser hyperparameter."""
+  population = config.get("population")
+  return bool(population) and any(population.get(name) for name in MEMBER_HYPERPARAMETERS)
+
+
+def member_values(config, name: str) -> list[float]:
+  """Each member's value of hyperparameter `name`: config.population.<name>, or the config's one for all."""
+  given = config.population.get(name) if config.get("population") else None
+  default = config.learning_rate if name == "learning_rate" else config.optimizer[name]
+  return [float(v) for v in given] if given else [float(default)] * config.num_seeds
+
+
+def create_population_optimizer(config, params, num_train_steps: int) -> optax.GradientTransformation:
+  """The optimiser of `create_optimizer` with the member hyperparameters in its state (optax.inject_hyperparams):
+  decoupled weight decay (AdamW, or added to the SGD gradient), the update scaled by learning_rate / the config's
+  learning rate (so member k follows the schedule with its own peak), and the localisation net's updates by its
+  multiplier. `init_population` sets each member's values."""
+  o = config.optimizer
+  schedule = learning_rate_schedule(config, num_train_steps)
+  parts = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm > 0 else []
+  if o.name == "adam":
+    parts.append(optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, weight_decay=0.0))
+  else:
+    parts.append(optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=0.0))
+    parts.append(optax.sgd(schedule, momentum=o.momentum or None))
+  parts.append(optax.inject_hyperparams(optax.scale)(step_size=1.0))
+  is_localization = jax.tree_util.tree_map_with_path(
+    lambda path, _: any("localization" in str(k) for k in path), params
+  )
+  parts.append(optax.masked(optax.inject_hyperparams(optax.scale)(step_size=1.0), is_localization))
+  return optax.chain(*parts)
+
+
+def init_population(tx: optax.GradientTransformation, params, config):
+  """The optimiser state of K stacked members (leading axis K), each with its hyperparameters."""
+  state = list(jax.vmap(tx.init)(params))
+  decay = 1 if config.optimizer.grad_clip_norm > 0 else 0  # the chain of create_population_optimizer
+  scale = decay + (1 if config.optimizer.name == "adam" else 2)
+  localization = scale + 1
+  as_array = lambda values: jnp.asarray(values, jnp.float32)
+  wd = as_array(member_values(config, "weight_decay"))
+  state[decay] = state[decay]._replace(hyperparams={**state[decay].hyperparams, "weight_decay": wd})
+  factor = as_array([lr / config.learning_rate for lr in member_values(config, "learning_rate")])
+  state[scale] = state[scale]._replace(hyperparams={"step_size": factor})
+  masked = state[localization]
+  multiplier = as_array(member_values(config, "localization_lr_multiplier"))
+  inner = masked.inner_state._replace(hyperparams={"step_size": multiplier})
+  state[localization] = masked._replace(inner_state=inner)
+  return tuple(state)

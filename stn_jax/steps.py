@@ -78,11 +78,11 @@ def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str =
   """The pure update `(params, opt_state, sums, batch, step) -> (params, opt_state, sums)` on a float batch, not yet
   jitted (`make_train_step` jits it; `make_train_loop` scans it).
 
-  With `num_seeds` = K > 1, params, opt_state, sums and the batch carry a leading axis of K independent models (seed
-  k's dropout is that of a run with seed + k), updated together, vmapped over the seed axis (`seed_mapping='vmap'`)
-  or as K copies of the step side by side in the program ('unroll': on XLA:CPU a vmapped convolution with per-seed
-  weights becomes a grouped convolution about 5x slower than K plain ones). The model's products run at `precision`
-  (MATMUL_PRECISIONS).
+  With `num_seeds` = K > 1, params, opt_state, sums and the batch carry a leading axis of K independent models (model
+  k's dropout is that of a run with seed + k, or with seed[k] when `seed` is a list), updated together, vmapped over
+  the seed axis (`seed_mapping='vmap'`) or as K copies of the step side by side in the program ('unroll': on XLA:CPU a
+  vmapped convolution with per-seed weights becomes a grouped convolution about 5x slower than K plain ones). The
+  model's products run at `precision` (MATMUL_PRECISIONS).
   """
 
   def one_step(params, opt_state, sums, batch, step, seed):
@@ -99,12 +99,14 @@ def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str =
     sums = {"loss": sums["loss"] + loss, "accuracy": sums["accuracy"] + correct, "count": sums["count"] + 1}
     return params, opt_state, sums
 
-  seeds = seed + jnp.arange(num_seeds, dtype=jnp.uint32)
+  if isinstance(seed, int):  # the population's seeds: seed, seed + 1, ...; or given one per member
+    seed = [seed + k for k in range(num_seeds)]
+  seeds = jnp.asarray(seed, jnp.uint32)
 
   def update(params, opt_state, sums, batch, step):
     with matmul_precision(precision):
       if num_seeds == 1:
-        return one_step(params, opt_state, sums, batch, step, seed)
+        return one_step(params, opt_state, sums, batch, step, seed[0])
       mapped = over_seeds(one_step, (0, 0, 0, 0, None, 0), seed_mapping)
       return mapped(params, opt_state, sums, batch, step, seeds)
 

@@ -63,9 +63,10 @@ def seed_batches(config, train_set, step: int) -> dict:
       process_count=jax.process_count(),
     )
 
+  seeds = config_lib.member_seeds(config)
   if config.num_seeds == 1:
-    return one(config.seed)
-  batches = [one(config.seed + k) for k in range(config.num_seeds)]
+    return one(seeds[0])
+  batches = [one(seed) for seed in seeds]
   return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
 
@@ -78,8 +79,8 @@ def create_params(config, image_size: int):
   """(graphdef, params) of the config's model; with config.num_seeds = K > 1 the params of K models, initialised
   from seeds config.seed + k, stacked on a leading axis."""
   stacked = []
-  for k in range(config.num_seeds):
-    model = models.create_model(config.model, (image_size, image_size, 1), seed=config.seed + k)
+  for seed in config_lib.member_seeds(config):
+    model = models.create_model(config.model, (image_size, image_size, 1), seed=seed)
     graphdef, params = nnx.split(model)
     stacked.append(params)
   params = stacked[0] if config.num_seeds == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *stacked)
@@ -183,9 +184,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   # --- State: model, optimiser, the newest checkpoint. ---
   graphdef, params = create_params(config, train_set.image_size)
-  tx = optim.create_optimizer(config, steps.seed_slice(params, 0, num_seeds), total)
+  if optim.varies(config):  # members with their own hyperparameters
+    tx = optim.create_population_optimizer(config, steps.seed_slice(params, 0, num_seeds), total)
+    opt_state = optim.init_population(tx, params, config)
+  else:
+    tx = optim.create_optimizer(config, steps.seed_slice(params, 0, num_seeds), total)
+    opt_state = init_optimizer_state(tx, params, num_seeds)
   schedule = optim.learning_rate_schedule(config, total)
-  state = checkpoints.checkpoint_state(params, init_optimizer_state(tx, params, num_seeds), num_seeds=num_seeds)
+  state = checkpoints.checkpoint_state(params, opt_state, num_seeds=num_seeds)
   state = distributed.replicate(mesh, state)
   num_params = models.count_params(nnx.merge(graphdef, steps.seed_slice(params, 0, num_seeds)))
   log.info("model: %d parameters%s", num_params, f", {num_seeds} seeds in one program" if num_seeds > 1 else "")
@@ -209,7 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   )
   if num_seeds > 1:
     log.info("%d seeds per step, mapped by %s", num_seeds, seed_mapping)
-  train_loop = steps.make_train_loop(graphdef, tx, config.seed, num_seeds, seed_mapping, config.matmul_precision)
+  seeds = config_lib.member_seeds(config)
+  train_loop = steps.make_train_loop(graphdef, tx, seeds, num_seeds, seed_mapping, config.matmul_precision)
   eval_step = steps.make_eval_step(graphdef, num_seeds, seed_mapping, config.matmul_precision)
   sample = next(data_lib.eval_batches(datasets["test"], 64))["image"]
 
@@ -232,7 +239,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   # --- The loop. ---
   logged = distributed.local_copy(sums)  # the sums at the last log line (a checkpoint's, on resume)
   pipeline = feed.choose(config.input_pipeline, train_set, config.batch_size, num_seeds)
-  seeds = [config.seed + k for k in range(num_seeds)]
   train_feed = feed.TrainFeed(train_set, config.batch_size, seeds, mesh, pipeline=pipeline)
   log.info("input pipeline: %s; %d step(s) per dispatch", pipeline, per_dispatch)
   dispatches = list(feed.chunks(start_step, total, per_dispatch, budget.steps_per_epoch))
@@ -295,6 +301,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     "steps_per_sec": total / max(clock.total, 1e-9),  # over train_time_s (each process's compiling step untimed)
     "num_params": num_params,
   }
+  if num_seeds > 1:  # one row per member: its seed, hyperparameters and test metrics
+    values = {name: optim.member_values(config, name) for name in optim.MEMBER_HYPERPARAMETERS}
+    results["members"] = [
+      {
+        "seed": seed,
+        **{name: values[name][k] for name in optim.MEMBER_HYPERPARAMETERS},
+        **{key: results[f"{key}_per_seed"][k] for key in ("test_accuracy", "test_loss", "test_error")},
+      }
+      for k, seed in enumerate(seeds)
+    ]
   show_transformer(params, total, "final", tensorboard=False)  # the last evaluation sent them
   if is_main:
     checkpoints.atomic_write(workdir / "results.json", json.dumps(results, indent=2))

