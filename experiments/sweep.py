@@ -16,6 +16,10 @@ its finished run (the same config, up to log/evaluation/checkpoint settings) is 
 stops the sweep with the differences, a killed one resumes from its checkpoints, and one given more steps continues.
 A failed run is reported with its log and does not stop the others. At the end ROOT/results.csv (merged with the
 rows already there), ROOT/results.md and ROOT/results.png compare the runs. Works from any directory.
+
+With --fuse, runs that differ only in seed, learning_rate, optimizer.localization_lr_multiplier or
+optimizer.weight_decay train as one population (`config.population`, one jitted program for all of them, in
+ROOT/<the other values>,population=N); results.csv still has one row per run.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ _GRID = flags.DEFINE_multi_string("grid", [], "config.key=v1,v2,... (repeatable)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory; each run gets ROOT/<run-name>.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time.", lower_bound=1)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and every run's command without starting them.")
+_FUSE = flags.DEFINE_bool(
+  "fuse",
+  False,
+  "Train runs that differ only in seed, learning rate, localisation multiplier or weight decay as one "
+  "population (config.population): one program, results still one row per run.",
+)
 
 RESULT_COLUMNS = ("test_accuracy", "test_error", "test_error_std", "num_seeds", "train_time_s", "status")
 
@@ -216,7 +226,70 @@ def plan(base, sweep_runs: list[dict], grid: list[dict], fixed: dict) -> list[di
   return runs
 
 
+# The fields in which the runs of one population (config.population) may differ.
+FUSIBLE = {
+  "seed": "seed",
+  "learning_rate": "learning_rate",
+  "optimizer.localization_lr_multiplier": "localization_lr_multiplier",
+  "optimizer.weight_decay": "weight_decay",
+}
+
+
+def fuse(runs: list[dict]) -> list[dict]:
+  """Runs that differ only in FUSIBLE fields (and train one model each) become one population run each.
+
+  A fused run has overrides = the group's other overrides + num_seeds and config.population.* (one value per member),
+  and `members`: the runs it stands for, in order. Runs alone in their group stay as they are.
+  """
+  groups: dict[str, list[dict]] = {}
+  for r in runs:
+    if r["config"].num_seeds != 1:
+      groups[f"alone {len(groups)}"] = [r]
+      continue
+    key = repr(sorted((k, repr(v)) for k, v in r["overrides"].items() if k not in FUSIBLE))
+    groups.setdefault(key, []).append(r)
+  fused = []
+  for members in groups.values():
+    if len(members) == 1:
+      fused.append(members[0])
+      continue
+    common = {k: v for k, v in members[0]["overrides"].items() if k not in FUSIBLE}
+    overrides = {**common, "num_seeds": len(members)}
+    for field, name in FUSIBLE.items():
+      overrides[f"population.{name}"] = tuple(config_lib.get(m["config"], field) for m in members)
+    config = resolve(members[0]["config"], overrides)
+    try:
+      config_lib.validate(config)
+    except config_lib.ConfigError as e:
+      raise SweepError(f"fused run of {', '.join(m['name'] for m in members)}: {e}") from None
+    fused.append({"overrides": overrides, "config": config, "members": members, "common": common})
+  return fused
+
+
+def member_rows(fused_row: dict, run: dict, names: dict[str, str]) -> list[dict]:
+  """The rows of a fused run's members, one per member run, as if it had run alone."""
+  rows = []
+  results = fused_row.get("members") or []
+  for k, member in enumerate(run["members"]):
+    row = {"run": member["name"], **{names[key]: _format(v) for key, v in member["overrides"].items()}}
+    row["_swept"] = tuple(names[key] for key in member["overrides"])
+    if k < len(results):
+      row.update({key: results[k][key] for key in ("test_accuracy", "test_error", "test_loss")})
+      row.update(num_seeds=1, train_time_s=fused_row.get("train_time_s"))
+    row["status"] = f"{fused_row['status']}, member {k} of {run['name']}"
+    rows.append(row)
+  return rows
+
+
 def describe_plan(runs: list[dict], sweep_count: int, grid_count: int) -> str:
+  fused = sum(len(r["members"]) for r in runs if "members" in r)
+  if fused:
+    sweep_count = f"{sweep_count} from the config's sweep x {grid_count} --grid combination(s) = "
+    return (
+      f"{len(runs)} programs ({sweep_count}{fused + len(runs) - sum('members' in r for r in runs)} runs, "
+      f"{fused} of them fused into {sum('members' in r for r in runs)} population(s)), "
+      f"{sum(r['config'].num_seeds for r in runs)} models"
+    )
   models = sum(r["config"].num_seeds for r in runs)
   seeds = sorted({r["config"].num_seeds for r in runs})
   per = f"{seeds[0]} seed(s) each" if len(seeds) == 1 else f"{'/'.join(map(str, seeds))} seeds"
@@ -345,6 +418,12 @@ def main(argv):
     names = short_names(list(dict.fromkeys(k for r in runs for k in r["overrides"])))
     for r in runs:
       r["name"] = run_name(r["overrides"], names)
+    if _FUSE.value:
+      runs = fuse(runs)
+      for r in runs:
+        if "members" in r:
+          r["name"] = run_name(r["common"], names) + f",population={len(r['members'])}"
+    for r in runs:
       r["state"] = run_state(root / r["name"], r["config"])
     if len({r["name"] for r in runs}) != len(runs):
       raise SweepError("two runs would share a directory: " + ", ".join(r["name"] for r in runs))
@@ -366,12 +445,15 @@ def main(argv):
   root.mkdir(parents=True, exist_ok=True)
 
   def launch(r):
+    if "members" in r:  # one program for the population; one row per member
+      fused_row = run_one(config_spec, root / r["name"], {"run": r["name"]}, fixed, r["overrides"], r["state"])
+      return member_rows(fused_row, r, names)
     row = {"run": r["name"], **{names[k]: _format(v) for k, v in r["overrides"].items()}}
     row["_swept"] = tuple(names[k] for k in r["overrides"])
-    return run_one(config_spec, root / r["name"], row, fixed, r["overrides"], r["state"])
+    return [run_one(config_spec, root / r["name"], row, fixed, r["overrides"], r["state"])]
 
   with ThreadPoolExecutor(_PARALLEL.value) as pool:
-    rows = list(pool.map(launch, runs))
+    rows = [row for rows in pool.map(launch, runs) for row in rows]
   write_reports(root, rows)
   failed = [r for r in rows if r["status"].startswith("failed")]
   print(f"{len(rows) - len(failed)} of {len(rows)} runs done; {root / 'results.csv'}, results.md, results.png")

@@ -165,3 +165,38 @@ def test_the_command_line_plans_fixed_overrides_tuples_and_refuses_bad_runs_in_o
   bad = subprocess.run([*command[:6], "--grid=config.model.transform=affine,tsp"], capture_output=True, text=True)
   assert bad.returncode == 2 and bad.stderr.strip().startswith("error: run transform=tsp:")
   assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_fuse_trains_runs_differing_in_seed_and_optimiser_values_as_one_population():
+  config, _ = sweep.load_sweep(DEFAULT)
+  grid = sweep.parse_grid(["config.learning_rate=1e-3,3e-4", "config.seed=0,1", "config.dataset.name=R,P"])
+  runs = sweep.plan(config, [{}], grid, {})
+  names = sweep.short_names(list(dict.fromkeys(k for r in runs for k in r["overrides"])))
+  for r in runs:
+    r["name"] = sweep.run_name(r["overrides"], names)
+  fused = sweep.fuse(runs)
+  assert len(fused) == 2 and all(len(f["members"]) == 4 for f in fused)
+  r_population = next(f for f in fused if f["common"] == {"dataset.name": "R"})
+  assert r_population["config"].num_seeds == 4
+  assert r_population["config"].population.learning_rate == (1e-3, 1e-3, 3e-4, 3e-4)
+  assert r_population["config"].population.seed == (0, 1, 0, 1)
+  assert [m["name"] for m in r_population["members"]] == [
+    "learning_rate=0.001,seed=0,name=R",
+    "learning_rate=0.001,seed=1,name=R",
+    "learning_rate=0.0003,seed=0,name=R",
+    "learning_rate=0.0003,seed=1,name=R",
+  ]
+  # what the population's results.json says of each member becomes that member's row
+  results = {"status": "done", "train_time_s": 9.0, "members": []}
+  for k in range(4):
+    results["members"].append({"test_accuracy": 0.9 + k / 100, "test_error": 0.1 - k / 100, "test_loss": 0.3})
+  rows = sweep.member_rows(results, {**r_population, "name": "name=R,population=4"}, names)
+  assert [r["run"] for r in rows] == [m["name"] for m in r_population["members"]]
+  assert rows[2]["learning_rate"] == "0.0003" and rows[2]["test_accuracy"] == 0.92 and rows[2]["num_seeds"] == 1
+  assert rows[2]["status"] == "done, member 2 of name=R,population=4"
+  # runs that differ in anything else, or are populations already, stay apart
+  other = sweep.plan(config, [{}], sweep.parse_grid(["config.model.transform=affine,tps"]), {})
+  assert sweep.fuse(other) == other
+  config.num_seeds = 2  # as --config.num_seeds=2 would set it
+  seeded = sweep.plan(config, [{}], sweep.parse_grid(["config.learning_rate=1e-3,3e-4"]), {"num_seeds": 2})
+  assert [len(r.get("members", [])) for r in sweep.fuse(seeded)] == [0, 0]
