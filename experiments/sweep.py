@@ -235,11 +235,13 @@ FUSIBLE = {
 }
 
 
-def fuse(runs: list[dict]) -> list[dict]:
+def fuse(base, runs: list[dict]) -> list[dict]:
   """Runs that differ only in FUSIBLE fields (and train one model each) become one population run each.
 
-  A fused run has overrides = the group's other overrides + num_seeds and config.population.* (one value per member),
-  and `members`: the runs it stands for, in order. Runs alone in their group stay as they are.
+  A fused run has overrides = the group's other overrides + num_seeds, config.population.seed and the
+  config.population.* of the hyperparameters that differ among the members (one value per member; one they share
+  is a plain override), applied to `base`, and `members`: the runs it stands for, in order. Runs alone in their
+  group stay as they are.
   """
   groups: dict[str, list[dict]] = {}
   for r in runs:
@@ -256,8 +258,14 @@ def fuse(runs: list[dict]) -> list[dict]:
     common = {k: v for k, v in members[0]["overrides"].items() if k not in FUSIBLE}
     overrides = {**common, "num_seeds": len(members)}
     for field, name in FUSIBLE.items():
-      overrides[f"population.{name}"] = tuple(config_lib.get(m["config"], field) for m in members)
-    config = resolve(members[0]["config"], overrides)
+      values = tuple(config_lib.get(m["config"], field) for m in members)
+      if field == "seed":
+        overrides["population.seed"] = values
+      elif len(set(values)) > 1:  # a hyperparameter that differs: per member (only then is the optimiser's injected)
+        overrides[f"population.{name}"] = values
+      elif values[0] != config_lib.get(base, field):
+        overrides[field] = values[0]
+    config = resolve(base, overrides)
     try:
       config_lib.validate(config)
     except config_lib.ConfigError as e:
@@ -419,7 +427,7 @@ def main(argv):
     for r in runs:
       r["name"] = run_name(r["overrides"], names)
     if _FUSE.value:
-      runs = fuse(runs)
+      runs = fuse(_CONFIG.value, runs)
       for r in runs:
         if "members" in r:
           r["name"] = run_name(r["common"], names) + f",population={len(r['members'])}"

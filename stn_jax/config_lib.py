@@ -45,7 +45,7 @@ FREE_FIELDS = (
   "distributed.coordinator_address",
   "distributed.num_processes",
   "distributed.process_id",
-  "input_pipeline",  # the same batches and bitwise the same updates, however they reach the device
+  "input_pipeline",  # the same batches and the same updates (bitwise on CPU, tested), however they reach the device
   "steps_per_dispatch",
   "log_every_steps",
   "eval_batch_size",
@@ -63,16 +63,17 @@ FREE_FIELDS = (
 DOCS = {
   "version": f"config layout version ({VERSION}); older workdirs' config.json files are migrated on reading",
   "seed": "parameter init, dropout and data order",
-  "num_seeds": "K > 1: train K models (seeds seed .. seed + K - 1) in one jitted step",
+  "num_seeds": "K > 1: train a population of K models in one jitted step (seeds seed .. seed + K - 1, or "
+  "population.seed)",
   "seed_mapping": "how that step maps over the K models: vmap, unroll (K copies), auto (vmap; unroll on CPU when the "
   "model has lax.conv convolutions, which vmap makes grouped)",
   "matmul_precision": "the model's float32 products: default (the backend's: TF32 on Ampere/Hopper GPUs), high, "
   "highest (full float32 everywhere); grids are always full precision",
   "batch_size": "global batch size",
   "input_pipeline": "auto (device when two epochs fit in a quarter of the device's memory), device (the epoch's uint8 "
-  "images on the device, batches gathered in the step), host (chunks gathered on the host, prefetched)",
+  "images on the device in step order, each call slicing its rows), host (chunks gathered on the host, prefetched)",
   "steps_per_dispatch": "training steps per jitted call; must divide the log, evaluation and checkpoint intervals; "
-  "0 = auto (1 on CPU, up to 10 elsewhere); results do not depend on it",
+  "0 = auto (1 on CPU, up to 10 elsewhere); results do not depend on it (bitwise on CPU)",
   "num_epochs": "training budget in epochs of the train split (converted to steps once)",
   "num_train_steps": "if set, the training budget in steps (overrides num_epochs; set it larger to continue a run)",
   "eval_every_epochs": "validation (and the metrics and figures) every this many epochs, and at the end",
@@ -80,7 +81,8 @@ DOCS = {
   "checkpoint_every_epochs": "a checkpoint every this many epochs, and at the end",
   "checkpoint_every_steps": "if set, a checkpoint every this many steps (overrides checkpoint_every_epochs)",
   "checkpoints_to_keep": "how many of the newest checkpoints to keep",
-  "log_every_steps": "train loss, learning rate and steps/s logged (and to TensorBoard) every this many steps",
+  "log_every_steps": "train loss, learning rate (the base schedule's) and steps/s logged (and to TensorBoard) every "
+  "this many steps",
   "eval_batch_size": "batch size of validation and test evaluation",
   "learning_rate": "peak learning rate",
   "num_devices": "data parallel over this many local devices; 0 = all",
@@ -284,7 +286,7 @@ def migrate(old: dict) -> dict:
   old = to_dict(old)
   version = old.get("version", 1)
   if version == VERSION:
-    return old
+    return with_defaults(old)
   if version != 1:
     raise ConfigError(f"config.version {version!r} is newer than this stn_jax understands ({VERSION}); upgrade it.")
   new = dict(old)
@@ -294,10 +296,6 @@ def migrate(old: dict) -> dict:
   new.setdefault("checkpoints_to_keep", 3)
   new.setdefault("num_seeds", 1)
   new.setdefault("seed_mapping", "auto")
-  new.setdefault("matmul_precision", "default")  # version 1 ran at the backend's default
-  new.setdefault("input_pipeline", "auto")  # neither changes what a run computes
-  new.setdefault("steps_per_dispatch", 0)
-  new.setdefault("population", {name: [] for name in ("seed", *optim.MEMBER_HYPERPARAMETERS)})
   m = old["model"]
   model = to_dict(models.default_config())
   for key in ("transform", "num_control_points", "stn_output_size"):
@@ -320,7 +318,31 @@ def migrate(old: dict) -> dict:
   )
   cls["fcn"].update(hidden=m["fcn_hidden"])
   new["model"] = model
-  return new
+  return with_defaults(new)
+
+
+# Fields added to version 2 after its first workdirs were written, with the values that keep those runs' meaning.
+ADDED_DEFAULTS = {
+  "matmul_precision": "default",  # the backend's, as every earlier run
+  "input_pipeline": "auto",  # neither changes what a run computes
+  "steps_per_dispatch": 0,
+  "population": {name: [] for name in ("seed", *optim.MEMBER_HYPERPARAMETERS)},
+}
+
+
+def with_defaults(config: dict) -> dict:
+  """A current-version config with the fields added since it was written filled in: ADDED_DEFAULTS, and model
+  options a constructor gained later at their defaults (a new option's default keeps the old behaviour)."""
+  config = dict(config)
+  for key, value in ADDED_DEFAULTS.items():
+    config.setdefault(key, value)
+  defaults = to_dict(models.default_config())
+  model = config.get("model", {})
+  for section in ("localization", "classifier"):
+    for kind, options in defaults[section].items():
+      if isinstance(options, dict) and isinstance(model.get(section, {}).get(kind), dict):
+        model[section][kind] = {**options, **model[section][kind]}
+  return config
 
 
 def from_dict(d: dict) -> ml_collections.ConfigDict:

@@ -7,8 +7,9 @@ those of `stn_jax.data.epoch_rows`, so every step sees exactly the batch `stn_ja
 pipeline serves it:
 
 * 'device': the whole epoch stays on the device. Its permutation is drawn once per epoch, the epoch's distorted images
-  are laid out in step order and placed once; the next epoch is prepared in a background thread while this one trains,
-  so the device never waits for the host. `start` is the step's index within the epoch.
+  are laid out in step order on the host and placed once, and each jitted call slices its steps' rows; the next epoch
+  is distorted and placed in a background thread from the first chunk of this one on, so the training loop does not
+  wait for it (on CPU the two share the cores). `start` is the step's index within the epoch.
 * 'host': for data that do not fit on the device, each chunk is gathered on the host and transferred, the next chunk
   prepared in a background thread while the current one trains. `start` is 0.
 
@@ -52,10 +53,20 @@ def choose(pipeline: str, dataset: DistortedMnist, batch_size: int, num_seeds: i
 class TrainFeed:
   """See the module docstring. `seeds` are the shuffle seeds of the population (one per model)."""
 
-  def __init__(self, dataset: DistortedMnist, batch_size: int, seeds: list[int], mesh, *, pipeline: str = "device"):
+  def __init__(
+    self,
+    dataset: DistortedMnist,
+    batch_size: int,
+    seeds: list[int],
+    mesh,
+    *,
+    pipeline: str = "device",
+    total_steps: int | None = None,
+  ):
     if pipeline not in ("device", "host"):
       raise ValueError(f"pipeline must be 'device' or 'host'; got {pipeline!r}.")
     self.dataset, self.batch_size, self.seeds, self.pipeline = dataset, batch_size, list(seeds), pipeline
+    self.total_steps = total_steps  # the device pipeline prepares no epoch beyond the one holding the last step
     self.steps_per_epoch = len(dataset) // batch_size
     spec = (None,) * (1 if len(self.seeds) == 1 else 2) + ("data",)
     self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
@@ -103,8 +114,9 @@ class TrainFeed:
     return self._pending[key]
 
   def chunk(self, step: int, num_steps: int, *, next_chunk: tuple[int, int] | None = None) -> tuple[dict, int]:
-    """(data, start) for steps step .. step + num_steps - 1, which must lie in one epoch; `next_chunk` (step,
-    num_steps) is prepared in the background meanwhile."""
+    """(data, start) for steps step .. step + num_steps - 1, which must lie in one epoch. Meanwhile the background
+    thread prepares the next epoch (device: from the epoch's first chunk on, unless the run ends in this epoch) or
+    `next_chunk` (host: its (step, num_steps))."""
     within = step % self.steps_per_epoch
     if within + num_steps > self.steps_per_epoch:
       raise ValueError(f"a chunk must lie in one epoch; got steps {step}..{step + num_steps - 1}.")
@@ -112,9 +124,19 @@ class TrainFeed:
     data = self._prepare(key).result()
     for old in [k for k in self._pending if k != key and k[0] < key[0]]:  # done with: free the device memory
       del self._pending[old]
-    if next_chunk is not None:
+    if self.pipeline == "device":  # the next epoch, from the first chunk of this one on
+      next_epoch = key[0] + 1
+      if self.total_steps is None or next_epoch * self.steps_per_epoch < self.total_steps:
+        self._prepare((next_epoch, -1))
+    elif next_chunk is not None:
       self._prepare(self._key(*next_chunk))
     return data, (within if self.pipeline == "device" else 0)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
 
 def chunks(start: int, total: int, steps_per_dispatch: int, steps_per_epoch: int):
@@ -137,7 +159,7 @@ def steps_per_dispatch(requested: int, intervals: dict[str, int]) -> int:
     for name, every in intervals.items():
       if every % requested:
         raise ConfigError(
-          f"config.steps_per_dispatch ({requested}) must divide config.{name} ({every} steps); or set it to 0 (auto)."
+          f"config.steps_per_dispatch ({requested}) must divide {name} ({every} steps); or set it to 0 (auto)."
         )
     return requested
   if jax.default_backend() == "cpu":

@@ -92,17 +92,21 @@ def create_population_optimizer(config, params, num_train_steps: int) -> optax.G
 
 def init_population(tx: optax.GradientTransformation, params, config):
   """The optimiser state of K stacked members (leading axis K), each with its hyperparameters."""
-  state = list(jax.vmap(tx.init)(params))
-  decay = 1 if config.optimizer.grad_clip_norm > 0 else 0  # the chain of create_population_optimizer
-  scale = decay + (1 if config.optimizer.name == "adam" else 2)
-  localization = scale + 1
-  as_array = lambda values: jnp.asarray(values, jnp.float32)
-  wd = as_array(member_values(config, "weight_decay"))
-  state[decay] = state[decay]._replace(hyperparams={**state[decay].hyperparams, "weight_decay": wd})
-  factor = as_array([lr / config.learning_rate for lr in member_values(config, "learning_rate")])
-  state[scale] = state[scale]._replace(hyperparams={"step_size": factor})
-  masked = state[localization]
-  multiplier = as_array(member_values(config, "localization_lr_multiplier"))
-  inner = masked.inner_state._replace(hyperparams={"step_size": multiplier})
-  state[localization] = masked._replace(inner_state=inner)
+  values = {name: jnp.asarray(member_values(config, name), jnp.float32) for name in MEMBER_HYPERPARAMETERS}
+  factor = values["learning_rate"] / config.learning_rate
+  state, found = [], set()
+  for part in jax.vmap(tx.init)(params):  # the chain of create_population_optimizer, recognised by its states
+    if isinstance(part, optax.MaskedState):  # the localisation net's scale
+      inner = part.inner_state._replace(hyperparams={"step_size": values["localization_lr_multiplier"]})
+      part = part._replace(inner_state=inner)
+      found.add("localization_lr_multiplier")
+    elif hasattr(part, "hyperparams") and "weight_decay" in part.hyperparams:
+      part = part._replace(hyperparams={**part.hyperparams, "weight_decay": values["weight_decay"]})
+      found.add("weight_decay")
+    elif hasattr(part, "hyperparams") and set(part.hyperparams) == {"step_size"}:  # the learning-rate factor
+      part = part._replace(hyperparams={"step_size": factor})
+      found.add("learning_rate")
+    state.append(part)
+  if found != set(MEMBER_HYPERPARAMETERS):
+    raise ValueError(f"init_population: not the optimiser of create_population_optimizer (found {sorted(found)}).")
   return tuple(state)

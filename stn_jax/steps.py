@@ -76,7 +76,7 @@ def seed_slice(tree, index: int, num_seeds: int):
 
 def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default"):
   """The pure update `(params, opt_state, sums, batch, step) -> (params, opt_state, sums)` on a float batch, not yet
-  jitted (`make_train_step` jits it; `make_train_loop` scans it).
+  jitted (`make_train_step` jits it; `make_train_loop` unrolls it N times in one program).
 
   With `num_seeds` = K > 1, params, opt_state, sums and the batch carry a leading axis of K independent models (model
   k's dropout is that of a run with seed + k, or with seed[k] when `seed` is a list), updated together, vmapped over

@@ -5,9 +5,9 @@ stands on live in their own modules: `steps` (the pure jitted train and eval ste
 config.json and orbax checkpoints), `metrics` (metrics.jsonl and TensorBoard), `distributed` (the mesh and sharded
 batches), `config_lib` (validation and the budget in steps) and `utils` (`itstime`, the training clock).
 
-Everything random is a function of (config.seed, step) and the data of (config.dataset.seed, config.seed, step), so
-the same config gives bitwise the same run on one machine type, and a run resumed from any checkpoint ends exactly as
-an uninterrupted one.
+Everything random is a function of (the model's seed, step) and the data of (config.dataset.seed, the model's seed,
+step), so the same config gives bitwise the same run on one machine type, and a run resumed from any checkpoint ends
+exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def load_datasets(config) -> dict:
 
 
 def seed_batches(config, train_set, step: int) -> dict:
-  """This process's rows of step `step`'s batch; with K seeds, (K, rows, ...): seed k's data order is that of a run
-  with config.seed + k (the distortions, a function of config.dataset.seed, are shared)."""
+  """This process's rows of step `step`'s batch, as floats on the host (what the training feed's batches equal);
+  with K members, (K, rows, ...): member k's data order is that of a run with its seed (config_lib.member_seeds;
+  the distortions, a function of config.dataset.seed, are shared)."""
 
   def one(seed):
     return data_lib.train_batch(
@@ -77,7 +78,7 @@ def seed_batches(config, train_set, step: int) -> dict:
 
 def create_params(config, image_size: int):
   """(graphdef, params) of the config's model; with config.num_seeds = K > 1 the params of K models, initialised
-  from seeds config.seed + k, stacked on a leading axis."""
+  from the members' seeds (config_lib.member_seeds), stacked on a leading axis."""
   stacked = []
   for seed in config_lib.member_seeds(config):
     model = models.create_model(config.model, (image_size, image_size, 1), seed=seed)
@@ -161,9 +162,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     raise config_lib.ConfigError(f"config.batch_size {config.batch_size} exceeds the {len(train_set)} train examples.")
   budget = config_lib.budget(config, len(train_set) // config.batch_size)
   intervals = {
-    "log_every_steps": config.log_every_steps,
-    "eval_every_*": budget.eval_every_steps,
-    "checkpoint_every_*": budget.checkpoint_every_steps,
+    "config.log_every_steps": config.log_every_steps,
+    "the evaluation interval": budget.eval_every_steps,
+    "the checkpoint interval": budget.checkpoint_every_steps,
   }
   per_dispatch = feed.steps_per_dispatch(config.steps_per_dispatch, intervals)
   run_plan = checkpoints.open_run(workdir, config, budget.steps_per_epoch, write=is_main)
@@ -239,52 +240,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   # --- The loop. ---
   logged = distributed.local_copy(sums)  # the sums at the last log line (a checkpoint's, on resume)
   pipeline = feed.choose(config.input_pipeline, train_set, config.batch_size, num_seeds)
-  train_feed = feed.TrainFeed(train_set, config.batch_size, seeds, mesh, pipeline=pipeline)
+  train_feed = feed.TrainFeed(train_set, config.batch_size, seeds, mesh, pipeline=pipeline, total_steps=total)
   log.info("input pipeline: %s; %d step(s) per dispatch", pipeline, per_dispatch)
   dispatches = list(feed.chunks(start_step, total, per_dispatch, budget.steps_per_epoch))
-  for i, (step, num_steps) in enumerate(dispatches):
-    data, start = train_feed.chunk(step, num_steps, next_chunk=dispatches[i + 1] if i + 1 < len(dispatches) else None)
-    params, opt_state, sums = train_loop(params, opt_state, sums, data, start, step, num_steps=num_steps)
-    done = step + num_steps
-    if not clock.running:  # the first call of this process compiles: start the clock once it is done
-      clock.pause(wait_for=params)
-      clock.resume(done)
-    if utils.itstime(done, config.log_every_steps, total):
-      rate = clock.lap(done, "log", wait_for=params)
-      with clock.excluded():
-        s = distributed.local_copy(sums)  # sums since the last evaluation: difference them for the log interval
-        loss = np.mean((s["loss"] - logged["loss"]) / np.maximum(s["count"] - logged["count"], 1))
-        logged = s
-        writer.write_scalars(done, {"train_loss": float(loss), "learning_rate": float(schedule(done - 1))})
-        eta = f"{(total - done) / rate:.0f} s" if rate else "-"
-        log.info("step %d/%d  loss %.4f  steps/s %s  ETA %s", done, total, loss, f"{rate:.1f}" if rate else "-", eta)
-    if utils.itstime(done, budget.eval_every_steps, total):
-      interval_rate = clock.lap(done, "eval", wait_for=params)
-      with clock.excluded():
-        s = distributed.local_copy(sums)
-        val = evaluate(eval_step, params, datasets["validation"], config.eval_batch_size, mesh)
-        row = {
-          **seed_summary("train_loss", s["loss"] / np.maximum(s["count"], 1)),
-          **seed_summary("train_accuracy", s["accuracy"] / np.maximum(s["count"], 1)),
-          **seed_summary("val_loss", val["loss"]),
-          **seed_summary("val_accuracy", val["accuracy"]),
-          "steps_per_sec": interval_rate,  # since the previous evaluation; compilation and evaluation excluded
-        }
-        writer.write_scalars(done, row, jsonl=True, tensorboard_skip=("train_loss",))  # logged above, finer
-        shown = {k: np.round(v, 4).tolist() for k, v in row.items() if v is not None and "_per_seed" not in k}
-        log.info("eval at step %d: %s", done, shown)
-        show_transformer(params, done, f"step{done:06d}")
-        sums = jax.tree.map(jnp.zeros_like, sums)
-        logged = distributed.local_copy(sums)
-    if utils.itstime(done, budget.checkpoint_every_steps, total):
-      with clock.excluded(wait_for=params):
-        train_time = distributed.replicate(mesh, np.float32(distributed.process_0_value(clock.total)))
-        manager.save(
-          done, args=ocp.args.StandardSave(checkpoints.checkpoint_state(params, opt_state, sums, train_time))
-        )
-        manager.wait_until_finished()
+  try:  # the feed's background thread is stopped whatever happens
+    for i, (step, num_steps) in enumerate(dispatches):
+      data, start = train_feed.chunk(step, num_steps, next_chunk=dispatches[i + 1] if i + 1 < len(dispatches) else None)
+      params, opt_state, sums = train_loop(params, opt_state, sums, data, start, step, num_steps=num_steps)
+      done = step + num_steps
+      if not clock.running:  # the first call of this process compiles: start the clock once it is done
+        clock.pause(wait_for=params)
+        clock.resume(done)
+      if utils.itstime(done, config.log_every_steps, total):
+        rate = clock.lap(done, "log", wait_for=params)
+        with clock.excluded():
+          s = distributed.local_copy(sums)  # sums since the last evaluation: difference them for the log interval
+          loss = np.mean((s["loss"] - logged["loss"]) / np.maximum(s["count"] - logged["count"], 1))
+          logged = s
+          writer.write_scalars(done, {"train_loss": float(loss), "learning_rate": float(schedule(done - 1))})
+          eta = f"{(total - done) / rate:.0f} s" if rate else "-"
+          log.info("step %d/%d  loss %.4f  steps/s %s  ETA %s", done, total, loss, f"{rate:.1f}" if rate else "-", eta)
+      if utils.itstime(done, budget.eval_every_steps, total):
+        interval_rate = clock.lap(done, "eval", wait_for=params)
+        with clock.excluded():
+          s = distributed.local_copy(sums)
+          val = evaluate(eval_step, params, datasets["validation"], config.eval_batch_size, mesh)
+          row = {
+            **seed_summary("train_loss", s["loss"] / np.maximum(s["count"], 1)),
+            **seed_summary("train_accuracy", s["accuracy"] / np.maximum(s["count"], 1)),
+            **seed_summary("val_loss", val["loss"]),
+            **seed_summary("val_accuracy", val["accuracy"]),
+            "steps_per_sec": interval_rate,  # since the previous evaluation; compilation and evaluation excluded
+          }
+          writer.write_scalars(done, row, jsonl=True, tensorboard_skip=("train_loss",))  # logged above, finer
+          shown = {k: np.round(v, 4).tolist() for k, v in row.items() if v is not None and "_per_seed" not in k}
+          log.info("eval at step %d: %s", done, shown)
+          show_transformer(params, done, f"step{done:06d}")
+          sums = jax.tree.map(jnp.zeros_like, sums)
+          logged = distributed.local_copy(sums)
+      if utils.itstime(done, budget.checkpoint_every_steps, total):
+        with clock.excluded(wait_for=params):
+          train_time = distributed.replicate(mesh, np.float32(distributed.process_0_value(clock.total)))
+          manager.save(
+            done, args=ocp.args.StandardSave(checkpoints.checkpoint_state(params, opt_state, sums, train_time))
+          )
+          manager.wait_until_finished()
+  finally:
+    train_feed.close()
   clock.pause(wait_for=params)
-  train_feed.close()
   manager.wait_until_finished()
   manager.close()
 

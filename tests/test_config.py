@@ -174,3 +174,13 @@ def test_a_workdir_without_a_checkpoint_takes_any_config(tmp_path):
   (tmp_path / "checkpoints" / "10").mkdir(parents=True)  # once there is one, the run is refused
   with pytest.raises(checkpoints.WorkdirConflictError, match=r"batch_size: 64 -> 128.*learning_rate: 0.5 -> 0.001"):
     checkpoints.open_run(tmp_path, first, 390)
+
+
+def test_a_config_written_before_fields_were_added_to_version_2_keeps_its_meaning():
+  current = config_lib.to_dict(_default())
+  early = json.loads(json.dumps(current))
+  for key in config_lib.ADDED_DEFAULTS:
+    del early[key]
+  del early["model"]["classifier"]["cnn"]["conv"], early["model"]["localization"]["cnn"]["conv"]
+  assert config_lib.migrate(early) == current
+  assert config_lib.resume_differences(early, _default(), 390) == ([], (11_700, 11_700))

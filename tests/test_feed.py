@@ -49,10 +49,12 @@ def test_chunks_end_at_multiples_epochs_and_the_total_whatever_the_start():
 
 
 def test_steps_per_dispatch_must_divide_the_intervals():
-  intervals = {"log_every_steps": 100, "eval_every_*": 1170, "checkpoint_every_*": 1170}
+  intervals = {"config.log_every_steps": 100, "the evaluation interval": 1170, "the checkpoint interval": 1170}
   assert feed.steps_per_dispatch(10, intervals) == 10
   assert feed.steps_per_dispatch(0, intervals) == 1  # auto, on CPU
-  with pytest.raises(config_lib.ConfigError, match=r"steps_per_dispatch \(20\) must divide config.eval_every_\*"):
+  with pytest.raises(
+    config_lib.ConfigError, match=r"steps_per_dispatch \(20\) must divide the evaluation interval \(1170 steps\)"
+  ):
     feed.steps_per_dispatch(20, intervals)
 
 

@@ -174,12 +174,17 @@ def test_fuse_trains_runs_differing_in_seed_and_optimiser_values_as_one_populati
   names = sweep.short_names(list(dict.fromkeys(k for r in runs for k in r["overrides"])))
   for r in runs:
     r["name"] = sweep.run_name(r["overrides"], names)
-  fused = sweep.fuse(runs)
+  fused = sweep.fuse(config, runs)
   assert len(fused) == 2 and all(len(f["members"]) == 4 for f in fused)
   r_population = next(f for f in fused if f["common"] == {"dataset.name": "R"})
   assert r_population["config"].num_seeds == 4
   assert r_population["config"].population.learning_rate == (1e-3, 1e-3, 3e-4, 3e-4)
   assert r_population["config"].population.seed == (0, 1, 0, 1)
+  assert r_population["config"].learning_rate == config.learning_rate  # the base's: members carry their own
+  assert r_population["config"].population.weight_decay == ()  # the same for all: the optimiser stays plain
+  # a fused run's directory holds exactly its config: re-running the sweep finds it and skips it
+  command_config = sweep.resolve(config, r_population["overrides"])
+  assert config_lib.to_dict(command_config) == config_lib.to_dict(r_population["config"])
   assert [m["name"] for m in r_population["members"]] == [
     "learning_rate=0.001,seed=0,name=R",
     "learning_rate=0.001,seed=1,name=R",
@@ -196,7 +201,7 @@ def test_fuse_trains_runs_differing_in_seed_and_optimiser_values_as_one_populati
   assert rows[2]["status"] == "done, member 2 of name=R,population=4"
   # runs that differ in anything else, or are populations already, stay apart
   other = sweep.plan(config, [{}], sweep.parse_grid(["config.model.transform=affine,tps"]), {})
-  assert sweep.fuse(other) == other
+  assert sweep.fuse(config, other) == other
   config.num_seeds = 2  # as --config.num_seeds=2 would set it
   seeded = sweep.plan(config, [{}], sweep.parse_grid(["config.learning_rate=1e-3,3e-4"]), {"num_seeds": 2})
-  assert [len(r.get("members", [])) for r in sweep.fuse(seeded)] == [0, 0]
+  assert [len(r.get("members", [])) for r in sweep.fuse(config, seeded)] == [0, 0]

@@ -9,6 +9,7 @@ distorted anew each epoch (from the same digits); otherwise, and always for vali
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -41,6 +42,7 @@ class DistortedMnist:
     if self.fresh_each_epoch and self.split != "train":
       raise ValueError(f"fresh_each_epoch applies to the train split only; got split={self.split!r}.")
     self._epoch_images: tuple[int, np.ndarray] | None = None
+    self._lock = threading.Lock()  # the training feed distorts the next epoch in a background thread
 
   @classmethod
   def from_mnist(cls, mnist: Mnist, name: str, split: str, *, seed: int, fresh_each_epoch: bool = False):
@@ -57,10 +59,12 @@ class DistortedMnist:
   def images(self, epoch: int = 0) -> np.ndarray:
     """uint8 (N, S, S) images of `epoch` (the same for every epoch unless `fresh_each_epoch`)."""
     epoch = epoch if self.fresh_each_epoch else 0
-    if self._epoch_images is None or self._epoch_images[0] != epoch:
-      images = distortions.distort(self.name, self.digits, seed=self.seed, split=self.split, epoch=epoch)
-      self._epoch_images = (epoch, images)
-    return self._epoch_images[1]
+    with self._lock:
+      cached = self._epoch_images
+      if cached is None or cached[0] != epoch:
+        cached = (epoch, distortions.distort(self.name, self.digits, seed=self.seed, split=self.split, epoch=epoch))
+        self._epoch_images = cached
+      return cached[1]
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

@@ -29,10 +29,18 @@ class Conv(nnx.Conv):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.impl == "xla":
       return super().__call__(x)
+    dilations = [d for d in (self.input_dilation, self.kernel_dilation) if d not in (None, 1, (1, 1))]
+    if x.ndim != 4 or dilations or self.feature_group_count != 1:
+      raise ValueError(
+        f"Conv(impl='patches') takes (N, H, W, C) inputs without dilation or feature groups; got input shape "
+        f"{x.shape}, input_dilation {self.input_dilation}, kernel_dilation {self.kernel_dilation}, "
+        f"feature_group_count {self.feature_group_count}."
+      )
     kh, kw, c_in, c_out = self.kernel.shape
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     patches = extract_patches(x, (kh, kw), strides, self.padding)  # (N, H', W', kh * kw * C_in)
-    y = jnp.einsum("nhwp,pf->nhwf", patches, self.kernel[...].reshape(kh * kw * c_in, c_out))
+    kernel = self.kernel[...].reshape(kh * kw * c_in, c_out)
+    y = jnp.einsum("nhwp,pf->nhwf", patches, kernel, precision=self.precision)
     return y + self.bias[...] if self.bias is not None else y
 
 

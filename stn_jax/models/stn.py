@@ -280,7 +280,7 @@ def _abstract_count(m, in_shape, transform, first_width=None) -> int:
 def has_xla_convolutions(model_config) -> bool:
   """Whether the model a config describes has lax.conv convolutions (CNN parts whose conv is 'xla')."""
   m = model_config
-  parts = [m.classifier] + ([m.localization] if m.transform != "none" or m.get("match_params_of") else [])
+  parts = [m.classifier] + ([m.localization] if m.transform != "none" else [])  # a baseline has no localisation net
   return any(part.kind == "cnn" and part.cnn.get("conv", "xla") == "xla" for part in parts)
 
 
