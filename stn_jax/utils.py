@@ -72,9 +72,3 @@ class Chrono:
     if step <= previous_step or now <= previous_time:
       return None
     return (step - previous_step) / (now - previous_time)
-
-  def rate(self, step: int) -> float | None:
-    """Steps per second of counted time since the clock first started in this process."""
-    if self._start is None or self.counted() <= self._start[1] or step <= self._start[0]:
-      return None
-    return (step - self._start[0]) / (self.counted() - self._start[1])
