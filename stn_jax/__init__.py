@@ -2,7 +2,9 @@
 
 The public namespace re-exports the pure, jitted sampling library:
 
-  grids        affine_grid, projective_grid, tps_grid, identity_grid, pixel_centers, tps_control_points
+  grids        affine_grid, projective_grid, tps_grid, identity_grid, pixel_centers, tps_control_points,
+               tps_transform_points
+  fitting      affine_from_points, homography_from_points
   sampling     grid_sample
   transforms   warp, params_to_grid, param_shape, identity_params, affine_theta, attention_theta,
                compose_affine, invert_affine, theta_to_pixel_matrix, pixel_matrix_to_theta
@@ -13,7 +15,16 @@ compose with jax.jit, jax.vmap and jax.grad.
 
 __version__ = "0.1.0"
 
-from stn_jax.grids import affine_grid, identity_grid, pixel_centers, projective_grid, tps_control_points, tps_grid
+from stn_jax.fitting import affine_from_points, homography_from_points
+from stn_jax.grids import (
+  affine_grid,
+  identity_grid,
+  pixel_centers,
+  projective_grid,
+  tps_control_points,
+  tps_grid,
+  tps_transform_points,
+)
 from stn_jax.sampling import MODES, PADDING_MODES, grid_sample
 from stn_jax.transforms import (
   KINDS,
@@ -33,11 +44,13 @@ __all__ = [
   "KINDS",
   "MODES",
   "PADDING_MODES",
+  "affine_from_points",
   "affine_grid",
   "affine_theta",
   "attention_theta",
   "compose_affine",
   "grid_sample",
+  "homography_from_points",
   "identity_grid",
   "identity_params",
   "invert_affine",
@@ -49,5 +62,6 @@ __all__ = [
   "theta_to_pixel_matrix",
   "tps_control_points",
   "tps_grid",
+  "tps_transform_points",
   "warp",
 ]

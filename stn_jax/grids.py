@@ -219,9 +219,41 @@ def _tps_weights(target, query, xp):
   )
   rhs = xp.concatenate([xp.eye(k, dtype=target.dtype), xp.zeros((3, k), target.dtype)], axis=0)
   coefficients = xp.linalg.solve(system, rhs)  # (K + 3, K)
-  q2 = ((query[:, None, :] - target[None, :, :]) ** 2).sum(-1)
-  basis = xp.concatenate([_tps_radial(q2, xp), xp.ones((query.shape[0], 1), query.dtype), query], axis=1)
+  q2 = ((query[..., :, None, :] - target[None, :, :]) ** 2).sum(-1)
+  ones = xp.ones((*query.shape[:-1], 1), query.dtype)
+  basis = xp.concatenate([_tps_radial(q2, xp), ones, query], axis=-1)
   return jnp.matmul(basis, coefficients, precision=HIGHEST) if xp is jnp else basis @ coefficients
+
+
+@v.keyword_only()
+def tps_transform_points(points: jax.Array, source_points: jax.Array, *, target_points: jax.Array | None = None):
+  """Maps points through the thin-plate spline `tps_grid` samples with: target control points onto source ones.
+
+  Args:
+    points: (..., P, 2) normalised (x, y) output coordinates.
+    source_points: (..., K, 2) input coordinates of the control points (batch shape as `points`'s, or none).
+    target_points: (K, 2) their output coordinates; by default `tps_control_points(K)`.
+
+  Returns:
+    (..., P, 2): the input coordinates the spline gives each point, i.e. what `tps_grid` holds at a pixel centre
+    (the output maps to the input: content at the returned point is drawn at `points`).
+  """
+  func = "tps_transform_points"
+  points, source_points = v.as_array(func, "points", points), v.as_array(func, "source_points", source_points)
+  for name, x in (("points", points), ("source_points", source_points)):
+    v.check_floating(func, name, x)
+    v.check_trailing_shape(func, name, x, (None, 2), what="(..., N, 2)")
+  k = source_points.shape[-2]
+  dtype = jnp.promote_types(jnp.result_type(points, source_points), jnp.float32)
+  if target_points is None:
+    target = jnp.asarray(control_lattice(k), dtype)
+  else:
+    target = v.as_array(func, "target_points", target_points).astype(dtype)
+    if target.shape != (k, 2):
+      raise ValueError(f"{func}: target_points must have shape ({k}, 2) to match source_points; got {target.shape}.")
+  weights = _tps_weights(target, points.astype(dtype), jnp)  # (..., P, K)
+  displacement = jnp.einsum("...pk,...kd->...pd", weights, source_points.astype(dtype) - target, precision=HIGHEST)
+  return points.astype(dtype) + displacement
 
 
 @functools.lru_cache(maxsize=64)

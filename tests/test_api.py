@@ -29,6 +29,9 @@ _POSITIONAL = {
   "invert_affine": ("theta",),
   "theta_to_pixel_matrix": ("theta",),
   "pixel_matrix_to_theta": ("matrix",),
+  "affine_from_points": ("src", "dst"),
+  "homography_from_points": ("src", "dst"),
+  "tps_transform_points": ("points", "source_points"),
 }
 
 

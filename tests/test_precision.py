@@ -39,6 +39,19 @@ CASES = {
     lambda x: stn_jax.tps_grid(x["points"], (5, 6), target_points=x["target"]),
     ("points", "target"),
   ),
+  "tps_transform_points": (
+    lambda x: stn_jax.tps_transform_points(x["target"] * 0.7, x["points"], target_points=x["target"]),
+    ("points", "target"),
+  ),
+  "affine_from_points": (lambda x: stn_jax.affine_from_points(x["points"], x["points"] * 0.9 + 0.05), ("points",)),
+  "homography_from_points(4)": (
+    lambda x: stn_jax.homography_from_points(x["points"][:, :4], x["points"][:, :4] * 0.9 + 0.05),
+    ("points",),
+  ),
+  "homography_from_points(16)": (
+    lambda x: stn_jax.homography_from_points(x["points"], x["points"] * 0.9 + 0.05),
+    ("points",),
+  ),
   "compose_affine": (lambda x: stn_jax.compose_affine(x["theta"], x["theta"][::-1]), ("theta",)),
   "invert_affine": (lambda x: stn_jax.invert_affine(x["theta"]), ("theta",)),
   "affine_theta": (lambda x: stn_jax.affine_theta(rotation=x["angles"], shear=0.1 * x["angles"]), ("angles",)),

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stn_jax import grids, sampling, transforms
+from stn_jax import fitting, grids, sampling, transforms
 
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
@@ -92,23 +92,12 @@ def _rts(key, digit, _):
   return _warp_content(_pad(digit, 42), content)
 
 
-def _homography(source: jax.Array, target: jax.Array) -> jax.Array:
-  """The 3x3 H with H (target_k, 1) ~ (source_k, 1) for four point pairs (K=4, 2), by the 8x8 DLT system."""
-  x, y = target[:, 0], target[:, 1]
-  u, v = source[:, 0], source[:, 1]
-  zeros, ones = jnp.zeros(4), jnp.ones(4)
-  rows_u = jnp.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], -1)
-  rows_v = jnp.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], -1)
-  h = jnp.linalg.solve(jnp.concatenate([rows_u, rows_v]), jnp.concatenate([u, v]))
-  return jnp.concatenate([h, jnp.ones(1)]).reshape(3, 3)
-
-
 def _projective(key, digit, _):
   k = jax.random.split(key, 2)
   corners = jnp.array([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
   scale = jax.random.uniform(k[0], (), minval=0.75, maxval=1.0)
   moved = corners * scale + 0.1 * jax.random.normal(k[1], (4, 2))
-  matrix = _homography(source=corners, target=moved)  # output (moved) -> input (original) corners
+  matrix = fitting.homography_from_points(src=corners, dst=moved)  # output (moved) -> input (original) corners
   image = _pad(digit, 32)
   return sampling.grid_sample(image[..., None], grids.projective_grid(matrix, (32, 32)))[..., 0]
 
