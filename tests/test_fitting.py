@@ -102,3 +102,23 @@ def test_tps_transform_points_is_what_tps_grid_samples():
   target = stn_jax.tps_control_points(16) * 0.9
   moved = stn_jax.tps_transform_points(target, source[0], target_points=target)
   np.testing.assert_allclose(np.asarray(moved), np.asarray(source[0]), atol=1e-5)
+
+
+def _eight_by_eight(source, target):
+  """The private solver the P distortion used before homography_from_points (the reference it must equal)."""
+  x, y = target[:, 0], target[:, 1]
+  u, v = source[:, 0], source[:, 1]
+  zeros, ones = jnp.zeros(4), jnp.ones(4)
+  rows_u = jnp.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], -1)
+  rows_v = jnp.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], -1)
+  h = jnp.linalg.solve(jnp.concatenate([rows_u, rows_v]), jnp.concatenate([u, v]))
+  return jnp.concatenate([h, jnp.ones(1)]).reshape(3, 3)
+
+
+def test_four_pairs_give_bitwise_the_solver_the_p_distortion_used():
+  rng = np.random.default_rng()
+  corners = jnp.array([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
+  moved = jnp.asarray(corners * 0.9 + 0.1 * rng.standard_normal((64, 4, 2)), jnp.float32)
+  ours = jax.jit(jax.vmap(lambda m: stn_jax.homography_from_points(src=corners, dst=m)))(moved)
+  reference = jax.jit(jax.vmap(lambda m: _eight_by_eight(corners, m)))(moved)
+  np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference))
