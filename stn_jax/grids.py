@@ -225,6 +225,11 @@ def _tps_weights(target, query, xp):
   return jnp.matmul(basis, coefficients, precision=HIGHEST) if xp is jnp else basis @ coefficients
 
 
+def batched_tps_weights(target: jax.Array, query: jax.Array) -> jax.Array:
+  """`_tps_weights` over any batch axes of the target points (..., K, 2) and the query points (..., P, 2)."""
+  return jnp.vectorize(lambda t, q: _tps_weights(t, q, jnp), signature="(k,d),(p,d)->(p,k)")(target, query)
+
+
 @v.keyword_only()
 def tps_transform_points(points: jax.Array, source_points: jax.Array, *, target_points: jax.Array | None = None):
   """Maps points through the thin-plate spline `tps_grid` samples with: target control points onto source ones.
@@ -232,7 +237,7 @@ def tps_transform_points(points: jax.Array, source_points: jax.Array, *, target_
   Args:
     points: (..., P, 2) normalised (x, y) output coordinates.
     source_points: (..., K, 2) input coordinates of the control points (batch shape as `points`'s, or none).
-    target_points: (K, 2) their output coordinates; by default `tps_control_points(K)`.
+    target_points: (..., K, 2) their output coordinates (batched or not); by default `tps_control_points(K)`.
 
   Returns:
     (..., P, 2): the input coordinates the spline gives each point, i.e. what `tps_grid` holds at a pixel centre
@@ -249,9 +254,8 @@ def tps_transform_points(points: jax.Array, source_points: jax.Array, *, target_
     target = jnp.asarray(control_lattice(k), dtype)
   else:
     target = v.as_array(func, "target_points", target_points).astype(dtype)
-    if target.shape != (k, 2):
-      raise ValueError(f"{func}: target_points must have shape ({k}, 2) to match source_points; got {target.shape}.")
-  weights = _tps_weights(target, points.astype(dtype), jnp)  # (..., P, K)
+    check_tps(func, "source_points", source_points, target)
+  weights = batched_tps_weights(target, points.astype(dtype))  # (..., P, K)
   displacement = jnp.einsum("...pk,...kd->...pd", weights, source_points.astype(dtype) - target, precision=HIGHEST)
   return points.astype(dtype) + displacement
 
@@ -276,8 +280,8 @@ def tps_grid(source_points: jax.Array, size, *, target_points: jax.Array | None 
     source_points: (..., K, 2) floating (x, y) normalised input coordinates. A nested list is converted with
       `jnp.asarray`.
     size: (H_out, W_out), static: any sequence of two positive ints (a tuple, a list, numpy ints).
-    target_points: (K, 2) output-space control points; by default `tps_control_points(K)`, whose spline weights are
-      computed once in float64 and cached.
+    target_points: (..., K, 2) output-space control points: one set, or a batch broadcasting with source_points'
+      batch shape; by default `tps_control_points(K)`, whose spline weights are computed once in float64 and cached.
     align_corners: see the module docstring.
 
   Returns:
@@ -301,10 +305,16 @@ def check_tps(func: str, name: str, source_points, target_points=None) -> None:
     control_lattice(k)  # K must be a perfect square >= 4
     return
   v.check_floating(func, "target_points", target_points)
-  if jnp.shape(target_points) != (k, 2):
+  shape = tuple(jnp.shape(target_points))
+  try:
+    np.broadcast_shapes(shape[:-2], tuple(jnp.shape(source_points))[:-2])
+    ok = shape[-2:] == (k, 2)
+  except ValueError:
+    ok = False
+  if not ok:
     raise ValueError(
-      f"{func}: target_points must have shape (K, 2) = ({k}, 2) to match {name}; "
-      f"got shape {tuple(jnp.shape(target_points))}."
+      f"{func}: target_points must have shape (..., K, 2) = (..., {k}, 2), its batch shape broadcasting with "
+      f"{name}'s; got shape {shape}."
     )
 
 
@@ -319,9 +329,9 @@ def tps_grid_core(source_points, size, target_points, align_corners):
     target = jnp.asarray(target_points).astype(jnp.promote_types(dtype, jnp.float32))
     x, y = _identity_xy(size, align_corners)
     query = jnp.asarray(np.stack([x.ravel(), y.ravel()], axis=-1), target.dtype)
-    weights = _tps_weights(target, query, jnp).astype(dtype)
+    weights = batched_tps_weights(target, query).astype(dtype)  # (..., P, K): a batch of target point sets too
     target = target.astype(dtype)
-  displacement = jnp.einsum("pk,...kd->...pd", weights, source_points - target, precision=HIGHEST)
+  displacement = jnp.einsum("...pk,...kd->...pd", weights, source_points - target, precision=HIGHEST)
   base = identity_grid(size, align_corners=align_corners, dtype=dtype)
   return base + displacement.reshape(*displacement.shape[:-2], *size, 2)
 

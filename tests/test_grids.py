@@ -117,7 +117,7 @@ def test_grid_errors_name_the_problem(fn, args, error, words):
 
 
 def test_tps_target_points_shape_mismatch():
-  with pytest.raises(ValueError, match=r"target_points must have shape \(K, 2\) = \(16, 2\).*\(9, 2\)"):
+  with pytest.raises(ValueError, match=r"target_points must have shape \(\.\.\., K, 2\) = \(\.\.\., 16, 2\).*\(9, 2\)"):
     stn_jax.tps_grid(jnp.zeros((16, 2)), (4, 4), target_points=jnp.zeros((9, 2)))
 
 
@@ -178,3 +178,18 @@ def test_forward_mode_works_through_projective_and_tps_grids_but_not_affine():
   assert jax.jacrev(affine)(theta).shape == (2, 3, 4, 2, 2, 2, 3)
   hessian = jax.jacrev(jax.jacrev(lambda t: (affine(t) ** 2).sum()))(theta)
   assert np.abs(np.asarray(hessian)).max() > 0
+
+
+def test_tps_grid_takes_a_batch_of_target_point_sets():
+  rng = np.random.default_rng()
+  lattice = np.asarray(stn_jax.tps_control_points(9))
+  source = jnp.asarray(lattice + 0.1 * rng.standard_normal((3, 9, 2)), jnp.float32)
+  target = jnp.asarray(lattice + 0.05 * rng.standard_normal((3, 9, 2)), jnp.float32)
+  batched = np.asarray(stn_jax.tps_grid(source, (5, 6), target_points=target))
+  for b in range(3):
+    one = np.asarray(stn_jax.tps_grid(source[b], (5, 6), target_points=target[b]))
+    np.testing.assert_allclose(batched[b], one, atol=1e-6)
+  points = stn_jax.tps_transform_points(target, source, target_points=target)  # control points map exactly
+  np.testing.assert_allclose(np.asarray(points), np.asarray(source), atol=1e-5)
+  with pytest.raises(ValueError, match=r"target_points must have shape .*broadcasting.*got shape \(2, 9, 2\)"):
+    stn_jax.tps_grid(source, (5, 6), target_points=target[:2])
