@@ -5,6 +5,7 @@ The public namespace re-exports the pure, jitted sampling library:
   grids        affine_grid, projective_grid, tps_grid, identity_grid, pixel_centers, tps_control_points,
                tps_transform_points
   fitting      affine_from_points, homography_from_points
+  flows        flow_grid, compose_flows, integrate_velocity (dense displacement fields; warp(..., kind='flow'))
   sampling     grid_sample
   transforms   warp, params_to_grid, param_shape, identity_params, affine_theta, attention_theta,
                compose_affine, invert_affine, theta_to_pixel_matrix, pixel_matrix_to_theta
@@ -16,6 +17,7 @@ compose with jax.jit, jax.vmap and jax.grad.
 __version__ = "0.1.0"
 
 from stn_jax.fitting import affine_from_points, homography_from_points
+from stn_jax.flows import compose_flows, flow_grid, integrate_velocity
 from stn_jax.grids import (
   affine_grid,
   identity_grid,
@@ -49,10 +51,13 @@ __all__ = [
   "affine_theta",
   "attention_theta",
   "compose_affine",
+  "compose_flows",
+  "flow_grid",
   "grid_sample",
   "homography_from_points",
   "identity_grid",
   "identity_params",
+  "integrate_velocity",
   "invert_affine",
   "param_shape",
   "params_to_grid",

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from stn_jax import _validation as v
-from stn_jax import grids, sampling
+from stn_jax import flows, grids, sampling
 
 KINDS = ("affine", "projective", "tps", "attention")
+WARP_KINDS = (*KINDS, "flow")  # warp also takes dense displacement fields (stn_jax.flows)
 
 
 @v.keyword_only()
@@ -242,7 +243,7 @@ def _params_to_grid_core(params, size, kind, align_corners):
 _params_to_grid_jit = jax.jit(_params_to_grid_core, static_argnums=(1, 2, 3))
 
 
-@v.keyword_only(kind=KINDS, mode=sampling.MODES, padding_mode=sampling.PADDING_MODES)
+@v.keyword_only(kind=WARP_KINDS, mode=sampling.MODES, padding_mode=sampling.PADDING_MODES)
 def warp(
   image: jax.Array,
   params: jax.Array,
@@ -260,8 +261,10 @@ def warp(
       last (an image that looks channels-first draws a UserWarning, as in `grid_sample`).
     params: transform parameters (see the module docstring). Nested lists (image or params) are converted with
       `jnp.asarray`.
-    kind: 'affine', 'projective', 'tps' or 'attention'.
-    size: output (H_out, W_out), static: any sequence of two positive ints; defaults to the input's (H, W).
+    kind: 'affine', 'projective', 'tps', 'attention', or 'flow': params is then a displacement field (N, H, W, 2) /
+      (H, W, 2) in pixels of the image, output pixel p reading the input at p + flow[p] (stn_jax.flows).
+    size: output (H_out, W_out), static: any sequence of two positive ints; defaults to the input's (H, W) (and
+      must be that for a flow).
     mode, padding_mode, align_corners: as `grid_sample`.
 
   Returns:
@@ -270,11 +273,20 @@ def warp(
   func = "warp"
   image = v.as_array(func, "image", image)
   params = v.as_array(func, "params", params)
-  kind = v.check_choice(func, "kind", kind, KINDS)
+  kind = v.check_choice(func, "kind", kind, WARP_KINDS)
   size = None if size is None else v.check_size(func, "size", size)
   options = sampling.check_sample_options(func, mode, padding_mode, align_corners)
   sampling.check_image(func, image)
   image_shape, params_shape = jnp.shape(image), jnp.shape(params)
+  if kind == "flow":
+    want = (*image_shape[:-1], 2)
+    if params_shape != want or (size is not None and size != tuple(image_shape[-3:-1])):
+      raise ValueError(
+        f"{func}: a flow must have shape {want} (the image's, with 2 channels) and size must be None or "
+        f"{tuple(image_shape[-3:-1])}; got flow {params_shape} and size {size}."
+      )
+    grid = flows.flow_grid(params, align_corners=options[2])
+    return sampling.grid_sample(image, grid, mode=options[0], padding_mode=options[1], align_corners=options[2])
   per_image = param_shape(kind, num_control_points=params_shape[-2] if kind == "tps" and len(params_shape) >= 2 else 16)
   want = ((image_shape[0],) if len(image_shape) == 4 else ()) + per_image
   if params_shape != want:

@@ -32,6 +32,9 @@ _POSITIONAL = {
   "affine_from_points": ("src", "dst"),
   "homography_from_points": ("src", "dst"),
   "tps_transform_points": ("points", "source_points"),
+  "flow_grid": ("flow",),
+  "compose_flows": ("a", "b"),
+  "integrate_velocity": ("velocity",),
 }
 
 
