@@ -52,6 +52,7 @@ CASES = {
     lambda x: stn_jax.homography_from_points(x["points"], x["points"] * 0.9 + 0.05),
     ("points",),
   ),
+  "integrate_velocity": (lambda x: stn_jax.integrate_velocity(2 * x["grid"], num_steps=3), ("grid",)),
   "compose_affine": (lambda x: stn_jax.compose_affine(x["theta"], x["theta"][::-1]), ("theta",)),
   "invert_affine": (lambda x: stn_jax.invert_affine(x["theta"]), ("theta",)),
   "affine_theta": (lambda x: stn_jax.affine_theta(rotation=x["angles"], shear=0.1 * x["angles"]), ("angles",)),
