@@ -75,19 +75,48 @@ def affine_grid(theta: jax.Array, size, *, align_corners: bool = False) -> jax.A
 
   Args:
     theta: (..., 2, 3) floating; maps output normalised (x, y, 1) to input normalised (x, y). A nested list is
-      converted with `jnp.asarray`.
-    size: (H_out, W_out), static: any sequence of two positive ints (a tuple, a list, numpy ints).
+      converted with `jnp.asarray`. For a volume, (..., 3, 4) on (x, y, z, 1), as torch's 5-D affine_grid.
+    size: (H_out, W_out), static: any sequence of two positive ints (a tuple, a list, numpy ints); for a volume
+      (D_out, H_out, W_out).
     align_corners: see the module docstring.
 
   Returns:
-    (..., H_out, W_out, 2) grid of input (x, y), dtype of `theta`.
+    (..., H_out, W_out, 2) grid of input (x, y), dtype of `theta`; for a volume (..., D_out, H_out, W_out, 3) of
+    (x, y, z).
   """
   func = "affine_grid"
   theta = v.as_array(func, "theta", theta)
-  size = v.check_size(func, "size", size)
   align_corners = v.check_bool(func, "align_corners", align_corners)
+  if jnp.shape(theta)[-2:] == (3, 4):  # a volume
+    v.check_floating(func, "theta", theta)
+    size = _check_size_3d(func, size)
+    return _affine_grid_3d_jit(theta, size, align_corners)
+  size = v.check_size(func, "size", size)
   check_affine(func, "theta", theta)
   return _affine_grid_jit(theta, size, align_corners)
+
+
+def _check_size_3d(func: str, size) -> tuple[int, int, int]:
+  message = f"{func}: size must be three positive ints (depth, height, width) with a (..., 3, 4) theta; got {size!r}."
+  try:
+    items = tuple(int(s) for s in size if not isinstance(s, (bool, np.bool_)) and float(s) == int(s))
+  except (TypeError, ValueError):
+    raise TypeError(message) from None
+  if len(items) != 3 or len(tuple(size)) != 3 or min(items) < 1:
+    raise ValueError(message)
+  return items
+
+
+def _affine_grid_3d(theta, size, align_corners):
+  """(..., 3, 4) theta -> (..., D, H, W, 3) grid of (x, y, z): torch's 5-D affine_grid, channels-last."""
+  d, h, w = size
+  z, y, x = np.meshgrid(*(pixel_centers(n, align_corners=align_corners) for n in (d, h, w)), indexing="ij")
+  z, y, x = (jnp.asarray(c, theta.dtype) for c in (z, y, x))
+  t = theta[..., None, None, None, :, :]
+  return jnp.stack([t[..., i, 0] * x + t[..., i, 1] * y + t[..., i, 2] * z + t[..., i, 3] for i in range(3)], -1)
+
+
+_affine_grid_3d_jit = jax.jit(_affine_grid_3d, static_argnums=(1, 2))
 
 
 def check_affine(func: str, name: str, theta) -> None:

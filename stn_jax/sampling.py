@@ -318,9 +318,11 @@ def grid_sample(
 
   Args:
     image: (N, H, W, C) or (H, W, C), floating: channels-last. An image that looks channels-first, H <= 4 while W and
-      C are both >= 4 H and >= 8 (as (N, 1, 28, 28) or (N, 3, 64, 64)), draws a UserWarning.
+      C are both >= 4 H and >= 8 (as (N, 1, 28, 28) or (N, 3, 64, 64)), draws a UserWarning. A volume: (N, D, H, W, C)
+      or (D, H, W, C) with a grid (..., D_out, H_out, W_out, 3) of (x, y, z), as torch's 5-D grid_sample.
     grid: (N, H_out, W_out, 2) or (H_out, W_out, 2), floating; (x, y) in [-1, 1] as from `affine_grid`.
-    mode: 'bilinear', 'nearest' (round half to even) or 'bicubic' (Keys' cubic convolution, A = -0.75).
+    mode: 'bilinear' (trilinear for volumes), 'nearest' (round half to even) or 'bicubic' (Keys' cubic convolution,
+      A = -0.75; images only).
     padding_mode: what lies outside the image: 'zeros', 'border' (the edge pixels repeated) or 'reflection' (the
       image mirrored about its edges: the outer pixel edges, or the corner pixel centres with `align_corners`).
     align_corners: whether -1 and 1 are the centres (True) or the outer edges (False) of the corner pixels.
@@ -334,6 +336,9 @@ def grid_sample(
   image = v.as_array(func, "image", image)
   grid = v.as_array(func, "grid", grid)
   options = check_sample_options(func, mode, padding_mode, align_corners)
+  if jnp.ndim(grid) >= 1 and jnp.shape(grid)[-1] == 3:  # a volume
+    _check_volume_args(func, image, grid, options[0])
+    return _grid_sample_3d_jit(image, grid, *options)
   _check_grid_sample_args(func, image, grid)
   v.warn_if_channels_first(func, image, stacklevel=3)  # the caller, past this function and `keyword_only`'s wrapper
   return _grid_sample_jit(image, grid, *options)
@@ -360,3 +365,76 @@ def grid_sample_core(image, grid, mode, padding_mode, align_corners):
 
 
 _grid_sample_jit = jax.jit(grid_sample_core, static_argnums=(2, 3, 4))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Volumes: (N, D, H, W, C) sampled at (x, y, z) grids, trilinear or nearest (plain autodiff: both modes of it).
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _check_volume_args(func, image, grid, mode):
+  v.check_floating(func, "image", image)
+  v.check_floating(func, "grid", grid)
+  image_shape, grid_shape = jnp.shape(image), jnp.shape(grid)
+  if len(image_shape) not in (4, 5):
+    raise ValueError(
+      f"{func}: a grid of (x, y, z) points samples a volume (N, D, H, W, C) or (D, H, W, C); got image shape "
+      f"{image_shape}."
+    )
+  want = "(N, D_out, H_out, W_out, 3)" if len(image_shape) == 5 else "(D_out, H_out, W_out, 3)"
+  if len(grid_shape) != len(image_shape) or (len(image_shape) == 5 and grid_shape[0] != image_shape[0]):
+    raise ValueError(f"{func}: grid must have shape {want} to go with volume {image_shape}; got {grid_shape}.")
+  if min(image_shape[-4:]) < 1:
+    raise ValueError(f"{func}: a volume must have D, H, W, C >= 1; got shape {image_shape}.")
+  if mode == "bicubic":
+    raise ValueError(f"{func}: mode must be 'bilinear' or 'nearest' for a volume (as torch's); got 'bicubic'.")
+  n = image_shape[0] if len(image_shape) == 5 else 1
+  if n * (image_shape[-4] + 2) * (image_shape[-3] + 2) * (image_shape[-2] + 2) > _INDEX_LIMIT:
+    raise ValueError(f"{func}: volume of shape {image_shape} has too many voxels for int32 indexing; split the batch.")
+
+
+def _grid_sample_3d(image, grid, mode, padding_mode, align_corners):
+  batched = image.ndim == 5
+  if not batched:
+    image, grid = image[None], grid[None]
+  n, d, h, w, c = image.shape
+  out_shape = grid.shape[1:4]
+  dtype = jnp.promote_types(jnp.promote_types(image.dtype, grid.dtype), jnp.float32)
+  x = image.astype(dtype)
+  points = grid.astype(dtype).reshape(n, -1, 3)
+  coords = [
+    _apply_padding(_unnormalize(points[..., axis], size, align_corners), size, padding_mode, align_corners)
+    for axis, size in enumerate((w, h, d))
+  ]
+  flat = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0))).reshape(-1, c)
+  batch_offset = (jnp.arange(n, dtype=jnp.int32) * ((d + 2) * (h + 2) * (w + 2)))[:, None]
+
+  def index(xi, yi, zi):  # out-of-range voxels land on the zero border
+    xp, yp, zp = (jnp.clip(i + 1, 0, size + 1) for i, size in ((xi, w), (yi, h), (zi, d)))
+    return batch_offset + (zp * (h + 2) + yp) * (w + 2) + xp
+
+  if mode == "nearest":
+
+    def nearest(coord, size):
+      return jax.lax.stop_gradient(jnp.round(jnp.clip(jnp.nan_to_num(coord, nan=-2.0), -2.0, size + 1.0)))
+
+    xi, yi, zi = (nearest(coord, size).astype(jnp.int32) for coord, size in zip(coords, (w, h, d), strict=True))
+    out = _take(flat, index(xi, yi, zi))
+  else:
+    snapped = [_snap(jnp.clip(coord, -2.0, size + 1.0), size) for coord, size in zip(coords, (w, h, d), strict=True)]
+    lows = [jnp.floor(coord) for coord in snapped]
+    fracs = [(coord - low)[..., None] for coord, low in zip(snapped, lows, strict=True)]
+    lows = [low.astype(jnp.int32) for low in lows]
+    out = 0.0
+    for dz in (0, 1):
+      for dy in (0, 1):
+        for dx in (0, 1):
+          weight = 1.0
+          for frac, step in zip(fracs, (dx, dy, dz), strict=True):
+            weight = weight * (frac if step else 1.0 - frac)
+          out = out + weight * _take(flat, index(lows[0] + dx, lows[1] + dy, lows[2] + dz))
+  out = out.reshape(n, *out_shape, c).astype(image.dtype)
+  return out if batched else out[0]
+
+
+_grid_sample_3d_jit = jax.jit(_grid_sample_3d, static_argnums=(2, 3, 4))

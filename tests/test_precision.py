@@ -28,6 +28,8 @@ def _inputs():
     "image": jnp.asarray(rng.random((3, 9, 8, 2)), jnp.float32),
     "grid": jnp.asarray(rng.uniform(-1.2, 1.2, (3, 5, 6, 2)), jnp.float32),
     "angles": jnp.asarray(rng.uniform(-1, 1, (3,)), jnp.float32),
+    "theta3": jnp.asarray(np.eye(3, 4) + 0.1 * rng.standard_normal((3, 3, 4)), jnp.float32),
+    "volume": jnp.asarray(rng.random((3, 4, 5, 6, 2)), jnp.float32),
   }
 
 
@@ -51,6 +53,10 @@ CASES = {
   "homography_from_points(16)": (
     lambda x: stn_jax.homography_from_points(x["points"], x["points"] * 0.9 + 0.05),
     ("points",),
+  ),
+  "affine_grid(volume)": (
+    lambda x: stn_jax.grid_sample(x["volume"], stn_jax.affine_grid(x["theta3"], (2, 3, 4))),
+    ("volume", "theta3"),
   ),
   "integrate_velocity": (lambda x: stn_jax.integrate_velocity(2 * x["grid"], num_steps=3), ("grid",)),
   "compose_affine": (lambda x: stn_jax.compose_affine(x["theta"], x["theta"][::-1]), ("theta",)),

@@ -168,7 +168,7 @@ def test_nan_coordinates_give_nan_without_crashing():
   ("image_shape", "grid_shape", "options", "error", "words"),
   [
     ((4, 5), (4, 5, 2), {}, ValueError, ["image", "(N, H, W, C) or (H, W, C)", "(4, 5)"]),
-    ((2, 4, 5, 1), (2, 4, 5, 3), {}, ValueError, ["grid", "(N, H_out, W_out, 2)", "(2, 4, 5, 3)"]),
+    ((2, 4, 5, 1), (2, 4, 5, 4), {}, ValueError, ["grid", "(N, H_out, W_out, 2)", "(2, 4, 5, 4)"]),
     ((2, 4, 5, 1), (4, 5, 2), {}, ValueError, ["grid", "(2, 4, 5, 1)", "(4, 5, 2)"]),
     ((2, 4, 5, 1), (3, 4, 5, 2), {}, ValueError, ["batch size", "(2, 4, 5, 1)", "(3, 4, 5, 2)"]),
     ((2, 4, 5, 1), (2, 4, 5, 2), {"mode": "cubic"}, ValueError, ["mode", "'cubic'", "'bilinear'", "'bicubic'"]),
