@@ -25,27 +25,38 @@ WARP_KINDS = (*KINDS, "flow")  # warp also takes dense displacement fields (stn_
 
 
 @v.keyword_only()
-def param_shape(kind: str, *, num_control_points: int = 16) -> tuple[int, ...]:
-  """The per-image parameter shape of a transform kind (see the module docstring)."""
+def param_shape(kind: str, *, num_control_points: int = 16, spatial_dims: int = 2) -> tuple[int, ...]:
+  """The per-image parameter shape of a transform kind (see the module docstring); with spatial_dims=3, of a
+  volume's transform (affine only: (3, 4) on (x, y, z, 1))."""
   v.check_choice("param_shape", "kind", kind, KINDS)
+  if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+    raise ValueError(f"param_shape: spatial_dims must be 2 or 3; got {spatial_dims!r}.")
+  if spatial_dims == 3:
+    v.check_choice("param_shape", "kind (of a volume)", kind, ("affine",))
+    return (3, 4)
   if kind == "tps":
     grids.tps_control_points(num_control_points)  # validates K
   return {"affine": (2, 3), "projective": (3, 3), "tps": (num_control_points, 2), "attention": (3,)}[kind]
 
 
 @v.keyword_only()
-def identity_params(kind: str, *, batch_shape=(), num_control_points: int = 16, dtype=jnp.float32) -> jax.Array:
-  """Parameters of the identity transform of `kind`, broadcast to `batch_shape + param_shape(kind)`.
+def identity_params(
+  kind: str, *, batch_shape=(), num_control_points: int = 16, spatial_dims: int = 2, dtype=jnp.float32
+) -> jax.Array:
+  """Parameters of the identity transform of `kind`, broadcast to `batch_shape + param_shape(kind)` (spatial_dims=3:
+  of a volume's affine transform, eye(3, 4)).
 
   These are also the biases of a localisation network's final layer initialised to the identity.
   """
-  p = identity_array(kind, num_control_points=num_control_points)
+  p = identity_array(kind, num_control_points=num_control_points, spatial_dims=spatial_dims)
   return jnp.broadcast_to(jnp.asarray(p, dtype), tuple(batch_shape) + p.shape)
 
 
-def identity_array(kind: str, *, num_control_points: int = 16) -> np.ndarray:
+def identity_array(kind: str, *, num_control_points: int = 16, spatial_dims: int = 2) -> np.ndarray:
   """`identity_params` of one image as a float64 numpy array (usable where JAX is tracing)."""
-  shape = param_shape(kind, num_control_points=num_control_points)
+  shape = param_shape(kind, num_control_points=num_control_points, spatial_dims=spatial_dims)
+  if spatial_dims == 3:
+    return np.eye(3, 4)
   if kind == "affine":
     p = np.eye(2, 3)
   elif kind == "projective":
@@ -264,7 +275,8 @@ def warp(
     kind: 'affine', 'projective', 'tps', 'attention', or 'flow': params is then a displacement field (N, H, W, 2) /
       (H, W, 2) in pixels of the image, output pixel p reading the input at p + flow[p] (stn_jax.flows).
     size: output (H_out, W_out), static: any sequence of two positive ints; defaults to the input's (H, W) (and
-      must be that for a flow).
+      must be that for a flow). A volume (N, D, H, W, C) warps with kind='affine' and theta (N, 3, 4), its size
+      (D_out, H_out, W_out).
     mode, padding_mode, align_corners: as `grid_sample`.
 
   Returns:
@@ -274,10 +286,19 @@ def warp(
   image = v.as_array(func, "image", image)
   params = v.as_array(func, "params", params)
   kind = v.check_choice(func, "kind", kind, WARP_KINDS)
-  size = None if size is None else v.check_size(func, "size", size)
   options = sampling.check_sample_options(func, mode, padding_mode, align_corners)
-  sampling.check_image(func, image)
   image_shape, params_shape = jnp.shape(image), jnp.shape(params)
+  if kind == "affine" and params_shape[-2:] == (3, 4):  # a volume; affine_grid checks a (D, H, W) size
+    want = (image_shape[0], 3, 4) if len(image_shape) == 5 else (3, 4)
+    if len(image_shape) not in (4, 5) or params_shape != want:
+      raise ValueError(
+        f"{func}: a (..., 3, 4) theta warps a volume (N, D, H, W, C) with theta (N, 3, 4) or (D, H, W, C) with "
+        f"(3, 4); got image {image_shape} and theta {params_shape}."
+      )
+    grid = grids.affine_grid(params, image_shape[-4:-1] if size is None else size, align_corners=options[2])
+    return sampling.grid_sample(image, grid, mode=options[0], padding_mode=options[1], align_corners=options[2])
+  size = None if size is None else v.check_size(func, "size", size)
+  sampling.check_image(func, image)
   if kind == "flow":
     want = (*image_shape[:-1], 2)
     if params_shape != want or (size is not None and size != tuple(image_shape[-3:-1])):

@@ -82,3 +82,18 @@ def test_volume_errors_name_the_problem():
     stn_jax.grid_sample(np.zeros((4, 5, 1), np.float32), np.zeros((2, 2, 3), np.float32))
   with pytest.raises(ValueError, match=r"affine_grid: size must be three positive ints"):
     stn_jax.affine_grid(np.eye(3, 4, dtype=np.float32), (4, 5))
+
+
+def test_warp_and_identity_params_know_volumes():
+  rng = np.random.default_rng()
+  volume = jnp.asarray(rng.random((2, 4, 5, 6, 1)), jnp.float32)
+  identity = stn_jax.identity_params("affine", batch_shape=(2,), spatial_dims=3)
+  assert stn_jax.param_shape("affine", spatial_dims=3) == (3, 4) and identity.shape == (2, 3, 4)
+  np.testing.assert_array_equal(np.asarray(stn_jax.warp(volume, identity)), np.asarray(volume))
+  theta = identity + 0.1 * jnp.asarray(rng.standard_normal((2, 3, 4)), jnp.float32)
+  want = stn_jax.grid_sample(volume, stn_jax.affine_grid(theta, (3, 3, 3)), mode="nearest")
+  np.testing.assert_array_equal(np.asarray(stn_jax.warp(volume, theta, size=(3, 3, 3), mode="nearest")), want)
+  with pytest.raises(ValueError, match=r"param_shape: kind \(of a volume\) must be one of 'affine'; got 'tps'"):
+    stn_jax.param_shape("tps", spatial_dims=3)
+  with pytest.raises(ValueError, match=r"warp: a \(\.\.\., 3, 4\) theta warps a volume"):
+    stn_jax.warp(volume, identity[:1])
