@@ -25,7 +25,9 @@ from absl import app, flags
 import stn_jax
 
 _CASES = flags.DEFINE_list(
-  "cases", ["256x40x40x1:40x40", "128x60x60x1:40x40", "32x128x128x3:128x128"], "NxHxWxC:HOxWO cases."
+  "cases",
+  ["256x40x40x1:40x40", "128x60x60x1:40x40", "32x128x128x3:128x128", "8x32x32x32x1:32x32x32", "2x64x64x64x4:64x64x64"],
+  "NxHxWxC:HOxWO (image) or NxDxHxWxC:DOxHOxWO (volume) cases.",
 )
 _REPEATS = flags.DEFINE_integer("repeats", 60, "Timed repetitions per pass and library (after warm-up).")
 _MODE = flags.DEFINE_enum("mode", "bilinear", ["bilinear", "nearest", "bicubic"], "Sampling mode.")
@@ -34,10 +36,13 @@ _JSON = flags.DEFINE_string("json", None, "Also write the table as JSON to this 
 
 
 def _parse(case: str):
+  """'NxHxWxC:HOxWO' (an image) or 'NxDxHxWxC:DOxHOxWO' (a volume) -> (n, spatial in, c, spatial out)."""
   left, right = case.split(":")
-  n, h, w, c = (int(s) for s in left.split("x"))
-  ho, wo = (int(s) for s in right.split("x"))
-  return n, h, w, c, ho, wo
+  n, *spatial, c = (int(s) for s in left.split("x"))
+  out = tuple(int(s) for s in right.split("x"))
+  if len(spatial) not in (2, 3) or len(out) != len(spatial):
+    raise ValueError(f"--cases: {case!r} is neither NxHxWxC:HOxWO nor NxDxHxWxC:DOxHOxWO.")
+  return n, tuple(spatial), c, out
 
 
 def _time_block(fn, calls: int) -> list[float]:
@@ -84,30 +89,34 @@ def main(argv):
   device = torch_device(torch)
   rows = []
   for case in _CASES.value:
-    n, h, w, c, ho, wo = _parse(case)
+    n, spatial, c, out_size = _parse(case)
+    k = len(spatial)
     rng = np.random.default_rng(0)
-    image = rng.random((n, h, w, c), dtype=np.float32)
-    theta = np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1)) + 0.1 * rng.standard_normal((n, 2, 3), np.float32)
-    weight = rng.standard_normal((n, ho, wo, c), np.float32)
+    image = rng.random((n, *spatial, c), dtype=np.float32)
+    theta = np.tile(np.eye(k, k + 1, dtype=np.float32), (n, 1, 1)) + 0.1 * rng.standard_normal(
+      (n, k, k + 1), np.float32
+    )
+    weight = rng.standard_normal((n, *out_size, c), np.float32)
     j_image, j_theta, j_weight = jnp.asarray(image), jnp.asarray(theta), jnp.asarray(weight)
-    t_image = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous().to(device)
+    t_image = torch.from_numpy(np.moveaxis(image, -1, 1).copy()).to(device)
     t_theta = torch.from_numpy(theta).to(device)
-    t_weight = torch.from_numpy(weight).permute(0, 3, 1, 2).contiguous().to(device)
+    t_weight = torch.from_numpy(np.moveaxis(weight, -1, 1).copy()).to(device)
+    torch_size = (n, c, *out_size)
 
     def torch_forward():
       with torch.no_grad():
-        grid = F.affine_grid(t_theta, (n, c, ho, wo), align_corners=False)
+        grid = F.affine_grid(t_theta, torch_size, align_corners=False)
         F.grid_sample(t_image, grid, mode=_MODE.value, align_corners=False)
       synchronize(torch, device)
 
     def torch_backward(with_image):
       image_ = t_image.detach().requires_grad_(with_image)
       theta_ = t_theta.detach().requires_grad_(True)
-      grid = F.affine_grid(theta_, (n, c, ho, wo), align_corners=False)
+      grid = F.affine_grid(theta_, torch_size, align_corners=False)
       (F.grid_sample(image_, grid, mode=_MODE.value, align_corners=False) * t_weight).sum().backward()
       synchronize(torch, device)
 
-    jax_passes = _jax_passes((ho, wo), _MODE.value)
+    jax_passes = _jax_passes(out_size, _MODE.value)
     torch_passes = {
       "forward": torch_forward,
       "bwd theta": lambda: torch_backward(False),
@@ -135,7 +144,7 @@ def main(argv):
     f"({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'}); "
     f"{platform.processor() or platform.machine()}; mode={_MODE.value}"
   )
-  print("| case (NxHxWxC:HoxWo) | pass | stn_jax ms | torch ms | jax/torch |")
+  print("| case (NxHxWxC:HoxWo, NxDxHxWxC:DoxHoxWo) | pass | stn_jax ms | torch ms | jax/torch |")
   print("|---|---|---:|---:|---:|")
   for r in rows:
     print(f"| {r['case']} | {r['pass_']} | {r['jax_ms']:.2f} | {r['torch_ms']:.2f} | {r['ratio']:.2f} |")
