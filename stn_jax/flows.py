@@ -1,14 +1,16 @@
-"""Dense displacement fields (2-D): VoxelMorph-style warps, their composition, and diffeomorphic integration.
+"""Dense displacement fields: VoxelMorph-style warps, their composition, and diffeomorphic integration.
 
-A flow is (..., H, W, 2), channels-last, in *pixel* units, its last axis (x, y) like the grids': output pixel p reads
-the input at p + flow[p] (VoxelMorph's convention). A VoxelMorph field is channels-first (N, 2, H, W) with its
-channels in index order (row, col) = (y, x): `jnp.moveaxis(field, 1, -1)[..., ::-1]` converts it.
+A flow is (..., H, W, 2) for images or (..., D, H, W, 3) for volumes, channels-last, in *pixel* units, its last axis
+(x, y[, z]) like the grids': output pixel p reads the input at p + flow[p] (VoxelMorph's convention). A VoxelMorph
+field is channels-first (N, 2, H, W) / (N, 3, D, H, W) with its channels in index order ((depth,) row, col):
+`jnp.moveaxis(field, 1, -1)[..., ::-1]` converts it.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from stn_jax import _validation as v
 from stn_jax import grids
@@ -18,16 +20,26 @@ from stn_jax.sampling import grid_sample
 def _check_flow(func: str, flow) -> jax.Array:
   flow = v.as_array(func, "flow", flow)
   v.check_floating(func, "flow", flow)
-  v.check_trailing_shape(func, "flow", flow, (None, None, 2), what="(..., H, W, 2)")
+  shape = jnp.shape(flow)
+  if not (len(shape) >= 3 and shape[-1] in (2, 3) and len(shape) >= shape[-1] + 1):
+    raise ValueError(f"{func}: flow must have shape (..., H, W, 2) or (..., D, H, W, 3); got shape {shape}.")
   return flow
 
 
-def _pixel_scale(size: tuple[int, int], align_corners: bool) -> jax.Array:
-  """Normalised units per pixel along (x, y)."""
-  h, w = size
-  if align_corners:
-    return jnp.asarray([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
-  return jnp.asarray([2.0 / w, 2.0 / h])
+def _spatial(flow) -> int:
+  """2 or 3: the flow's spatial dimensions (its last axis)."""
+  return flow.shape[-1]
+
+
+def _pixel_scale(size: tuple[int, ...], align_corners: bool) -> jax.Array:
+  """Normalised units per pixel along (x, y[, z]) of a (H, W) or (D, H, W) grid."""
+  return jnp.asarray([2.0 / max(n - 1, 1) if align_corners else 2.0 / n for n in reversed(size)])
+
+
+def _identity(size: tuple[int, ...], align_corners: bool, dtype) -> jax.Array:
+  """(*size, k) normalised coordinates (x, y[, z]) of the pixel centres."""
+  axes = np.meshgrid(*(grids.pixel_centers(n, align_corners=align_corners) for n in size), indexing="ij")
+  return jnp.asarray(np.stack(axes[::-1], -1), dtype)
 
 
 @v.keyword_only()
@@ -35,28 +47,32 @@ def flow_grid(flow: jax.Array, *, align_corners: bool = False) -> jax.Array:
   """The sampling grid of a displacement field: identity + flow.
 
   Args:
-    flow: (..., H, W, 2) displacements in pixels, (x, y): output pixel p reads the input at p + flow[p].
+    flow: (..., H, W, 2) or (..., D, H, W, 3) displacements in pixels, (x, y[, z]): output pixel p reads the
+      input at p + flow[p].
     align_corners: the grid convention (see stn_jax.grids); pixels are the same either way.
 
   Returns:
-    (..., H, W, 2) normalised grid, for `grid_sample` (an input of the same size H x W is what the pixel units mean).
+    The normalised grid, of the flow's shape, for `grid_sample` (an input of the same spatial size is what the
+    pixel units mean).
   """
   func = "flow_grid"
   flow = _check_flow(func, flow)
   align_corners = v.check_bool(func, "align_corners", align_corners)
-  size = tuple(flow.shape[-3:-1])
+  k = _spatial(flow)
+  size = tuple(flow.shape[-k - 1 : -1])
   scale = _pixel_scale(size, align_corners).astype(flow.dtype)
-  return grids.identity_grid(size, align_corners=align_corners, dtype=flow.dtype) + flow * scale
+  return _identity(size, align_corners, flow.dtype) + flow * scale
 
 
 def _sample_flow(field: jax.Array, flow: jax.Array) -> jax.Array:
-  """`field` (..., H, W, C) read at p + flow[p], bilinear, the edge values beyond the border."""
-  batch = flow.shape[:-3]
+  """`field` (..., [D,] H, W, C) read at p + flow[p], (tri)linear, the edge values beyond the border."""
+  k = _spatial(flow)
+  batch = flow.shape[: -k - 1]
   grid = flow_grid(flow)
-  flat = lambda x: x.reshape(-1, *x.shape[-3:])
-  field = jnp.broadcast_to(field, (*batch, *field.shape[-3:]))
+  flat = lambda x: x.reshape(-1, *x.shape[-k - 1 :])
+  field = jnp.broadcast_to(field, (*batch, *field.shape[-k - 1 :]))
   out = grid_sample(flat(field), flat(grid), padding_mode="border")
-  return out.reshape(*batch, *out.shape[-3:])
+  return out.reshape(*batch, *out.shape[-k - 1 :])
 
 
 @v.keyword_only()
@@ -67,17 +83,18 @@ def compose_flows(a: jax.Array, b: jax.Array) -> jax.Array:
   the resampling of `a` (bilinear, edge values beyond the border).
 
   Args:
-    a, b: (..., H, W, 2) flows in pixels (batch shapes broadcast).
+    a, b: (..., H, W, 2) or (..., D, H, W, 3) flows in pixels (batch shapes broadcast).
 
   Returns:
-    (..., H, W, 2).
+    The composed flow.
   """
   func = "compose_flows"
   a, b = _check_flow(func, a), _check_flow(func, b)
-  if a.shape[-3:] != b.shape[-3:]:
-    raise ValueError(f"{func}: a and b must have the same H, W; got shapes {a.shape} and {b.shape}.")
-  batch = jnp.broadcast_shapes(a.shape[:-3], b.shape[:-3])
-  b = jnp.broadcast_to(b, (*batch, *b.shape[-3:]))
+  k = _spatial(a)
+  if a.shape[-k - 1 :] != b.shape[-k - 1 :]:
+    raise ValueError(f"{func}: a and b must have the same spatial shape; got shapes {a.shape} and {b.shape}.")
+  batch = jnp.broadcast_shapes(a.shape[: -k - 1], b.shape[: -k - 1])
+  b = jnp.broadcast_to(b, (*batch, *b.shape[-k - 1 :]))
   return b + _sample_flow(a, b)
 
 
@@ -86,11 +103,11 @@ def integrate_velocity(velocity: jax.Array, *, num_steps: int = 7) -> jax.Array:
   """The flow of a stationary velocity field by scaling and squaring (a diffeomorphic warp, VoxelMorph's VecInt).
 
   Args:
-    velocity: (..., H, W, 2) in pixels.
+    velocity: (..., H, W, 2) or (..., D, H, W, 3) in pixels.
     num_steps: squarings: the field is divided by 2^num_steps, then composed with itself num_steps times.
 
   Returns:
-    (..., H, W, 2) flow; integrating -velocity gives (nearly) its inverse.
+    The flow, of the velocity's shape; integrating -velocity gives (nearly) its inverse.
   """
   func = "integrate_velocity"
   velocity = _check_flow(func, velocity)

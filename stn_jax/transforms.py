@@ -272,10 +272,11 @@ def warp(
       last (an image that looks channels-first draws a UserWarning, as in `grid_sample`).
     params: transform parameters (see the module docstring). Nested lists (image or params) are converted with
       `jnp.asarray`.
-    kind: 'affine', 'projective', 'tps', 'attention', or 'flow': params is then a displacement field (N, H, W, 2) /
-      (H, W, 2) in pixels of the image, output pixel p reading the input at p + flow[p] (stn_jax.flows).
-    size: output (H_out, W_out), static: any sequence of two positive ints; defaults to the input's (H, W) (and
-      must be that for a flow). A volume (N, D, H, W, C) warps with kind='affine' and theta (N, 3, 4), its size
+    kind: 'affine', 'projective', 'tps', 'attention', or 'flow': params is then a displacement field of the image's
+      shape with 2 channels (a volume's with 3), in pixels, output pixel p reading the input at p + flow[p]
+      (stn_jax.flows).
+    size: output (H_out, W_out), static: any sequence of two positive ints; defaults to the input's (H, W) (None
+      for a flow). A volume (N, D, H, W, C) warps with kind='affine' and theta (N, 3, 4), its size
       (D_out, H_out, W_out).
     mode, padding_mode, align_corners: as `grid_sample`.
 
@@ -297,17 +298,18 @@ def warp(
       )
     grid = grids.affine_grid(params, image_shape[-4:-1] if size is None else size, align_corners=options[2])
     return sampling.grid_sample(image, grid, mode=options[0], padding_mode=options[1], align_corners=options[2])
-  size = None if size is None else v.check_size(func, "size", size)
-  sampling.check_image(func, image)
-  if kind == "flow":
-    want = (*image_shape[:-1], 2)
-    if params_shape != want or (size is not None and size != tuple(image_shape[-3:-1])):
+  if kind == "flow":  # (N, [D,] H, W, C) with a flow (N, [D,] H, W, k) of the image's spatial shape
+    k = params_shape[-1] if params_shape else 0
+    want = (*image_shape[:-1], k)
+    if k not in (2, 3) or params_shape != want or len(image_shape) not in (k + 1, k + 2) or size is not None:
       raise ValueError(
-        f"{func}: a flow must have shape {want} (the image's, with 2 channels) and size must be None or "
-        f"{tuple(image_shape[-3:-1])}; got flow {params_shape} and size {size}."
+        f"{func}: a flow must have the image's shape with 2 (image) or 3 (volume) channels, and size must be None; "
+        f"got image {image_shape}, flow {params_shape} and size {size}."
       )
     grid = flows.flow_grid(params, align_corners=options[2])
     return sampling.grid_sample(image, grid, mode=options[0], padding_mode=options[1], align_corners=options[2])
+  size = None if size is None else v.check_size(func, "size", size)
+  sampling.check_image(func, image)
   per_image = param_shape(kind, num_control_points=params_shape[-2] if kind == "tps" and len(params_shape) >= 2 else 16)
   want = ((image_shape[0],) if len(image_shape) == 4 else ()) + per_image
   if params_shape != want:

@@ -72,11 +72,36 @@ def test_integrating_v_then_minus_v_is_nearly_the_identity():
 
 def test_bad_flows_are_refused_by_name():
   image = np.zeros((1, 8, 8, 1), np.float32)
-  with pytest.raises(ValueError, match=r"warp: a flow must have shape \(1, 8, 8, 2\).*got flow \(1, 8, 8, 3\)"):
-    stn_jax.warp(image, np.zeros((1, 8, 8, 3), np.float32), kind="flow")
-  with pytest.raises(ValueError, match=r"flow_grid: flow must have shape \(\.\.\., H, W, 2\)"):
-    stn_jax.flow_grid(np.zeros((8, 8, 3), np.float32))
-  with pytest.raises(ValueError, match=r"compose_flows: a and b must have the same H, W"):
+  with pytest.raises(ValueError, match=r"warp: a flow must have the image's shape.*flow \(1, 8, 9, 2\)"):
+    stn_jax.warp(image, np.zeros((1, 8, 9, 2), np.float32), kind="flow")
+  with pytest.raises(ValueError, match=r"flow_grid: flow must have shape \(\.\.\., H, W, 2\) or .*\(8, 8, 4\)"):
+    stn_jax.flow_grid(np.zeros((8, 8, 4), np.float32))
+  with pytest.raises(ValueError, match=r"compose_flows: a and b must have the same spatial shape"):
     stn_jax.compose_flows(np.zeros((8, 8, 2), np.float32), np.zeros((8, 9, 2), np.float32))
   with pytest.raises(ValueError, match=r"integrate_velocity: num_steps must be an int >= 0; got -1"):
     stn_jax.integrate_velocity(np.zeros((8, 8, 2), np.float32), num_steps=-1)
+
+
+def test_volume_flows_read_at_p_plus_flow_compose_and_integrate():
+  rng = np.random.default_rng()
+  volume = rng.random((2, 5, 6, 7, 2)).astype(np.float32)
+  flow = rng.uniform(-2, 2, (2, 5, 6, 7, 3)).astype(np.float32)
+  out = np.asarray(stn_jax.warp(volume, flow, kind="flow"))
+  depth, rows, cols = np.meshgrid(np.arange(5), np.arange(6), np.arange(7), indexing="ij")
+  for n in range(2):  # flow's last axis is (x, y, z): x along W (cols), z along D
+    coords = [depth + flow[n, ..., 2], rows + flow[n, ..., 1], cols + flow[n, ..., 0]]
+    for c in range(2):
+      want = scipy_ndimage.map_coordinates(volume[n, ..., c], coords, order=1, mode="grid-constant", cval=0.0)
+      np.testing.assert_allclose(out[n, ..., c], want, atol=1e-5)
+  a, b = (jnp.asarray(rng.uniform(-1, 1, (5, 6, 7, 3)), jnp.float32) for _ in range(2))
+  composed = np.asarray(stn_jax.compose_flows(a, b))
+  at = [depth + np.asarray(b)[..., 2], rows + np.asarray(b)[..., 1], cols + np.asarray(b)[..., 0]]
+  for c in range(3):
+    want = np.asarray(b)[..., c] + scipy_ndimage.map_coordinates(np.asarray(a)[..., c], at, order=1, mode="nearest")
+    np.testing.assert_allclose(composed[..., c], want, atol=1e-4)
+  phase = rng.uniform(0, 2 * np.pi, 3)
+  wave = np.sin(2 * np.pi * (cols / 7 + rows / 6 + depth / 5)[..., None] / 3 + phase)  # smooth, about 1 px
+  velocity = jnp.asarray(wave, jnp.float32)
+  round_trip = stn_jax.compose_flows(stn_jax.integrate_velocity(velocity), stn_jax.integrate_velocity(-velocity))
+  assert float(jnp.abs(stn_jax.integrate_velocity(velocity)).max()) > 0.5
+  assert float(jnp.abs(round_trip[1:-1, 1:-1, 1:-1]).max()) < 0.15  # pixels, for a 1-px field on 5 x 6 x 7
