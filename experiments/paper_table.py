@@ -39,15 +39,9 @@ PAPER_TC = {"FCN": 13.2, "CNN": 3.5, "ST-FCN-Aff": 2.0, "ST-CNN-Aff": 1.7}
 def model_name(config: dict) -> str:
   """The paper_table1.MODELS name whose overrides the run's config matches."""
   for name, overrides in paper_table1.MODELS.items():
-    if all(_get(config, key) == value for key, value in overrides.items()):
+    if all(config_lib.get(config, key) == value for key, value in overrides.items()):
       return name
   raise ValueError(f"a run's model matches none of {', '.join(paper_table1.MODELS)}: {config['model']}")
-
-
-def _get(config: dict, dotted: str):
-  for part in dotted.split("."):
-    config = config[part]
-  return config
 
 
 def collect(root: Path) -> dict[tuple[str, str], dict]:

@@ -41,7 +41,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax import config_lib
+from stn_jax import config_lib, optim
 from stn_jax.cli import USAGE_ERROR, one_line, parse_flags
 from stn_jax.data.mnist import SPLIT_SIZES
 
@@ -229,9 +229,7 @@ def plan(base, sweep_runs: list[dict], grid: list[dict], fixed: dict) -> list[di
 # The fields in which the runs of one population (config.population) may differ.
 FUSIBLE = {
   "seed": "seed",
-  "learning_rate": "learning_rate",
-  "optimizer.localization_lr_multiplier": "localization_lr_multiplier",
-  "optimizer.weight_decay": "weight_decay",
+  **{name if name == "learning_rate" else f"optimizer.{name}": name for name in optim.MEMBER_HYPERPARAMETERS},
 }
 
 

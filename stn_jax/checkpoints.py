@@ -123,8 +123,14 @@ def checkpoint_state(params, opt_state, sums=None, train_time=None, *, num_seeds
 
 
 def abstract(tree, sharding=None):
-  """The tree's shapes and dtypes (jax.ShapeDtypeStruct), the restore target of orbax."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=sharding), tree)
+  """The tree's shapes and dtypes (jax.ShapeDtypeStruct), the restore target of orbax; leaves may be arrays or
+  already abstract (e.g. from nnx.eval_shape)."""
+
+  def leaf(x):
+    dtype = x.dtype if hasattr(x, "dtype") else jnp.asarray(x).dtype
+    return jax.ShapeDtypeStruct(np.shape(x), dtype, sharding=sharding)
+
+  return jax.tree.map(leaf, tree)
 
 
 def manager(workdir: Path, *, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -155,7 +161,7 @@ def restore_params(workdir: str | os.PathLike, params_target, *, device=None) ->
   first local device by default). `params_target` gives the structure, shapes and dtypes: arrays or abstract leaves
   (jax.ShapeDtypeStruct, e.g. from nnx.eval_shape)."""
   sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params_target)
+  target = abstract(params_target, sharding)
   with manager(Path(workdir), read_only=True) as checkpoints:
     restored = restore_newest(checkpoints, {"params": target}, partial=True)
   if restored is None:

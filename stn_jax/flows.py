@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stn_jax import _validation as v
 from stn_jax import grids
@@ -36,12 +35,6 @@ def _pixel_scale(size: tuple[int, ...], align_corners: bool) -> jax.Array:
   return jnp.asarray([2.0 / max(n - 1, 1) if align_corners else 2.0 / n for n in reversed(size)])
 
 
-def _identity(size: tuple[int, ...], align_corners: bool, dtype) -> jax.Array:
-  """(*size, k) normalised coordinates (x, y[, z]) of the pixel centres."""
-  axes = np.meshgrid(*(grids.pixel_centers(n, align_corners=align_corners) for n in size), indexing="ij")
-  return jnp.asarray(np.stack(axes[::-1], -1), dtype)
-
-
 @v.keyword_only()
 def flow_grid(flow: jax.Array, *, align_corners: bool = False) -> jax.Array:
   """The sampling grid of a displacement field: identity + flow.
@@ -61,7 +54,7 @@ def flow_grid(flow: jax.Array, *, align_corners: bool = False) -> jax.Array:
   k = _spatial(flow)
   size = tuple(flow.shape[-k - 1 : -1])
   scale = _pixel_scale(size, align_corners).astype(flow.dtype)
-  return _identity(size, align_corners, flow.dtype) + flow * scale
+  return jnp.asarray(grids.centre_coordinates(size, align_corners=align_corners), flow.dtype) + flow * scale
 
 
 def _sample_flow(field: jax.Array, flow: jax.Array) -> jax.Array:

@@ -43,6 +43,13 @@ def pixel_centers(n: int, *, align_corners: bool = False) -> np.ndarray:
   return (2.0 * i + 1.0) / n - 1.0
 
 
+def centre_coordinates(size: tuple[int, ...], *, align_corners: bool = False) -> np.ndarray:
+  """(*size, k) float64 normalised coordinates (x, y[, z]) of the pixel (voxel) centres of a (H, W) or (D, H, W)
+  grid: the identity grid, as numpy (a constant even where JAX is tracing)."""
+  axes = np.meshgrid(*(pixel_centers(n, align_corners=align_corners) for n in size), indexing="ij")
+  return np.stack(axes[::-1], -1)
+
+
 def _identity_xy(size: tuple[int, int], align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
   height, width = size
   x, y = np.meshgrid(
@@ -109,9 +116,9 @@ def _check_size_3d(func: str, size) -> tuple[int, int, int]:
 
 def _affine_grid_3d(theta, size, align_corners):
   """(..., 3, 4) theta -> (..., D, H, W, 3) grid of (x, y, z): torch's 5-D affine_grid, channels-last."""
-  d, h, w = size
-  z, y, x = np.meshgrid(*(pixel_centers(n, align_corners=align_corners) for n in (d, h, w)), indexing="ij")
-  z, y, x = (jnp.asarray(c, theta.dtype) for c in (z, y, x))
+  x, y, z = (
+    jnp.asarray(c, theta.dtype) for c in np.moveaxis(centre_coordinates(size, align_corners=align_corners), -1, 0)
+  )
   t = theta[..., None, None, None, :, :]
   return jnp.stack([t[..., i, 0] * x + t[..., i, 1] * y + t[..., i, 2] * z + t[..., i, 3] for i in range(3)], -1)
 
