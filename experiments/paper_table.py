@@ -2,7 +2,7 @@ r"""Our Table 1 and TC errors beside the paper's, from finished sweeps; copies t
 
   python experiments/paper_table.py --table1=runs/table1_cpu --tc=runs/tc_cpu [--figures=docs/table1]
 
-Reads every ROOT/<run>/results.json and config.json, names each run by its model (configs/paper_table1.MODELS), and
+Reads every ROOT/<run>/results.json and config.json, names each run by its model (FCN, CNN, ST-FCN-Aff, ...) and
 prints markdown tables of test error %: our mean ± standard deviation over the run's seeds, the paper's number, and
 the difference. With --figures, copies each dataset's ST-CNN (affine) input/output figure there as <dataset>.png.
 """
@@ -37,11 +37,15 @@ PAPER_TC = {"FCN": 13.2, "CNN": 3.5, "ST-FCN-Aff": 2.0, "ST-CNN-Aff": 1.7}
 
 
 def model_name(config: dict) -> str:
-  """The paper_table1.MODELS name whose overrides the run's config matches."""
-  for name, overrides in paper_table1.MODELS.items():
-    if all(config_lib.get(config, key) == value for key, value in overrides.items()):
-      return name
-  raise ValueError(f"a run's model matches none of {', '.join(paper_table1.MODELS)}: {config['model']}")
+  """The Table 1 row of a run's model: FCN, CNN, ST-FCN-<transform> or ST-CNN-<transform> (any budget's)."""
+  m = config["model"]
+  family = "CNN" if m["classifier"]["kind"] == "cnn" else "FCN"
+  return family if m["transform"] == "none" else f"ST-{family}-{paper_table1.SHORT[m['transform']]}"
+
+
+def column(dataset: str) -> str:
+  """The Table 1 / TC column of a dataset variant (the paper's recipe has its own: paper-RTS is RTS)."""
+  return dataset.removeprefix("paper-")
 
 
 def collect(root: Path) -> dict[tuple[str, str], dict]:
@@ -49,7 +53,8 @@ def collect(root: Path) -> dict[tuple[str, str], dict]:
   out = {}
   for results in sorted(root.glob("*/results.json")):
     config = config_lib.migrate(json.loads((results.parent / "config.json").read_text()))  # any version
-    out[model_name(config), config["dataset"]["name"]] = {**json.loads(results.read_text()), "dir": results.parent}
+    key = model_name(config), column(config["dataset"]["name"])
+    out[key] = {**json.loads(results.read_text()), "dir": results.parent}
   return out
 
 

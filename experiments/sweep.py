@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import copy
 import csv
+import inspect
 import itertools
 import json
 import logging
@@ -41,7 +42,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax import config_lib, optim
+from stn_jax import config_lib, models, optim
 from stn_jax.cli import USAGE_ERROR, one_line, parse_flags
 from stn_jax.data.mnist import SPLIT_SIZES
 
@@ -74,14 +75,17 @@ def _strip(key: str) -> str:
 
 
 def load_sweep(config_spec: str | Path) -> tuple[ml_collections.ConfigDict, list[dict]]:
-  """The config file's get_config([arg]) and the override dicts its sweep(add) produces (one empty dict without one).
+  """The config file's get_config([arg]) and the override dicts its sweep(add[, arg]) produces (one empty dict
+  without one).
 
-  `config_spec` may end in ':arg' (ml_collections' convention), passed to get_config.
+  `config_spec` may end in ':arg' (ml_collections' convention), passed to get_config and to a sweep that takes it.
   """
   module, arg = config_lib.load_module(config_spec)
   runs: list[dict] = []
   if hasattr(module, "sweep"):
-    module.sweep(lambda **overrides: runs.append({_strip(k): v for k, v in overrides.items()}))
+    add = lambda **overrides: runs.append({_strip(k): v for k, v in overrides.items()})
+    takes_arg = len(inspect.signature(module.sweep).parameters) > 1
+    module.sweep(add, *arg) if takes_arg else module.sweep(add)
   return module.get_config(*arg), runs or [{}]
 
 
@@ -446,7 +450,9 @@ def main(argv):
     print("fixed for every run: " + " ".join(f"--config.{k}={flag_value(v)}" for k, v in fixed.items()))
   if _DRY_RUN.value:
     for r in runs:
-      print(f"{r['name']} [{r['state']}]\n   ", " ".join(command(config_spec, root / r["name"], fixed, r["overrides"])))
+      params = models.param_count(r["config"].model, config_lib.input_shape(r["config"]))
+      print(f"{r['name']} [{r['state']}] {params:,} parameters")
+      print("   ", " ".join(command(config_spec, root / r["name"], fixed, r["overrides"])))
     return
   root.mkdir(parents=True, exist_ok=True)
 

@@ -238,11 +238,16 @@ def validate(config) -> None:
     raise ConfigError("config.population's hyperparameters need config.num_seeds >= 2 members; got 1.")
   if not (isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0):
     raise ConfigError(f"config.learning_rate must be > 0; got {config.learning_rate!r}.")
-  size = data_lib.VARIANTS[config.dataset.name].size
   try:
-    models.check_config(config.model, (size, size, 1))
+    models.check_config(config.model, input_shape(config))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def input_shape(config) -> tuple[int, int, int]:
+  """(H, W, C) of the images of the config's dataset."""
+  size = data_lib.VARIANTS[config.dataset.name].size
+  return (size, size, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -330,6 +335,10 @@ ADDED_DEFAULTS = {
 }
 
 
+# CNN options that took one value for every convolution and now take one per convolution (a 1-sequence: for all).
+PER_LAYER_OPTIONS = ("kernel_size", "strides", "pool")
+
+
 def with_defaults(config: dict) -> dict:
   """A current-version config with the fields added since it was written filled in: ADDED_DEFAULTS, and model
   options a constructor gained later at their defaults (a new option's default keeps the old behaviour)."""
@@ -342,6 +351,10 @@ def with_defaults(config: dict) -> dict:
     for kind, options in defaults[section].items():
       if isinstance(options, dict) and isinstance(model.get(section, {}).get(kind), dict):
         model[section][kind] = {**options, **model[section][kind]}
+        for name in PER_LAYER_OPTIONS:  # once one value for every layer, now a 1-sequence meaning the same
+          value = model[section][kind].get(name)
+          if name in options and not isinstance(value, (list, tuple)):
+            model[section][kind][name] = [value]
   return config
 
 

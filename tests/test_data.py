@@ -217,8 +217,35 @@ def test_seed40_keeps_the_digit_mass_and_moves_it():
   assert np.all(np.abs(centres - 19.5) <= 10.5) and centres.std(0).min() > 1.0  # shifted by up to +-10 px
 
 
+def test_paper_rts_places_the_digit_anywhere_it_fits():
+  digit = np.zeros((1, 28, 28), np.uint8)
+  digit[0, 12:16, 12:16] = 255  # a small blob at the frame's centre follows the frame's placement
+  out = distortions.distort("paper-RTS", np.repeat(digit, 400, 0), seed=0, split="train").astype(float)
+  mass = out.sum(axis=(1, 2)) / (16 * 255)
+  assert np.all((mass > 0.7**2 * 0.8) & (mass < 1.2**2 * 1.2))  # scaled 0.7-1.2, never cut off
+  ys, xs = np.mgrid[:42, :42]
+  offsets = np.stack([(out * xs).sum((1, 2)), (out * ys).sum((1, 2))], -1) / out.sum((1, 2))[:, None] - 20.5
+  # The scaled 28x28 frame stays in the canvas: |offset| <= (42 - 28 s) / 2 <= 11.2 px, and it does go beyond the
+  # +-7 px of RTS.
+  assert np.abs(offsets).max() <= 11.2 + 0.5 and np.abs(offsets).max() > 9.0
+  rts = distortions.distort("RTS", np.repeat(digit, 400, 0), seed=0, split="train").astype(float)
+  rts_offsets = np.stack([(rts * xs).sum((1, 2)), (rts * ys).sum((1, 2))], -1) / rts.sum((1, 2))[:, None] - 20.5
+  assert np.abs(rts_offsets).max() <= 7.5
+
+
+def test_paper_tc_adds_six_crops_and_clips():
+  digits = np.full((30, 28, 28), 100, np.uint8)  # flat digits: every crop is a 6x6 block of 100
+  out = distortions.distort("paper-TC", digits, seed=0, split="train").astype(int)
+  assert set(np.unique(out)) <= {0, 100, 200, 255}  # added (100 + 100), clipped (300 -> 255)
+  unclipped = out.max(axis=(1, 2)) <= 200
+  assert unclipped.mean() > 0.5
+  np.testing.assert_array_equal(out[unclipped].sum(axis=(1, 2)), 100 * (28 * 28 + 6 * 36))  # all six, all added
+  tc = distortions.distort("TC", digits, seed=0, split="train").astype(int)
+  assert tc.max() == 100  # TC takes the pixelwise maximum
+
+
 def test_unknown_dataset_or_split():
-  with pytest.raises(ValueError, match=r"dataset must be one of 'seed40', 'R', 'RTS', 'P', 'E', 'TC'; got 'X'"):
+  with pytest.raises(ValueError, match=r"dataset must be one of 'seed40', 'R', 'RTS', .*'paper-TC'; got 'X'"):
     distortions.distort("X", np.zeros((1, 28, 28), np.uint8), seed=0, split="train")
   with pytest.raises(ValueError, match=r"split must be one of .*'validation'.*got 'dev'"):
     distortions.distort("R", np.zeros((1, 28, 28), np.uint8), seed=0, split="dev")

@@ -99,8 +99,8 @@ def test_each_kind_gets_its_sub_config_as_keyword_arguments():
   config = default.get_config()
   m = config.model
   m.localization.kind = "cnn"
-  m.localization.cnn.features, m.localization.cnn.kernel_size, m.localization.cnn.hidden = (3, 5), 7, (11,)
-  m.classifier.cnn.features, m.classifier.cnn.kernel_size, m.classifier.cnn.hidden = (6,), 5, (13, 9)
+  m.localization.cnn.features, m.localization.cnn.kernel_size, m.localization.cnn.hidden = (3, 5), (7,), (11,)
+  m.classifier.cnn.features, m.classifier.cnn.kernel_size, m.classifier.cnn.hidden = (6,), (5,), (13, 9)
   model = models.create_model(m, (40, 40, 1), seed=0)
   loc, cls = model.transformer.localization, model.classifier
   assert isinstance(loc, models.CNNLocalization) and isinstance(cls, models.CNNClassifier)
@@ -192,3 +192,112 @@ def test_auto_seed_mapping_unrolls_on_cpu_only_for_lax_convolutions():
   m.localization.kind = "cnn"
   assert models.has_xla_convolutions(m)
   assert steps.resolve_seed_mapping("unroll", xla_convolutions=False) == "unroll"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-layer CNN options (the paper's networks).
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _reference_stack(convs, pools, x):
+  """conv (lax, the layer's own padding and stride) -> ReLU (-> 2x2 max-pool) with reduce_window: the reference."""
+  for conv, pooled in zip(convs, pools, strict=True):
+    y = jax.lax.conv_general_dilated(
+      x,
+      conv.kernel[...],
+      (conv.strides,) * 2 if isinstance(conv.strides, int) else conv.strides,
+      conv.padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=jax.lax.Precision.HIGHEST,
+    )
+    x = jax.nn.relu(y + conv.bias[...])
+    if pooled:
+      x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  return x
+
+
+@pytest.mark.parametrize("conv", ["xla", "patches"])
+def test_paper_cnn_classifier_per_layer_kernels_padding_and_pooling(conv):
+  rng = np.random.default_rng()
+  features = tuple(int(f) for f in rng.integers(2, 7, size=2))
+  model = models.CNNClassifier(
+    (42, 42, 1),
+    features=features,
+    kernel_size=(9, 7),
+    strides=(1,),
+    padding=("VALID",),
+    pool=(True,),
+    hidden=(),
+    conv=conv,
+    rngs=nnx.Rngs(int(rng.integers(1000))),
+  )
+  assert [c.kernel[...].shape for c in model.convs] == [(9, 9, 1, features[0]), (7, 7, features[0], features[1])]
+  assert len(model.dense) == 0 and model.head.kernel[...].shape == (5 * 5 * features[1], 10)  # 42-8=34/2=17-6=11/2=5
+  x = jnp.asarray(rng.random((3, 42, 42, 1)), jnp.float32)
+  with jax.default_matmul_precision("highest"):
+    got = model(x)
+  features_out = _reference_stack(model.convs, model.pools, x).reshape(3, -1)
+  expected = features_out @ model.head.kernel[...] + model.head.bias[...]
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_paper_cnn_localization_downsamples_and_pools_between_its_convolutions():
+  rng = np.random.default_rng()
+  identity = stn_jax.identity_params("affine")
+  loc = models.CNNLocalization(
+    (42, 42, 1),
+    np.asarray(identity),
+    downsample=2,
+    features=(3, 4),
+    kernel_size=(5,),
+    padding=("VALID",),
+    pool=(True, False),
+    hidden=(7,),
+    dropout=0.0,
+    rngs=nnx.Rngs(int(rng.integers(1000))),
+  )
+  assert loc.dense[0].kernel[...].shape == (4 * 4 * 4, 7)  # 42/2=21-4=17/2=8-4=4
+  for layer in (*loc.dense, loc.out):  # random weights, so the output depends on every layer
+    layer.kernel[...] = jnp.asarray(rng.normal(size=layer.kernel[...].shape), jnp.float32)
+  x = jnp.asarray(rng.random((2, 42, 42, 1)), jnp.float32)
+  with jax.default_matmul_precision("highest"):
+    got = loc(x)
+  down = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  h = _reference_stack(loc.convs, loc.pools, down).reshape(2, -1)
+  h = jax.nn.relu(h @ loc.dense[0].kernel[...] + loc.dense[0].bias[...])
+  expected = (h @ loc.out.kernel[...] + loc.out.bias[...]).reshape(2, 2, 3)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+  ("options", "words"),
+  [
+    ({"kernel_size": (3, 5, 7)}, ["CNNClassifier", "kernel_size", "one per convolution (2)", "(3, 5, 7)"]),
+    ({"padding": ("FULL",)}, ["CNNClassifier", "padding", "'SAME' or 'VALID'", "FULL"]),
+    ({"pool": (1,)}, ["CNNClassifier", "pool", "True or False", "(1,)"]),
+    ({"strides": (0,)}, ["CNNClassifier", "strides", "positive ints", "(0,)"]),
+    ({"kernel_size": (9,), "padding": ("VALID",), "pool": (True,)}, ["20x20", "shrinks to nothing", "convolution 2"]),
+  ],
+)
+def test_bad_per_layer_options_are_named(options, words):
+  with pytest.raises(ValueError) as info:
+    models.CNNClassifier((20, 20, 1), **{"strides": (1,), **options}, rngs=nnx.Rngs(0))
+  for word in words:
+    assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("in_size", [32, 42])
+def test_a_cnn_baseline_without_hidden_layers_is_widened_at_its_last_convolution(in_size):
+  config = default.get_config()
+  m = config.model
+  m.classifier.cnn.features, m.classifier.cnn.kernel_size, m.classifier.cnn.strides = (8, 8), (9, 7), (1,)
+  m.classifier.cnn.padding, m.classifier.cnn.pool, m.classifier.cnn.hidden = ("VALID",), (True,), ()
+  m.localization.kind, m.transform = "cnn", "affine"
+  st = models.param_count(m, (in_size, in_size, 1))
+  m.transform, m.match_params_of = "none", "affine"
+  matched = models.create_model(m, (in_size, in_size, 1), seed=0)
+  last = matched.classifier.convs[-1].kernel[...].shape
+  assert last[-1] > 8
+  # One more channel of the last convolution adds its kernel's 7*7*8 inputs, a bias and its share of the head.
+  unit = 7 * 7 * 8 + 1 + matched.classifier.head.kernel[...].shape[0] // last[-1] * 10
+  assert abs(models.count_params(matched) - st) <= unit

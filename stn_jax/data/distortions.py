@@ -17,6 +17,19 @@ Exact parameters (normalised units span [-1, 1] across the output image, so 1 px
                  crops (from the central 20x20) of random digits of the same split, each at a uniformly random
                  position; pixelwise maximum.
 
+The paper's variants as its Appendix A and the public code encoding it describe them (docs/paper_recipe.md gives the
+source of each setting); new names, so that the variants above keep their meaning:
+
+  paper-RTS  42x42  rotation U(-45, 45) deg and scale s ~ U(0.7, 1.2) about the digit's centre, then the 28x28 frame
+                    placed uniformly anywhere it fits in the 42x42 canvas: U(-m, m) px per axis, m = (42 - 28 s) / 2.
+  paper-P    32x32  isotropic scale U(0.75, 1.0), then each of the four image corners moved by N(0, 5^2) px per
+                    coordinate; the homography through the moved corners.
+  paper-E    32x32  isotropic scale U(0.75, 1.0), then a thin plate spline whose 16 control points (a regular 4x4
+                    lattice over the image) are each moved by N(0, 1.5^2) px per coordinate.
+  paper-TC   60x60  the digit at a uniformly random position in a black 60x60 canvas, plus 6 random 6x6 crops (from
+                    anywhere in random digits of the same split) at uniformly random positions; everything added and
+                    clipped to [0, 1].
+
 The content transform A (where a point of the digit goes) is sampled; the sampler reads output -> input, so the
 warp uses its inverse.
 """
@@ -50,6 +63,10 @@ VARIANTS = {
   "P": Variant("P", 32, "projective: corners perturbed"),
   "E": Variant("E", 32, "elastic warping"),
   "TC": Variant("TC", 60, "translated in 60x60 with clutter"),
+  "paper-RTS": Variant("paper-RTS", 42, "the paper's RTS: rotation +-45 deg, scale 0.7-1.2, placed anywhere in 42x42"),
+  "paper-P": Variant("paper-P", 32, "the paper's P: scale 0.75-1, corners moved by N(0, 5 px)"),
+  "paper-E": Variant("paper-E", 32, "the paper's E: scale 0.75-1, 16-point TPS moved by N(0, 1.5 px)"),
+  "paper-TC": Variant("paper-TC", 60, "the paper's TC: placed in 60x60, 6 random 6x6 crops added and clipped"),
 }
 NAMES = tuple(VARIANTS)
 
@@ -92,11 +109,24 @@ def _rts(key, digit, _):
   return _warp_content(_pad(digit, 42), content)
 
 
-def _projective(key, digit, _):
+def _paper_rts(key, digit, _, *, size=42):
+  k = jax.random.split(key, 3)
+  scale = jax.random.uniform(k[1], (), minval=0.7, maxval=1.2)
+  margin = (size - 28 * scale) / 2  # px the scaled 28x28 frame may move each way and stay in the canvas
+  content = transforms.affine_theta(
+    rotation=jax.random.uniform(k[0], (), minval=-math.pi / 4, maxval=math.pi / 4),
+    scale=scale,
+    translation=jax.random.uniform(k[2], (2,), minval=-1.0, maxval=1.0) * margin * (2.0 / size),
+  )
+  return _warp_content(_pad(digit, size), content)
+
+
+def _projective(key, digit, _, *, sigma=0.1):
+  """`sigma`: the corners' displacement, normalised (P: 0.1; paper-P: 5 px of 32)."""
   k = jax.random.split(key, 2)
   corners = jnp.array([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
   scale = jax.random.uniform(k[0], (), minval=0.75, maxval=1.0)
-  moved = corners * scale + 0.1 * jax.random.normal(k[1], (4, 2))
+  moved = corners * scale + sigma * jax.random.normal(k[1], (4, 2))
   matrix = fitting.homography_from_points(src=corners, dst=moved)  # output (moved) -> input (original) corners
   image = _pad(digit, 32)
   return sampling.grid_sample(image[..., None], grids.projective_grid(matrix, (32, 32)))[..., 0]
@@ -119,6 +149,29 @@ def _elastic(key, digit, _, *, alpha=34.0, sigma=4.0, size=32):
   return sampling.grid_sample(_pad(digit, size)[..., None], grid)[..., 0]
 
 
+def _paper_elastic(key, digit, _, *, size=32, sigma_px=1.5):
+  k = jax.random.split(key, 2)
+  scale = jax.random.uniform(k[0], (), minval=0.75, maxval=1.0)
+  lattice = grids.tps_control_points(16)
+  moved = lattice + sigma_px * (2.0 / size) * jax.random.normal(k[1], lattice.shape)
+  grid = grids.tps_grid(moved, (size, size)) / scale  # the spline's input coordinates, of the digit scaled by s
+  return sampling.grid_sample(_pad(digit, size)[..., None], grid)[..., 0]
+
+
+def _paper_cluttered(key, digit, others, *, size=60, pieces=6, piece=6):
+  k = jax.random.split(key, 4)
+  offset = jax.random.randint(k[0], (2,), 0, size - 28 + 1)
+  sources = jax.random.randint(k[1], (pieces,), 0, others.shape[0])
+  crop_at = jax.random.randint(k[2], (pieces, 2), 0, 28 - piece + 1)
+  place_at = jax.random.randint(k[3], (pieces, 2), 0, size - piece + 1)
+  canvas = jax.lax.dynamic_update_slice(jnp.zeros((size, size)), digit, (offset[0], offset[1]))
+  for p in range(pieces):
+    crop = jax.lax.dynamic_slice(others[sources[p]], (crop_at[p, 0], crop_at[p, 1]), (piece, piece))
+    region = jax.lax.dynamic_slice(canvas, (place_at[p, 0], place_at[p, 1]), (piece, piece))
+    canvas = jax.lax.dynamic_update_slice(canvas, region + crop, (place_at[p, 0], place_at[p, 1]))
+  return jnp.clip(canvas, 0.0, 1.0)
+
+
 def _cluttered(key, digit, others, *, size=60, pieces=8, piece=6):
   k = jax.random.split(key, 4)
   offset = jax.random.randint(k[0], (2,), 0, size - 28 + 1)
@@ -134,7 +187,19 @@ def _cluttered(key, digit, others, *, size=60, pieces=8, piece=6):
   return jax.lax.dynamic_update_slice(canvas, jnp.maximum(region, digit), (offset[0], offset[1]))
 
 
-_FUNCTIONS = {"seed40": _seed40, "R": _rotated, "RTS": _rts, "P": _projective, "E": _elastic, "TC": _cluttered}
+_FUNCTIONS = {
+  "seed40": _seed40,
+  "R": _rotated,
+  "RTS": _rts,
+  "P": _projective,
+  "E": _elastic,
+  "TC": _cluttered,
+  "paper-RTS": _paper_rts,
+  "paper-P": functools.partial(_projective, sigma=5 * 2 / 32),
+  "paper-E": _paper_elastic,
+  "paper-TC": _paper_cluttered,
+}
+CLUTTERED = ("TC", "paper-TC")  # variants drawing their clutter from the other digits of the split
 
 
 def example_keys(seed: int, split: str, epoch: int, indices) -> jax.Array:
@@ -175,7 +240,7 @@ def distort(name: str, digits: np.ndarray, *, seed: int, split: str, epoch: int 
     raise ValueError(f"split must be one of {', '.join(map(repr, SPLIT_IDS))}; got {split!r}.")
   digits = np.asarray(digits)
   indices = np.arange(len(digits)) if indices is None else np.asarray(indices)
-  others = jnp.asarray(digits, jnp.float32) / 255.0 if name == "TC" else jnp.zeros((1, 28, 28))
+  others = jnp.asarray(digits, jnp.float32) / 255.0 if name in CLUTTERED else jnp.zeros((1, 28, 28))
   out = []
   for start in range(0, len(indices), chunk):
     idx = indices[start : start + chunk]

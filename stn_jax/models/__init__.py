@@ -15,6 +15,7 @@ from stn_jax.models.stn import (
   create_model,
   default_config,
   has_xla_convolutions,
+  param_count,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
   "create_model",
   "default_config",
   "has_xla_convolutions",
+  "param_count",
 ]

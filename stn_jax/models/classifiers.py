@@ -13,7 +13,7 @@ import jax
 from flax import nnx
 
 from stn_jax.models import options
-from stn_jax.models.layers import Conv
+from stn_jax.models.layers import apply_conv_stack, conv_stack
 
 
 def dense_stack(width: int, hidden: Sequence[int], *, rngs: nnx.Rngs) -> tuple[nnx.List, int]:
@@ -29,15 +29,19 @@ class CNNClassifier(nnx.Module):
   """conv (-> max-pool) blocks, then dense ReLU layers, then the logits.
 
   The defaults are the seed's network: conv 16 3x3 stride 2 ReLU -> conv 16 3x3 stride 2 ReLU -> flatten -> dense
-  1024 ReLU -> dense 10.
+  1024 ReLU -> dense 10. The paper's CNN (its Appendix A): conv 9x9 'VALID' -> max-pool -> conv 7x7 'VALID' ->
+  max-pool -> the logits (features=(F1, F2), kernel_size=(9, 7), strides=(1,), padding=('VALID',), pool=(True,),
+  hidden=()).
 
   Args:
     in_shape: (H, W, C) of the input.
-    features: output channels of each convolution ('SAME' padding, ReLU).
-    kernel_size: side of the convolutions' square kernels.
-    strides: stride of every convolution.
-    pool: 2x2 max-pooling after each convolution (the paper's CNNs have two max-pooling layers).
-    hidden: widths of the dense ReLU layers between the convolutions and the logits.
+    features: output channels of each convolution (ReLU after each).
+    kernel_size: side of the square kernels: one for every convolution, or one per convolution.
+    strides: stride of the convolutions: one for all, or one per convolution.
+    padding: 'SAME' or 'VALID': one for all, or one per convolution.
+    pool: whether a 2x2 max-pooling (stride 2) follows the convolution: one for all, or one per convolution (the
+      paper's CNNs have two max-pooling layers).
+    hidden: widths of the dense ReLU layers between the convolutions and the logits (may be empty).
     conv: how the convolutions run: 'xla' (lax.conv) or 'patches' (patch extraction + one matrix product: what a
       vmapped population of models batches well on GPUs; the same function, other rounding).
     num_classes: number of logits.
@@ -49,33 +53,32 @@ class CNNClassifier(nnx.Module):
     in_shape: Sequence[int],
     *,
     features: Sequence[int] = (16, 16),
-    kernel_size: int = 3,
-    strides: int = 2,
-    pool: bool = False,
+    kernel_size: Sequence[int] = (3,),
+    strides: Sequence[int] = (2,),
+    padding: Sequence[str] = ("SAME",),
+    pool: Sequence[bool] = (False,),
     hidden: Sequence[int] = (1024,),
     conv: str = "xla",
     num_classes: int = 10,
     rngs: nnx.Rngs,
   ):
-    options.check_positive_ints("CNNClassifier", features=features, kernel_size=kernel_size, strides=strides)
-    options.check_positive_ints("CNNClassifier", hidden=hidden)
-    h, w, c = in_shape
-    self.pool = pool
-    convs = []
-    for f in features:
-      convs.append(Conv(c, f, (kernel_size, kernel_size), strides=strides, padding="SAME", impl=conv, rngs=rngs))
-      h, w, c = -(-h // strides), -(-w // strides), f
-      if pool:
-        h, w = h // 2, w // 2
-    self.convs = nnx.List(convs)
+    options.check_positive_ints("CNNClassifier", features=features, hidden=hidden)
+    self.convs, self.pools, (h, w, c) = conv_stack(
+      "CNNClassifier",
+      in_shape,
+      features=features,
+      kernel_size=kernel_size,
+      strides=strides,
+      padding=padding,
+      pool=pool,
+      impl=conv,
+      rngs=rngs,
+    )
     self.dense, width = dense_stack(h * w * c, hidden, rngs=rngs)
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    for conv in self.convs:
-      x = jax.nn.relu(conv(x))
-      if self.pool:
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    x = apply_conv_stack(self.convs, self.pools, x)
     x = x.reshape(x.shape[0], -1)
     for layer in self.dense:
       x = jax.nn.relu(layer(x))

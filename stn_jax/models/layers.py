@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 CONV_IMPLS = ("xla", "patches")
+PADDINGS = ("SAME", "VALID")
 
 
 class Conv(nnx.Conv):
@@ -62,3 +65,75 @@ def extract_patches(x: jax.Array, window: tuple[int, int], strides: tuple[int, i
     x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :] for i in range(kh) for j in range(kw)
   ]
   return jnp.concatenate(rows, axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A stack of convolutions (ReLU, optional 2x2 max-pooling), configured per layer: what the CNN classifier and the CNN
+# localisation net share.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def per_layer(owner: str, name: str, value, count: int) -> tuple:
+  """`value` for each of `count` layers: one value (or a 1-sequence) for all of them, or one per layer."""
+  values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  if len(values) == 1:
+    return values * count
+  if len(values) != count:
+    raise ValueError(f"{owner}: {name} must hold one value or one per convolution ({count}); got {value!r}.")
+  return values
+
+
+def conv_stack(
+  owner: str,
+  in_shape: Sequence[int],
+  *,
+  features: Sequence[int],
+  kernel_size,
+  strides,
+  padding,
+  pool,
+  impl: str,
+  rngs: nnx.Rngs,
+) -> tuple[nnx.List, tuple[bool, ...], tuple[int, int, int]]:
+  """The convolutions of `features` channels (each option one value for all layers or one per layer), which layers
+  max-pool 2x2 after their ReLU, and the (H, W, C) they end at. Raises ValueError naming `owner` when an option is
+  bad or the input shrinks to nothing."""
+  n = len(features)
+  kernels, steps = per_layer(owner, "kernel_size", kernel_size, n), per_layer(owner, "strides", strides, n)
+  paddings, pools = per_layer(owner, "padding", padding, n), per_layer(owner, "pool", pool, n)
+  for name, values, given in (
+    ("features", features, features),
+    ("kernel_size", kernels, kernel_size),
+    ("strides", steps, strides),
+  ):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+      raise ValueError(f"{owner}: {name} must be positive ints; got {given!r}.")
+  if not all(p in PADDINGS for p in paddings):
+    raise ValueError(f"{owner}: padding must be {' or '.join(map(repr, PADDINGS))} (per layer); got {padding!r}.")
+  if not all(isinstance(p, bool) for p in pools):
+    raise ValueError(f"{owner}: pool must be True or False (per layer); got {pool!r}.")
+  h, w, c = in_shape
+  convs = []
+  for i, (f, k, s, p, pooled) in enumerate(zip(features, kernels, steps, paddings, pools, strict=True)):
+    convs.append(Conv(c, f, (k, k), strides=s, padding=p, impl=impl, rngs=rngs))
+    if p == "SAME":
+      h, w = -(-h // s), -(-w // s)
+    else:
+      h, w = (h - k) // s + 1, (w - k) // s + 1
+    h, w, c = (h // 2, w // 2, f) if pooled else (h, w, f)
+    if min(h, w) < 1:
+      raise ValueError(
+        f"{owner}: a {in_shape[0]}x{in_shape[1]} input shrinks to nothing at convolution {i + 1} (kernel {k}, "
+        f"stride {s}, padding {p!r}{', 2x2 max-pool' if pooled else ''}); use smaller kernels, 'SAME' padding or "
+        "fewer layers."
+      )
+  return nnx.List(convs), pools, (h, w, c)
+
+
+def apply_conv_stack(convs: nnx.List, pools: tuple[bool, ...], x: jax.Array) -> jax.Array:
+  """conv -> ReLU (-> 2x2 max-pool) for each layer of a `conv_stack`."""
+  for conv, pooled in zip(convs, pools, strict=True):
+    x = jax.nn.relu(conv(x))
+    if pooled:
+      x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+  return x

@@ -23,7 +23,7 @@ import stn_jax
 from stn_jax import transforms
 from stn_jax.models import options
 from stn_jax.models.classifiers import CLASSIFIERS, dense_stack
-from stn_jax.models.layers import Conv
+from stn_jax.models.layers import apply_conv_stack, conv_stack
 
 TRANSFORMS = (*stn_jax.KINDS, "none")
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu, "gelu": jax.nn.gelu}
@@ -85,14 +85,20 @@ class FCNLocalization(nnx.Module):
 
 
 class CNNLocalization(nnx.Module):
-  """conv `kernel_size` ReLU -> 2x2 max-pool per entry of `features` -> flatten -> dense `hidden` ReLU -> dropout ->
-  dense to the transform parameters.
+  """(max-pool `downsample`x) -> conv ReLU (-> 2x2 max-pool) per entry of `features` -> flatten -> dense `hidden`
+  ReLU -> dropout -> dense to the transform parameters.
+
+  The paper's ST-CNN localisation net (its Appendix A): downsample=2, features=(20, 20), kernel_size=(5,),
+  padding=('VALID',), pool=(True, False) (max-pooling between the two convolutions), hidden=(50,), dropout=0.
 
   Args:
     in_shape: (H, W, C) of the input.
     identity: the identity transform's parameters (the final layer's initial bias).
-    features: output channels of each convolution ('SAME' padding), each followed by 2x2 max-pooling.
-    kernel_size: side of the convolutions' square kernels.
+    downsample: the input is max-pooled by this factor (window and stride) before the convolutions; 1 = not.
+    features: output channels of each convolution.
+    kernel_size: side of the square kernels: one for every convolution, or one per convolution.
+    padding: 'SAME' or 'VALID': one for all, or one per convolution.
+    pool: whether a 2x2 max-pooling follows the convolution: one for all, or one per convolution.
     hidden: widths of the dense ReLU layers after the convolutions.
     dropout: dropout rate before the final layer (training only).
     conv: how the convolutions run: 'xla' or 'patches' (see CNNClassifier).
@@ -104,32 +110,42 @@ class CNNLocalization(nnx.Module):
     in_shape: Sequence[int],
     identity: np.ndarray,
     *,
+    downsample: int = 1,
     features: Sequence[int] = (20, 20),
-    kernel_size: int = 5,
+    kernel_size: Sequence[int] = (5,),
+    padding: Sequence[str] = ("SAME",),
+    pool: Sequence[bool] = (True,),
     hidden: Sequence[int] = (20,),
     dropout: float = 0.2,
     conv: str = "xla",
     rngs: nnx.Rngs,
   ):
-    options.check_positive_ints("CNNLocalization", features=features, kernel_size=kernel_size, hidden=hidden)
+    options.check_positive_ints("CNNLocalization", downsample=downsample, features=features, hidden=hidden)
     options.check_rate("CNNLocalization", "dropout", dropout)
     h, w, c = in_shape
-    if min(h, w) < 2 ** len(features):
-      need = 2 ** len(features)
-      raise ValueError(f"CNNLocalization: {len(features)} 2x2 max-poolings need an input of >= {need} px; got {h}x{w}.")
-    convs = []
-    for f in features:
-      convs.append(Conv(c, f, (kernel_size, kernel_size), padding="SAME", impl=conv, rngs=rngs))
-      h, w, c = h // 2, w // 2, f
-    self.convs = nnx.List(convs)
+    if min(h, w) < downsample:
+      raise ValueError(f"CNNLocalization: downsample {downsample} needs an input of >= {downsample} px; got {h}x{w}.")
+    self.downsample = downsample
+    self.convs, self.pools, (h, w, c) = conv_stack(
+      "CNNLocalization",
+      (h // downsample, w // downsample, c),
+      features=features,
+      kernel_size=kernel_size,
+      strides=1,
+      padding=padding,
+      pool=pool,
+      impl=conv,
+      rngs=rngs,
+    )
     self.dense, width = dense_stack(h * w * c, hidden, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
     self.shape = identity.shape
     self.out = _identity_head(width, identity, rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
-    for conv in self.convs:
-      x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
+    if self.downsample > 1:
+      x = nnx.max_pool(x, (self.downsample,) * 2, strides=(self.downsample,) * 2)
+    x = apply_conv_stack(self.convs, self.pools, x)
     x = x.reshape(x.shape[0], -1)
     for layer in self.dense:
       x = jax.nn.relu(layer(x))
@@ -232,8 +248,8 @@ def config_docs() -> dict[str, str]:
     "transform": f"the spatial transformer's transform: {', '.join(TRANSFORMS)} (none = a baseline without one)",
     "num_control_points": "TPS control points (a perfect square >= 4; the paper's 16)",
     "stn_output_size": "the transformer's output (H, W); () = the input's",
-    "match_params_of": "baselines only: widen the classifier's first hidden layer to the parameter count of this "
-    "transform's model ('' = off)",
+    "match_params_of": "baselines only: widen the classifier's first hidden layer (a CNN without one: its last "
+    "convolution) to the parameter count of this transform's model ('' = off)",
     "localization.kind": f"the localisation net: {', '.join(LOCALIZATIONS)}",
     "classifier.kind": f"the classifier: {', '.join(CLASSIFIERS)}",
   }
@@ -268,13 +284,29 @@ def _build(m, in_shape, seed, *, transform, first_width=None) -> STNClassifier:
     classifier_in = (*out_size, in_shape[2])
   classifier_options = _options(m.classifier)
   if first_width:
-    classifier_options["hidden"] = (first_width, *classifier_options["hidden"][1:])
+    classifier_options.update(_widened(m.classifier.kind, classifier_options, first_width))
   return STNClassifier(transformer, CLASSIFIERS[m.classifier.kind](classifier_in, **classifier_options, rngs=rngs))
+
+
+def _widened(kind: str, classifier_options: dict, width: int) -> dict:
+  """The classifier option that `match_params_of` widens: its first hidden layer, or a CNN's last convolution when
+  it has no hidden layer."""
+  hidden = tuple(classifier_options["hidden"])
+  if hidden:
+    return {"hidden": (width, *hidden[1:])}
+  if kind == "cnn":
+    return {"features": (*tuple(classifier_options["features"])[:-1], width)}
+  raise ValueError("config.model.match_params_of needs a classifier with a hidden layer (or a CNN); got fcn with none.")
 
 
 def _abstract_count(m, in_shape, transform, first_width=None) -> int:
   abstract = nnx.eval_shape(lambda: _build(m, in_shape, 0, transform=transform, first_width=first_width))
   return count_params(abstract)
+
+
+def param_count(model_config, in_shape: Sequence[int]) -> int:
+  """The number of parameters of the model a config's `model` section describes (built abstractly: no memory)."""
+  return count_params(nnx.eval_shape(lambda: create_model(model_config, in_shape, seed=0)))
 
 
 def has_xla_convolutions(model_config) -> bool:
@@ -285,7 +317,7 @@ def has_xla_convolutions(model_config) -> bool:
 
 
 def budget_width(model_config, in_shape: Sequence[int]) -> int:
-  """The first hidden width that gives a baseline (`transform='none'`) the parameter count of the same config with
+  """The width (see `_widened`) that gives a baseline (`transform='none'`) the parameter count of the same config with
   `model.match_params_of` as its transform (the paper compares models of equal size). The count is affine in that
   width, so two evaluations give it exactly."""
   m = model_config
