@@ -18,7 +18,8 @@ def _default():
 
 def test_every_config_file_validates_and_has_a_doc_for_every_field():
   docs = config_lib.field_docs()
-  for spec in ("default.py", "paper_table1.py", "paper_table1.py:cpu", "paper_tc.py", "paper_tc.py:cpu"):
+  specs = [f"{name}.py{budget}" for name in ("paper_table1", "paper_tc") for budget in ("", ":cpu", ":paper")]
+  for spec in ("default.py", *specs):
     config = config_lib.load(ROOT / "configs" / spec)
     config_lib.validate(config)
     missing = [f for f in config_lib.flatten(config_lib.to_dict(config)) if len(docs.get(f, "")) < 8]

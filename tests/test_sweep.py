@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stn_jax import config_lib
+from stn_jax import config_lib, models
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("sweep", ROOT / "experiments" / "sweep.py")
@@ -36,6 +36,42 @@ def test_table1_and_tc_sweeps_cover_the_paper():
   assert {r["model.transform"] for r in runs} == {"none", "affine", "projective", "tps"}
   _, tc = sweep.load_sweep(ROOT / "configs" / "paper_tc.py")
   assert len(tc) == 4
+
+
+def test_the_paper_budget_is_the_papers_recipe_for_every_row():
+  """Every run of the `paper` sweeps: the paper's variants, networks and optimiser (docs/paper_recipe.md)."""
+  for spec, variants, count in (
+    ("paper_table1.py:paper", {"R", "paper-RTS", "paper-P", "paper-E"}, 32),
+    ("paper_tc.py:paper", {"paper-TC"}, 4),
+  ):
+    base, runs = sweep.load_sweep(ROOT / "configs" / spec)
+    planned = sweep.plan(base, runs, [{}], {})
+    assert len(planned) == count
+    assert {p["config"].dataset.name for p in planned} == variants
+    for p in planned:
+      c = p["config"]
+      assert (c.batch_size, c.num_train_steps, c.num_seeds, c.learning_rate) == (256, 150_000, 3, 0.01)
+      assert (c.optimizer.name, c.optimizer.schedule, tuple(c.optimizer.decay_steps)) == (
+        "sgd",
+        "step",
+        (50_000, 100_000),
+      )
+      assert c.optimizer.localization_lr_multiplier == 1.0 and c.optimizer.weight_decay == 0.0
+      m = c.model
+      if m.classifier.kind == "cnn":  # conv 9x9 -> pool -> conv 7x7 -> pool -> softmax: three weight layers
+        model = models.create_model(m, config_lib.input_shape(c), seed=0)
+        assert [conv.kernel[...].shape[:2] for conv in model.classifier.convs] == [(9, 9), (7, 7)]
+        assert len(model.classifier.dense) == 0 and model.classifier.pools == (True, True)
+      if m.transform != "none":
+        assert m.localization.kind == m.classifier.kind  # ST-FCN: FCN localisation; ST-CNN: CNN localisation
+      # All models of a dataset about the same size (within 30 %; docs/paper_recipe.md has the counts).
+    counts = {}
+    for p in planned:
+      counts.setdefault(p["config"].dataset.name, []).append(
+        models.param_count(p["config"].model, config_lib.input_shape(p["config"]))
+      )
+    for name, values in counts.items():
+      assert max(values) < 1.3 * min(values), (name, values)
 
 
 def test_a_misspelt_swept_key_is_refused():

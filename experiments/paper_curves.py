@@ -1,0 +1,73 @@
+r"""Validation (and train) error against steps of paper-recipe runs, beside the paper's test error: one figure.
+
+  python experiments/paper_curves.py --runs=runs/gpu/rts_cnn,runs/gpu/rts_st_cnn_aff --out=docs/paper_curves_rts.png
+
+Reads each workdir's metrics.jsonl (a run stopped early has the evaluations it reached) and config.json, labels each
+curve by its model and dataset (experiments/paper_table.py's names), draws the paper's number as a dashed line of the
+same colour and prints a table of the last evaluation of each run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+from absl import app, flags
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from stn_jax import config_lib
+from stn_jax.metrics import read_metrics
+
+paper_table = config_lib.import_sibling(Path(__file__), "paper_table")
+
+_RUNS = flags.DEFINE_list("runs", None, "Workdirs of the runs to plot.", required=True)
+_OUT = flags.DEFINE_string("out", None, "The figure (png).", required=True)
+
+
+def paper_number(model: str, column: str) -> float | None:
+  if column == "TC":
+    return paper_table.PAPER_TC.get(model)
+  columns = paper_table.paper_table1.DATASETS
+  return paper_table.PAPER[model][columns.index(column)] if column in columns else None
+
+
+def main(argv):
+  del argv
+  fig, ax = plt.subplots(figsize=(8, 5))
+  print("| run | steps reached | val error % | train error % | paper test error % |\n|---|---:|---:|---:|---:|")
+  for i, run in enumerate(Path(r) for r in _RUNS.value):
+    config = config_lib.migrate(json.loads((run / "config.json").read_text()))
+    model, column = paper_table.model_name(config), paper_table.column(config["dataset"]["name"])
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "val_accuracy" in r]
+    if not rows:
+      print(f"| {run.name} | no evaluation yet | | | |")
+      continue
+    steps = [r["step"] for r in rows]
+    color = f"C{i}"
+    label = f"{model} on {config['dataset']['name']}"
+    ax.plot(steps, [100 * (1 - r["val_accuracy"]) for r in rows], color=color, marker="o", ms=3, label=f"{label}: val")
+    ax.plot(steps, [100 * (1 - r["train_accuracy"]) for r in rows], color=color, ls=":", label=f"{label}: train")
+    paper = paper_number(model, column)
+    if paper is not None:
+      ax.axhline(paper, color=color, ls="--", lw=1, label=f"{model} {column}: the paper's test error")
+    last = rows[-1]
+    print(
+      f"| {run.name} ({label}) | {last['step']:,} of {config.get('num_train_steps') or '?'} | "
+      f"{100 * (1 - last['val_accuracy']):.2f} | {100 * (1 - last['train_accuracy']):.2f} | {paper} |"
+    )
+  ax.set_yscale("log")
+  ax.set_xlabel("training step (batch 256)")
+  ax.set_ylabel("error % (log scale)")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(_OUT.value, dpi=110)
+  print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
