@@ -139,7 +139,7 @@ def affine_grid_core(theta, size, align_corners):
 _affine_grid_jit = jax.jit(affine_grid_core, static_argnums=(1, 2))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _affine_grid(size, align_corners, theta):
   x, y = (jnp.asarray(c, theta.dtype) for c in _identity_xy(size, align_corners))
   # Written out rather than as a matmul: a contraction over 3 is far slower than three fused multiply-adds on CPU.
@@ -149,19 +149,16 @@ def _affine_grid(size, align_corners, theta):
   return jnp.stack([gx, gy], axis=-1)
 
 
-def _affine_grid_fwd(size, align_corners, theta):
-  return _affine_grid(size, align_corners, theta), None
-
-
-def _affine_grid_bwd(size, align_corners, _, g):
-  # The transpose is one contraction over the H_out * W_out pixels (autodiff would emit six separate reductions).
+@_affine_grid.defjvp
+def _affine_grid_jvp(size, align_corners, primals, tangents):
+  # The grid is linear in theta, so its tangent is the grid of the tangent; here as one contraction with the
+  # (P, 3) pixel coordinates, so that reverse mode (its transpose) is one contraction over the H_out * W_out pixels
+  # (the transpose of the multiply-adds above would be six separate reductions).
+  (theta,), (d_theta,) = primals, tangents
   x, y = _identity_xy(size, align_corners)
-  base = jnp.asarray(np.stack([x.ravel(), y.ravel(), np.ones(x.size)], axis=-1), g.dtype)  # (P, 3)
-  g = g.reshape(*g.shape[:-3], x.size, 2)
-  return (jnp.einsum("...pj,pk->...jk", g, base, precision=HIGHEST),)
-
-
-_affine_grid.defvjp(_affine_grid_fwd, _affine_grid_bwd)
+  base = jnp.asarray(np.stack([x.ravel(), y.ravel(), np.ones(x.size)], axis=-1), d_theta.dtype)  # (P, 3)
+  d_grid = jnp.einsum("...jk,pk->...pj", d_theta, base, precision=HIGHEST)
+  return _affine_grid(size, align_corners, theta), d_grid.reshape(*d_theta.shape[:-2], *size, 2)
 
 
 @v.keyword_only()

@@ -3,10 +3,12 @@
 `grid_sample` is numerically the function `torch.nn.functional.grid_sample` (values, and gradients with respect to the
 image and to the grid, in every mode and padding mode), but channels-last: image (N, H, W, C) or (H, W, C).
 
-The bilinear path has a hand-written VJP. On CPU, XLA's autodiff of a gather-based sampler spends most of its backward
-pass re-deriving what the forward already had; here the forward keeps the two finite differences the grid cotangent
-needs (so a backward to the grid alone is a few fused multiply-adds), and the image cotangent is four scatter-adds into
-a zero-padded buffer with no masks. Nearest and bicubic sampling are differentiated by JAX's autodiff.
+The bilinear path has a hand-written JVP (`jax.custom_jvp`), so forward mode (`jax.jvp`, `jax.jacfwd`, `jax.hessian`)
+works through it, and reverse mode is JAX's transpose of it. On CPU, XLA's autodiff of a gather-based sampler spends
+most of its backward pass re-deriving what the forward already had; this tangent is written so that its transpose is
+the backward pass a hand-written VJP would do: to the grid, the four taps times the channels of g and a few fused
+multiply-adds per point; to the image, one scatter-add into a zero-padded buffer with no masks. Nearest and bicubic
+sampling are differentiated by JAX's autodiff.
 """
 
 from __future__ import annotations
@@ -77,13 +79,6 @@ def _snap(coord: jax.Array, size: int) -> jax.Array:
   return jnp.where(jnp.abs(coord - nearest) <= tol, nearest, coord)
 
 
-def _channel_sum(x: jax.Array) -> jax.Array:
-  # XLA:CPU reduces a short minor axis very slowly (a sum over C=3 costs ~10x the unrolled adds).
-  if x.shape[-1] <= 8:
-    return functools.reduce(jnp.add, [x[..., c] for c in range(x.shape[-1])])
-  return x.sum(-1)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Gathers from a zero-padded, flattened image: any out-of-range tap reads a zero, no masks needed.
 # ----------------------------------------------------------------------------------------------------------------------
@@ -108,7 +103,7 @@ def _take(flat: jax.Array, index: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Bilinear, with a custom VJP.
+# Bilinear, with a custom JVP whose tangent is linear in the tangents (so JAX transposes it to the reverse pass).
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -149,54 +144,87 @@ def _source_coords(grid, shape, padding_mode, align_corners):
   return ix, iy
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _bilinear(padding_mode, align_corners, image, grid):
-  ix, iy = _source_coords(grid, image.shape, padding_mode, align_corners)
-  (v00, v01, v10, v11), fx, fy, _ = _bilinear_gather(image.shape, image, ix, iy)
+def _lerp(v00, v01, v10, v11, fx, fy):
+  """Bilinear interpolation of the four taps (top-left, top-right, bottom-left, bottom-right)."""
   top = v00 + (v01 - v00) * fx
   bottom = v10 + (v11 - v10) * fx
   return top + (bottom - top) * fy
 
 
-def _bilinear_fwd(padding_mode, align_corners, image, grid):
-  # Only the inputs are kept: re-gathering in the backward costs less than saving residuals, because the gathers
-  # fuse with the arithmetic into one parallel loop, while saved arrays cost memory traffic in both passes.
-  return _bilinear(padding_mode, align_corners, image, grid), (image, grid)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _bilinear(padding_mode, align_corners, image, grid):
+  ix, iy = _source_coords(grid, image.shape, padding_mode, align_corners)
+  (v00, v01, v10, v11), fx, fy, _ = _bilinear_gather(image.shape, image, ix, iy)
+  return _lerp(v00, v01, v10, v11, fx, fy)
 
 
-def _bilinear_bwd(padding_mode, align_corners, residuals, g):
-  image, grid = residuals
+def _is_zero(tangent) -> bool:
+  return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+
+
+def _broadcast_channels(x: jax.Array, c: int) -> jax.Array:
+  """(N, P) -> (N, P, C). Reverse mode transposes this to a sum over channels; for a few channels it is written as
+  copies, so that the sum is unrolled adds: XLA:CPU reduces a short minor axis very slowly (a sum over C=3 costs ~10x
+  the unrolled adds)."""
+  if c == 1 or c > 8:
+    return jnp.broadcast_to(x[..., None], (*x.shape, c))
+  return jnp.stack([x] * c, -1)
+
+
+@functools.partial(_bilinear.defjvp, symbolic_zeros=True)
+def _bilinear_jvp(padding_mode, align_corners, primals, tangents):
+  # Reverse mode is this rule linearised and transposed: what involves no tangent runs in the forward pass, and the
+  # tangent, linear in (d_image, d_grid), is written so that its transpose is the backward pass a hand-written VJP
+  # would do (XLA fuses it with the gathers it needs into one loop):
+  #   d_grid -> (d out / d ix) d ix + (d out / d iy) d iy, transposed to a few multiply-adds per point;
+  #   d_image -> the same bilinear interpolation of d_image, transposed to a scatter-add of the bilinear weights
+  #     times g into a zero-padded buffer with no masks.
+  image, grid = primals
+  d_image, d_grid = tangents
   shape = image.shape
-  n, h, w, c = shape
-  (ix, iy), coords_vjp = jax.vjp(lambda gr: _source_coords(gr, shape, padding_mode, align_corners), grid)
-  # XLA:CPU fuses whatever it can into per-element loops and then recomputes shared inputs for every element; the
-  # optimization barriers below materialise the small (N, P) intermediates once instead.
-  fx, fy, taps = lax.optimization_barrier(_bilinear_taps(shape, ix, iy))
-  flat = _padded_flat(image)
-  # Grid cotangent. With s_k = sum_c g_c * v_k,c for the four taps k, d loss / d ix = (s01 - s00)(1 - fy) +
-  # (s11 - s10) fy and likewise for iy: one gather per tap and channel, as in the forward.
-  s00, s01, s10, s11 = lax.optimization_barrier(tuple(_channel_sum(g * _take(flat, t)) for t in taps))
-  g_ix = (s01 - s00) + ((s11 - s10) - (s01 - s00)) * fy
-  g_iy = (s10 - s00) + ((s11 - s01) - (s10 - s00)) * fx
-  (g_grid,) = coords_vjp((g_ix, g_iy))
-  # Image cotangent: scatter-adds of the bilinear weights times g into the zero-padded image.
-  fx = fx[..., None]
-  g_bottom = g * fy[..., None]
-  g_top = g - g_bottom
-  updates = (g_top - g_top * fx, g_top * fx, g_bottom - g_bottom * fx, g_bottom * fx)
-  g_image = jnp.zeros((n * (h + 2) * (w + 2), c), g.dtype)
-  # XLA:CPU runs a scatter as one serial loop costing ~2.5 ns per value: four chained scatters are fastest for one
-  # channel, one scatter of all four taps (fewer passes over the buffer) for several.
-  if c == 1:
-    for tap, update in zip(taps, updates, strict=True):
-      g_image = g_image.at[tap].add(update, mode="promise_in_bounds")
+  c = shape[-1]
+
+  def coords(gr):
+    return _source_coords(gr, shape, padding_mode, align_corners)
+
+  if _is_zero(d_grid):
+    ix, iy = coords(grid)
   else:
-    g_image = g_image.at[jnp.stack(taps, -1)].add(jnp.stack(updates, -2), mode="promise_in_bounds")
-  g_image = g_image.reshape(n, h + 2, w + 2, c)[:, 1:-1, 1:-1]
-  return g_image, g_grid
-
-
-_bilinear.defvjp(_bilinear_fwd, _bilinear_bwd)
+    (ix, iy), (d_ix, d_iy) = jax.jvp(coords, (grid,), (d_grid,))
+  # XLA:CPU fuses whatever it can into per-element loops and then recomputes shared inputs for every element; the
+  # optimization barrier materialises the small (N, P) intermediates once instead.
+  fx, fy, taps = lax.optimization_barrier(_bilinear_taps(shape, ix, iy))
+  fx, fy = fx[..., None], fy[..., None]
+  flat = _padded_flat(image)
+  v00, v01, v10, v11 = (_take(flat, t) for t in taps)
+  out = _lerp(v00, v01, v10, v11, fx, fy)
+  tangent_out = []
+  if not _is_zero(d_grid):
+    # d out = sum_k v_k a_k, with a_k the derivatives of the four bilinear weights times (d ix, d iy), written so
+    # that the transpose is: s_k = sum_c g_c v_k,c, then g_ix = (s01 - s00) + ((s11 - s10) - (s01 - s00)) fy and
+    # g_iy = (s10 - s00) + ((s11 - s01) - (s10 - s00)) fx, the per-point multiply-adds of the backward pass.
+    w_x = fy[..., 0] * d_ix
+    p_x = d_ix - w_x
+    w_y = fx[..., 0] * d_iy
+    p_y = d_iy - w_y
+    weights = (-p_x - p_y, p_x - w_y, p_y - w_x, w_x + w_y)
+    taps_times_weights = (v * _broadcast_channels(a, c) for v, a in zip((v00, v01, v10, v11), weights, strict=True))
+    tangent_out.append(functools.reduce(jnp.add, taps_times_weights))
+  if not _is_zero(d_image):
+    d_flat = _padded_flat(d_image)
+    # Reverse mode transposes this gather to a scatter-add, which XLA:CPU runs as one serial loop costing ~2.5 ns per
+    # value; one gather of all four taps keeps it to one scatter. With one channel the taps go one after another
+    # (the order of four chained scatters, the fastest there); with several, each point's four taps together (fewer
+    # passes over the buffer).
+    if c == 1:
+      p = taps[0].shape[-1]
+      gathered = _take(d_flat, jnp.concatenate(taps, -1))  # (N, 4P, 1)
+      d_taps = [gathered[:, k * p : (k + 1) * p] for k in range(4)]
+    else:
+      gathered = _take(d_flat, jnp.stack(taps, -1))  # (N, P, 4, C)
+      d_taps = [gathered[..., k, :] for k in range(4)]
+    tangent_out.append(_lerp(*d_taps, fx, fy))
+  return out, functools.reduce(jnp.add, tangent_out)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
