@@ -1,7 +1,10 @@
 r"""Before/after in one process: the affine warp of another git revision's sampler (stn_jax/sampling.py and grids.py)
 against the working tree's, the two timed in alternating blocks, so that machine noise hits both alike.
 
-  python experiments/benchmark_revisions.py --before=397a824 [--cases=256x40x40x1:40x40,...] [--repeats=60]
+  python experiments/benchmark_revisions.py --before=397a824 [--cases=256x40x40x1:40x40,2x64x64x64x4:64x64x64,...]
+    [--repeats=60]
+
+A case is NxHxWxC:HOxWO (an image, warped by a 2-D affine grid) or NxDxHxWxC:DOxHOxWO (a volume, by a 3-D one).
 
 Prints, per case and pass (forward; backward to theta; backward to theta and image), the median ms of each, the ratio
 after/before (below 1: the working tree is faster) and the largest relative difference of their results.
@@ -26,7 +29,9 @@ from stn_jax import grids, sampling
 
 _BEFORE = flags.DEFINE_string("before", None, "The git revision to compare with.", required=True)
 _CASES = flags.DEFINE_list(
-  "cases", ["256x40x40x1:40x40", "128x60x60x1:40x40", "32x128x128x3:128x128"], "NxHxWxC:HOxWO cases."
+  "cases",
+  ["256x40x40x1:40x40", "128x60x60x1:40x40", "32x128x128x3:128x128"],
+  "NxHxWxC:HOxWO (image) or NxDxHxWxC:DOxHOxWO (volume) cases.",
 )
 _REPEATS = flags.DEFINE_integer("repeats", 60, "Timed calls per pass and revision.", lower_bound=5)
 _BLOCK = 6  # calls per revision before switching (the first of each block is not timed)
@@ -50,8 +55,21 @@ def load_revision(revision: str, directory: Path) -> tuple:
   return tuple(out)
 
 
+def parse_case(case: str):
+  """'NxHxWxC:HOxWO' (an image) or 'NxDxHxWxC:DOxHOxWO' (a volume) -> (n, spatial in, c, spatial out)."""
+  left, right = case.split(":")
+  n, *spatial, c = (int(s) for s in left.split("x"))
+  out = tuple(int(s) for s in right.split("x"))
+  if len(spatial) not in (2, 3) or len(out) != len(spatial):
+    raise ValueError(f"--cases: {case!r} is neither NxHxWxC:HOxWO nor NxDxHxWxC:DOxHOxWO.")
+  return n, tuple(spatial), c, out
+
+
 def passes(sampling_module, grids_module, size) -> dict:
   def warp(image, theta):
+    if len(size) == 3:  # a volume
+      grid = grids_module._affine_grid_3d(theta, size, False)
+      return sampling_module._grid_sample_3d(image, grid, "bilinear", "zeros", False)
     grid = grids_module.affine_grid_core(theta, size, False)
     return sampling_module.grid_sample_core(image, grid, "bilinear", "zeros", False)
 
@@ -87,12 +105,13 @@ def main(argv):
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; before = {_BEFORE.value}, after = the working tree")
   print("| case | pass | before ms | after ms | after/before | max rel. diff |\n|---|---|---:|---:|---:|---:|")
   for case in _CASES.value:
-    n, h, w, c, ho, wo = map(int, re.split("[x:]", case))
+    n, spatial, c, out_size = parse_case(case)
+    k = len(spatial)
     rng = np.random.default_rng(0)
-    image = jnp.asarray(rng.random((n, h, w, c), dtype=np.float32))
-    theta = jnp.asarray(np.eye(2, 3, dtype=np.float32) + 0.1 * rng.standard_normal((n, 2, 3), np.float32))
-    weight = jnp.asarray(rng.standard_normal((n, ho, wo, c), np.float32))
-    old, new = passes(*before, (ho, wo)), passes(sampling, grids, (ho, wo))
+    image = jnp.asarray(rng.random((n, *spatial, c), dtype=np.float32))
+    theta = jnp.asarray(np.eye(k, k + 1, dtype=np.float32) + 0.1 * rng.standard_normal((n, k, k + 1), np.float32))
+    weight = jnp.asarray(rng.standard_normal((n, *out_size, c), np.float32))
+    old, new = passes(*before, out_size), passes(sampling, grids, out_size)
     for name in old:
       args = (image, theta, weight)
       a, b = jax.tree.leaves(old[name](*args)), jax.tree.leaves(new[name](*args))

@@ -341,7 +341,8 @@ PER_LAYER_OPTIONS = ("kernel_size", "strides", "pool")
 
 def with_defaults(config: dict) -> dict:
   """A current-version config with the fields added since it was written filled in: ADDED_DEFAULTS, and model
-  options a constructor gained later at their defaults (a new option's default keeps the old behaviour)."""
+  options a constructor gained later at their defaults (a new option's default keeps the old behaviour); CNN options
+  written as one value for every layer become the 1-sequences that mean the same (PER_LAYER_OPTIONS)."""
   config = dict(config)
   for key, value in ADDED_DEFAULTS.items():
     config.setdefault(key, value)
