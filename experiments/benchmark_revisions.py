@@ -66,12 +66,8 @@ def parse_case(case: str):
 
 
 def passes(sampling_module, grids_module, size) -> dict:
-  def warp(image, theta):
-    if len(size) == 3:  # a volume
-      grid = grids_module._affine_grid_3d(theta, size, False)
-      return sampling_module._grid_sample_3d(image, grid, "bilinear", "zeros", False)
-    grid = grids_module.affine_grid_core(theta, size, False)
-    return sampling_module.grid_sample_core(image, grid, "bilinear", "zeros", False)
+  def warp(image, theta):  # the public functions (their checks run once, when the jitted pass is traced)
+    return sampling_module.grid_sample(image, grids_module.affine_grid(theta, size))
 
   def loss(image, theta, weight):
     return jnp.sum(warp(image, theta) * weight)

@@ -7,8 +7,8 @@ The bilinear path has a hand-written JVP (`jax.custom_jvp`), so forward mode (`j
 works through it, and reverse mode is JAX's transpose of it. On CPU, XLA's autodiff of a gather-based sampler spends
 most of its backward pass re-deriving what the forward already had; this tangent is written so that its transpose is
 the backward pass a hand-written VJP would do: to the grid, the four taps times the channels of g and a few fused
-multiply-adds per point; to the image, one scatter-add into a zero-padded buffer with no masks. Nearest and bicubic
-sampling are differentiated by JAX's autodiff.
+multiply-adds per point; to the image, one scatter-add into a zero-padded buffer with no masks. The trilinear sampler
+of volumes has one of the same kind (eight taps). Nearest and bicubic sampling are differentiated by JAX's autodiff.
 """
 
 from __future__ import annotations
@@ -396,7 +396,8 @@ _grid_sample_jit = jax.jit(grid_sample_core, static_argnums=(2, 3, 4))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Volumes: (N, D, H, W, C) sampled at (x, y, z) grids, trilinear or nearest (plain autodiff: both modes of it).
+# Volumes: (N, D, H, W, C) sampled at (x, y, z) grids, trilinear (a custom JVP, as the bilinear one) or nearest
+# (autodiff).
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -421,6 +422,138 @@ def _check_volume_args(func, image, grid, mode):
     raise ValueError(f"{func}: volume of shape {image_shape} has too many voxels for int32 indexing; split the batch.")
 
 
+def _volume_coords(points, shape, padding_mode, align_corners):
+  """Voxel-index coordinates (ix, iy, iz), each (N, P), of normalised points (N, P, 3), after the padding mode."""
+  _, d, h, w, _ = shape
+  return tuple(
+    _apply_padding(_unnormalize(points[..., axis], size, align_corners), size, padding_mode, align_corners)
+    for axis, size in enumerate((w, h, d))
+  )
+
+
+def _volume_flat(volume: jax.Array) -> jax.Array:
+  c = volume.shape[-1]
+  return jnp.pad(volume, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0))).reshape(-1, c)
+
+
+def _volume_index(xi, yi, zi, shape) -> jax.Array:
+  """Flat index into `_volume_flat` of integer voxel (xi, yi, zi); out-of-range voxels land on the zero border."""
+  n, d, h, w, _ = shape
+  batch_offset = (jnp.arange(n, dtype=jnp.int32) * ((d + 2) * (h + 2) * (w + 2)))[:, None]
+  xp, yp, zp = (jnp.clip(i + 1, 0, size + 1) for i, size in ((xi, w), (yi, h), (zi, d)))
+  return batch_offset + (zp * (h + 2) + yp) * (w + 2) + xp
+
+
+def _trilinear_taps(shape, coords):
+  """Fractional parts (fx, fy, fz), each (N, P), and the eight flat tap indices, x fastest, then y, then z."""
+  _, d, h, w, _ = shape
+  # As in `_bilinear_taps`: the clamp changes no tap's in/out status and keeps the indices in int32.
+  snapped = [_snap(jnp.clip(coord, -2.0, size + 1.0), size) for coord, size in zip(coords, (w, h, d), strict=True)]
+  lows = [jnp.floor(coord) for coord in snapped]
+  fracs = tuple(coord - low for coord, low in zip(snapped, lows, strict=True))
+  lows = [low.astype(jnp.int32) for low in lows]
+  taps = tuple(
+    _volume_index(lows[0] + dx, lows[1] + dy, lows[2] + dz, shape) for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)
+  )
+  return fracs, taps
+
+
+def _trilinear_combine(values, fracs):
+  """sum_k w_k v_k over the eight taps (order of `_trilinear_taps`), w_k the product of fx or 1 - fx, etc."""
+  fracs = [frac[..., None] for frac in fracs]
+  out = 0.0
+  taps = iter(values)
+  for dz in (0, 1):
+    for dy in (0, 1):
+      for dx in (0, 1):
+        weight = 1.0
+        for frac, step in zip(fracs, (dx, dy, dz), strict=True):
+          weight = weight * (frac if step else 1.0 - frac)
+        out = out + weight * next(taps)
+  return out
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _trilinear(padding_mode, align_corners, volume, points):
+  fracs, taps = _trilinear_taps(volume.shape, _volume_coords(points, volume.shape, padding_mode, align_corners))
+  flat = _volume_flat(volume)
+  return _trilinear_combine([_take(flat, t) for t in taps], fracs)
+
+
+def _split(fracs, tangent):
+  """(1 - f) t and f t for the fractional part f of the other axis: a linear split of a tangent per point."""
+  high = fracs * tangent
+  return tangent - high, high
+
+
+@functools.partial(_trilinear.defjvp, symbolic_zeros=True)
+def _trilinear_jvp(padding_mode, align_corners, primals, tangents):
+  # As `_bilinear_jvp`, with eight taps: what involves no tangent runs in the forward pass, and the tangent, linear in
+  # (d_volume, d_points), transposes to the backward pass a hand-written VJP would do.
+  volume, points = primals
+  d_volume, d_points = tangents
+  shape = volume.shape
+  c = shape[-1]
+
+  def coords(p):
+    return _volume_coords(p, shape, padding_mode, align_corners)
+
+  if _is_zero(d_points):
+    ixyz = coords(points)
+  elif c == 1:
+    ixyz, d_ixyz = jax.jvp(coords, (points,), (d_points,))
+  else:
+    # Per axis (each coordinate depends on its own axis alone), on a split of the tangent rather than an index of it:
+    # reverse mode then assembles the three components of the points' cotangent with one concatenate, one loop with
+    # the gathers fused in, instead of three loops that each redo the eight taps times the channels and add into
+    # zero-padded copies (2x faster for 2x64^3x4; with one channel the gathers, fused, would run three times).
+    ixyz = coords(points)
+    _, d, h, w, _ = shape
+    d_ixyz = tuple(
+      jax.jvp(
+        lambda q, size=size: _apply_padding(_unnormalize(q, size, align_corners), size, padding_mode, align_corners),
+        (points[..., axis],),
+        (part[..., 0],),
+      )[1]
+      for axis, (size, part) in enumerate(zip((w, h, d), lax.split(d_points, (1, 1, 1), axis=-1), strict=True))
+    )
+  fracs, taps = lax.optimization_barrier(_trilinear_taps(shape, ixyz))
+  flat = _volume_flat(volume)
+  values = [_take(flat, t) for t in taps]
+  out = _trilinear_combine(values, fracs)
+  tangent_out = []
+  if not _is_zero(d_points):
+    # d out = sum_k v_k a_k, a_k the derivative of the k-th trilinear weight times (d ix, d iy, d iz). Along each axis
+    # the derivative is the bilinear weight of the other two axes times +-1 (the tap's side), so a_k is the sum of
+    # three terms, one per axis, each a bilinear split of that axis' tangent. Transposed: s_k = sum_c g_c v_k,c (the
+    # copies of `_broadcast_channels` make it unrolled adds), then per axis the differences of s_k across it, weighted
+    # bilinearly: a few multiply-adds per point.
+    fx, fy, fz = fracs
+    d_ix, d_iy, d_iz = d_ixyz
+
+    def bilinear_split(tangent, f_a, f_b):  # [b][a]: (1 - f_b or f_b) (1 - f_a or f_a) tangent
+      return [_split(f_a, part) for part in _split(f_b, tangent)]
+
+    along_x = bilinear_split(d_ix, fy, fz)  # [dz][dy]
+    along_y = bilinear_split(d_iy, fx, fz)  # [dz][dx]
+    along_z = bilinear_split(d_iz, fx, fy)  # [dy][dx]
+    weights = []
+    for dz in (0, 1):
+      for dy in (0, 1):
+        for dx in (0, 1):
+          terms = (along_x[dz][dy], along_y[dz][dx], along_z[dy][dx])
+          signed = [term if step else -term for term, step in zip(terms, (dx, dy, dz), strict=True)]
+          weights.append(signed[0] + signed[1] + signed[2])
+    products = (v * _broadcast_channels(a, c) for v, a in zip(values, weights, strict=True))
+    tangent_out.append(functools.reduce(jnp.add, products))
+  if not _is_zero(d_volume):
+    # Eight gathers as the primal's, transposed to eight scatter-adds: for volumes faster than one scatter of all
+    # eight taps together (1.7x for 2x64^3x4, 1.6x for 8x32^3x1).
+    d_flat = _volume_flat(d_volume)
+    tangent_out.append(_trilinear_combine([_take(d_flat, t) for t in taps], fracs))
+  return out, functools.reduce(jnp.add, tangent_out)
+
+
 def _grid_sample_3d(image, grid, mode, padding_mode, align_corners):
   batched = image.ndim == 5
   if not batched:
@@ -430,37 +563,16 @@ def _grid_sample_3d(image, grid, mode, padding_mode, align_corners):
   dtype = jnp.promote_types(jnp.promote_types(image.dtype, grid.dtype), jnp.float32)
   x = image.astype(dtype)
   points = grid.astype(dtype).reshape(n, -1, 3)
-  coords = [
-    _apply_padding(_unnormalize(points[..., axis], size, align_corners), size, padding_mode, align_corners)
-    for axis, size in enumerate((w, h, d))
-  ]
-  flat = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0))).reshape(-1, c)
-  batch_offset = (jnp.arange(n, dtype=jnp.int32) * ((d + 2) * (h + 2) * (w + 2)))[:, None]
-
-  def index(xi, yi, zi):  # out-of-range voxels land on the zero border
-    xp, yp, zp = (jnp.clip(i + 1, 0, size + 1) for i, size in ((xi, w), (yi, h), (zi, d)))
-    return batch_offset + (zp * (h + 2) + yp) * (w + 2) + xp
-
   if mode == "nearest":
 
     def nearest(coord, size):
       return jax.lax.stop_gradient(jnp.round(jnp.clip(jnp.nan_to_num(coord, nan=-2.0), -2.0, size + 1.0)))
 
+    coords = _volume_coords(points, x.shape, padding_mode, align_corners)
     xi, yi, zi = (nearest(coord, size).astype(jnp.int32) for coord, size in zip(coords, (w, h, d), strict=True))
-    out = _take(flat, index(xi, yi, zi))
+    out = _take(_volume_flat(x), _volume_index(xi, yi, zi, x.shape))
   else:
-    snapped = [_snap(jnp.clip(coord, -2.0, size + 1.0), size) for coord, size in zip(coords, (w, h, d), strict=True)]
-    lows = [jnp.floor(coord) for coord in snapped]
-    fracs = [(coord - low)[..., None] for coord, low in zip(snapped, lows, strict=True)]
-    lows = [low.astype(jnp.int32) for low in lows]
-    out = 0.0
-    for dz in (0, 1):
-      for dy in (0, 1):
-        for dx in (0, 1):
-          weight = 1.0
-          for frac, step in zip(fracs, (dx, dy, dz), strict=True):
-            weight = weight * (frac if step else 1.0 - frac)
-          out = out + weight * _take(flat, index(lows[0] + dx, lows[1] + dy, lows[2] + dz))
+    out = _trilinear(padding_mode, align_corners, x, points)
   out = out.reshape(n, *out_shape, c).astype(image.dtype)
   return out if batched else out[0]
 

@@ -115,13 +115,13 @@ def _shapes(volume):
   [(*combo, False) for combo in COMBOS_2D] + [(*combo, True) for combo in COMBOS_3D],
 )
 def test_grid_sample_forward_mode_matches_finite_differences(mode, padding_mode, align_corners, volume):
-  # jvp in a random direction (t_image, t_grid) against central differences, and for bilinear sampling of images
-  # (whose custom JVP, transposed, is its reverse mode) against reverse mode: <c, jvp(t)> = <vjp(c), t> for a random
-  # cotangent c. Every mode's jacfwd against its jacrev, and jax.linearize, below.
+  # jvp in a random direction (t_image, t_grid) against central differences, and for bilinear sampling of images and
+  # volumes (whose custom JVPs, transposed, are their reverse mode) against reverse mode: <c, jvp(t)> = <vjp(c), t>
+  # for a random cotangent c. Every mode's jacfwd against its jacrev, and jax.linearize, below.
   rng, seed = _rng()
   options = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
   in_shape, out_shape = _shapes(volume)
-  reverse = mode == "bilinear" and not volume
+  reverse = mode == "bilinear"
   with jax.enable_x64(True):
     image = jnp.asarray(rng.standard_normal((2, *in_shape, 2)))
     grid = jnp.asarray(_random_points(rng, (2,), out_shape, in_shape, align_corners=align_corners))
@@ -229,8 +229,8 @@ def _theta_away_from_kinks(rng, in_hw, size, align_corners, margin=1e-4):
 
 @pytest.mark.parametrize("padding_mode", stn_jax.PADDING_MODES)
 def test_hessian_of_a_bilinear_warp_loss(padding_mode):
-  # Bilinear sampling and the 2-D affine grid, the two functions with custom JVPs. (The Hessians of the other modes
-  # and of volumes are plain JAX autodiff, as their jacfwd and jacrev above.)
+  # Bilinear sampling and the 2-D affine grid, two functions with custom JVPs. (The Hessians of the other modes and
+  # of volumes are as their jacfwd and jacrev above.)
   rng, seed = _rng()
   align_corners = bool(rng.integers(2))
   seed = f"{seed}, align_corners={align_corners}"
