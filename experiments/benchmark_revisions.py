@@ -26,7 +26,9 @@ import numpy as np
 from absl import app, flags
 
 from stn_jax import grids, sampling
+from stn_jax.config_lib import import_sibling
 
+benchmark_cases = import_sibling(__file__, "benchmark_cases")
 _BEFORE = flags.DEFINE_string("before", None, "The git revision to compare with.", required=True)
 _CASES = flags.DEFINE_list(
   "cases",
@@ -53,16 +55,6 @@ def load_revision(revision: str, directory: Path) -> tuple:
     spec.loader.exec_module(module)
     out.append(module)
   return tuple(out)
-
-
-def parse_case(case: str):
-  """'NxHxWxC:HOxWO' (an image) or 'NxDxHxWxC:DOxHOxWO' (a volume) -> (n, spatial in, c, spatial out)."""
-  left, right = case.split(":")
-  n, *spatial, c = (int(s) for s in left.split("x"))
-  out = tuple(int(s) for s in right.split("x"))
-  if len(spatial) not in (2, 3) or len(out) != len(spatial):
-    raise ValueError(f"--cases: {case!r} is neither NxHxWxC:HOxWO nor NxDxHxWxC:DOxHOxWO.")
-  return n, tuple(spatial), c, out
 
 
 def passes(sampling_module, grids_module, size) -> dict:
@@ -101,7 +93,7 @@ def main(argv):
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; before = {_BEFORE.value}, after = the working tree")
   print("| case | pass | before ms | after ms | after/before | max rel. diff |\n|---|---|---:|---:|---:|---:|")
   for case in _CASES.value:
-    n, spatial, c, out_size = parse_case(case)
+    n, spatial, c, out_size = benchmark_cases.parse_case(case)
     k = len(spatial)
     rng = np.random.default_rng(0)
     image = jnp.asarray(rng.random((n, *spatial, c), dtype=np.float32))

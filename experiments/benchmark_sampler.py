@@ -23,7 +23,9 @@ import numpy as np
 from absl import app, flags
 
 import stn_jax
+from stn_jax.config_lib import import_sibling
 
+benchmark_cases = import_sibling(__file__, "benchmark_cases")
 _CASES = flags.DEFINE_list(
   "cases",
   ["256x40x40x1:40x40", "128x60x60x1:40x40", "32x128x128x3:128x128", "8x32x32x32x1:32x32x32", "2x64x64x64x4:64x64x64"],
@@ -33,16 +35,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 60, "Timed repetitions per pass and l
 _MODE = flags.DEFINE_enum("mode", "bilinear", ["bilinear", "nearest", "bicubic"], "Sampling mode.")
 _BLOCK = flags.DEFINE_integer("block", 6, "Calls per library before switching to the other (the first is not timed).")
 _JSON = flags.DEFINE_string("json", None, "Also write the table as JSON to this file.")
-
-
-def _parse(case: str):
-  """'NxHxWxC:HOxWO' (an image) or 'NxDxHxWxC:DOxHOxWO' (a volume) -> (n, spatial in, c, spatial out)."""
-  left, right = case.split(":")
-  n, *spatial, c = (int(s) for s in left.split("x"))
-  out = tuple(int(s) for s in right.split("x"))
-  if len(spatial) not in (2, 3) or len(out) != len(spatial):
-    raise ValueError(f"--cases: {case!r} is neither NxHxWxC:HOxWO nor NxDxHxWxC:DOxHOxWO.")
-  return n, tuple(spatial), c, out
 
 
 def _time_block(fn, calls: int) -> list[float]:
@@ -89,7 +81,7 @@ def main(argv):
   device = torch_device(torch)
   rows = []
   for case in _CASES.value:
-    n, spatial, c, out_size = _parse(case)
+    n, spatial, c, out_size = benchmark_cases.parse_case(case)
     k = len(spatial)
     rng = np.random.default_rng(0)
     image = rng.random((n, *spatial, c), dtype=np.float32)
