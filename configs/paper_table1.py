@@ -60,8 +60,6 @@ def models(budget: str = "full") -> dict[str, dict]:
   }
 
 
-MODELS = models("full")
-
 BUDGETS = {
   # name: (epochs, eval/checkpoint interval in epochs, seeds); an epoch is 390 steps of 128
   "full": (20, 5, 3),
