@@ -232,13 +232,15 @@ def _bilinear_jvp(padding_mode, align_corners, primals, tangents):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _nearest(image, ix, iy):
-  # jnp.round rounds half to even, as torch's nearbyint. NaN is sent outside the image, where it reads a zero.
-  def index(coord, size):
-    return lax.stop_gradient(jnp.round(jnp.clip(jnp.nan_to_num(coord, nan=-2.0), -2.0, size + 1.0))).astype(jnp.int32)
+def _nearest_index(coord: jax.Array, size: int) -> jax.Array:
+  """The integer pixel (voxel) nearest to `coord` along an axis of `size`: jnp.round rounds half to even, as torch's
+  nearbyint; NaN is sent outside, where it reads a zero."""
+  return lax.stop_gradient(jnp.round(jnp.clip(jnp.nan_to_num(coord, nan=-2.0), -2.0, size + 1.0))).astype(jnp.int32)
 
-  xi = index(ix, image.shape[2])
-  yi = index(iy, image.shape[1])
+
+def _nearest(image, ix, iy):
+  xi = _nearest_index(ix, image.shape[2])
+  yi = _nearest_index(iy, image.shape[1])
   return _take(_padded_flat(image), _padded_index(xi, yi, image.shape))
 
 
@@ -422,12 +424,16 @@ def _check_volume_args(func, image, grid, mode):
     raise ValueError(f"{func}: volume of shape {image_shape} has too many voxels for int32 indexing; split the batch.")
 
 
+def _volume_axis_coord(coord, size, padding_mode, align_corners):
+  """One axis of `_volume_coords`: normalised -> voxel index, after the padding mode."""
+  return _apply_padding(_unnormalize(coord, size, align_corners), size, padding_mode, align_corners)
+
+
 def _volume_coords(points, shape, padding_mode, align_corners):
   """Voxel-index coordinates (ix, iy, iz), each (N, P), of normalised points (N, P, 3), after the padding mode."""
   _, d, h, w, _ = shape
   return tuple(
-    _apply_padding(_unnormalize(points[..., axis], size, align_corners), size, padding_mode, align_corners)
-    for axis, size in enumerate((w, h, d))
+    _volume_axis_coord(points[..., axis], size, padding_mode, align_corners) for axis, size in enumerate((w, h, d))
   )
 
 
@@ -507,16 +513,16 @@ def _trilinear_jvp(padding_mode, align_corners, primals, tangents):
     # reverse mode then assembles the three components of the points' cotangent with one concatenate, one loop with
     # the gathers fused in, instead of three loops that each redo the eight taps times the channels and add into
     # zero-padded copies (2x faster for 2x64^3x4; with one channel the gathers, fused, would run three times).
-    ixyz = coords(points)
     _, d, h, w, _ = shape
-    d_ixyz = tuple(
+    per_axis = [
       jax.jvp(
-        lambda q, size=size: _apply_padding(_unnormalize(q, size, align_corners), size, padding_mode, align_corners),
+        functools.partial(_volume_axis_coord, size=size, padding_mode=padding_mode, align_corners=align_corners),
         (points[..., axis],),
         (part[..., 0],),
-      )[1]
+      )
       for axis, (size, part) in enumerate(zip((w, h, d), lax.split(d_points, (1, 1, 1), axis=-1), strict=True))
-    )
+    ]
+    ixyz, d_ixyz = tuple(p for p, _ in per_axis), tuple(t for _, t in per_axis)
   fracs, taps = lax.optimization_barrier(_trilinear_taps(shape, ixyz))
   flat = _volume_flat(volume)
   values = [_take(flat, t) for t in taps]
@@ -564,12 +570,8 @@ def _grid_sample_3d(image, grid, mode, padding_mode, align_corners):
   x = image.astype(dtype)
   points = grid.astype(dtype).reshape(n, -1, 3)
   if mode == "nearest":
-
-    def nearest(coord, size):
-      return jax.lax.stop_gradient(jnp.round(jnp.clip(jnp.nan_to_num(coord, nan=-2.0), -2.0, size + 1.0)))
-
     coords = _volume_coords(points, x.shape, padding_mode, align_corners)
-    xi, yi, zi = (nearest(coord, size).astype(jnp.int32) for coord, size in zip(coords, (w, h, d), strict=True))
+    xi, yi, zi = (_nearest_index(coord, size) for coord, size in zip(coords, (w, h, d), strict=True))
     out = _take(_volume_flat(x), _volume_index(xi, yi, zi, x.shape))
   else:
     out = _trilinear(padding_mode, align_corners, x, points)
