@@ -158,33 +158,40 @@ def _paper_elastic(key, digit, _, *, size=32, sigma_px=1.5):
   return sampling.grid_sample(_pad(digit, size)[..., None], grid)[..., 0]
 
 
+def _paste(canvas: jax.Array, patch: jax.Array, at: jax.Array, combine) -> jax.Array:
+  """`canvas` with combine(its region, `patch`) written over the region of the patch's shape at `at` (row, col)."""
+  region = jax.lax.dynamic_slice(canvas, (at[0], at[1]), patch.shape)
+  return jax.lax.dynamic_update_slice(canvas, combine(region, patch), (at[0], at[1]))
+
+
+def _clutter(keys, canvas, others, *, pieces: int, piece: int, margin: int, combine) -> jax.Array:
+  """`canvas` with `pieces` crops of piece x piece px (at least `margin` px inside their 28x28 digits) of random
+  digits of `others` combined into it, each at a uniformly random position."""
+  k_sources, k_crops, k_places = keys
+  size = canvas.shape[0]
+  sources = jax.random.randint(k_sources, (pieces,), 0, others.shape[0])
+  crop_at = jax.random.randint(k_crops, (pieces, 2), margin, 28 - margin - piece + 1)
+  place_at = jax.random.randint(k_places, (pieces, 2), 0, size - piece + 1)
+  for p in range(pieces):
+    crop = jax.lax.dynamic_slice(others[sources[p]], (crop_at[p, 0], crop_at[p, 1]), (piece, piece))
+    canvas = _paste(canvas, crop, place_at[p], combine)
+  return canvas
+
+
 def _paper_cluttered(key, digit, others, *, size=60, pieces=6, piece=6):
   k = jax.random.split(key, 4)
   offset = jax.random.randint(k[0], (2,), 0, size - 28 + 1)
-  sources = jax.random.randint(k[1], (pieces,), 0, others.shape[0])
-  crop_at = jax.random.randint(k[2], (pieces, 2), 0, 28 - piece + 1)
-  place_at = jax.random.randint(k[3], (pieces, 2), 0, size - piece + 1)
-  canvas = jax.lax.dynamic_update_slice(jnp.zeros((size, size)), digit, (offset[0], offset[1]))
-  for p in range(pieces):
-    crop = jax.lax.dynamic_slice(others[sources[p]], (crop_at[p, 0], crop_at[p, 1]), (piece, piece))
-    region = jax.lax.dynamic_slice(canvas, (place_at[p, 0], place_at[p, 1]), (piece, piece))
-    canvas = jax.lax.dynamic_update_slice(canvas, region + crop, (place_at[p, 0], place_at[p, 1]))
+  canvas = _paste(jnp.zeros((size, size)), digit, offset, jnp.add)
+  canvas = _clutter(k[1:], canvas, others, pieces=pieces, piece=piece, margin=0, combine=jnp.add)
   return jnp.clip(canvas, 0.0, 1.0)
 
 
 def _cluttered(key, digit, others, *, size=60, pieces=8, piece=6):
   k = jax.random.split(key, 4)
   offset = jax.random.randint(k[0], (2,), 0, size - 28 + 1)
-  canvas = jnp.zeros((size, size))
-  sources = jax.random.randint(k[1], (pieces,), 0, others.shape[0])
-  crop_at = jax.random.randint(k[2], (pieces, 2), 4, 28 - 4 - piece + 1)  # from the central 20x20, where the ink is
-  place_at = jax.random.randint(k[3], (pieces, 2), 0, size - piece + 1)
-  for p in range(pieces):
-    crop = jax.lax.dynamic_slice(others[sources[p]], (crop_at[p, 0], crop_at[p, 1]), (piece, piece))
-    region = jax.lax.dynamic_slice(canvas, (place_at[p, 0], place_at[p, 1]), (piece, piece))
-    canvas = jax.lax.dynamic_update_slice(canvas, jnp.maximum(region, crop), (place_at[p, 0], place_at[p, 1]))
-  region = jax.lax.dynamic_slice(canvas, (offset[0], offset[1]), (28, 28))
-  return jax.lax.dynamic_update_slice(canvas, jnp.maximum(region, digit), (offset[0], offset[1]))
+  # The crops come from the central 20x20 (margin 4), where the ink is.
+  canvas = _clutter(k[1:], jnp.zeros((size, size)), others, pieces=pieces, piece=piece, margin=4, combine=jnp.maximum)
+  return _paste(canvas, digit, offset, jnp.maximum)
 
 
 _FUNCTIONS = {
