@@ -19,8 +19,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax import data as data_lib
-from stn_jax import optim, steps, train
+from stn_jax import config_lib, optim, steps, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training config (overrides allowed).")
 _KS = flags.DEFINE_list("ks", ["1", "8", "64"], "Population sizes.")
@@ -32,7 +31,7 @@ def time_population(base, k: int, mapping: str, conv: str, num_steps: int) -> fl
   config = base.copy_and_resolve_references()
   config.num_seeds = k
   config.model.classifier.cnn.conv = config.model.localization.cnn.conv = conv
-  size = data_lib.VARIANTS[config.dataset.name].size
+  size = config_lib.input_shape(config)[0]
   graphdef, params = train.create_params(config, size)
   tx = optim.create_optimizer(config, steps.seed_slice(params, 0, k), 1000)
   state = (params, train.init_optimizer_state(tx, params, k), steps.zero_metric_sums(k))

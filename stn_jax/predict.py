@@ -37,8 +37,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from stn_jax import checkpoints, steps, train
-from stn_jax import data as data_lib
+from stn_jax import checkpoints, config_lib, steps, train
 from stn_jax.cli import USAGE_ERROR, one_line, quiet_orbax
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -82,7 +81,7 @@ def load_run(workdir: str | Path, seed_index: int = 0):
   if config is None:
     raise PredictError(f"{workdir} has no config.json: not a training workdir.")
   try:
-    size = data_lib.VARIANTS[config.dataset.name].size
+    size = input_size(config)
     num_seeds = int(config.get("num_seeds", 1))
   except (KeyError, AttributeError, TypeError, ValueError) as e:
     raise PredictError(f"{workdir / 'config.json'}: not a config of this stn_jax ({one_line(e)}).") from None
@@ -105,7 +104,7 @@ def load_run(workdir: str | Path, seed_index: int = 0):
 
 def input_size(config) -> int:
   """The side of the square, one-channel images the config's model takes."""
-  return data_lib.VARIANTS[config.dataset.name].size
+  return config_lib.input_shape(config)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
