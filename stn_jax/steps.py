@@ -131,11 +131,12 @@ def to_float(images: jax.Array) -> jax.Array:
 def make_train_loop(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision="default"):
   """`num_steps` updates in one jitted call, on batches that are already on the device:
 
-    run(params, opt_state, sums, data, start, step, *, num_steps) -> (params, opt_state, sums)
+    run(params, opt_state, sums, data, start, step, *, num_steps) -> (params, opt_state, sums, done)
 
   `data` holds uint8 images (steps, B, S, S) and int32 labels (steps, B) — with K seeds (K, steps, B, ...) — and
   update i uses row `start + i` of it, converted to float inside the program, as training step `step + i`. The state
-  is donated; `num_steps` is static (one compilation per distinct chunk length).
+  is donated; `num_steps` is static (one compilation per distinct chunk length). `done` is a copy of the sums' step
+  count, not donated: a token the caller can wait on to bound how far it dispatches ahead (utils.DispatchWindow).
 
   The updates are unrolled in the program rather than a `lax.scan`: XLA:CPU compiles a loop body differently (its
   results differ in the last bits), while N unrolled updates give bitwise the results of N calls of
@@ -150,7 +151,7 @@ def make_train_loop(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: s
     for i in range(num_steps):
       row = {k: jax.lax.dynamic_index_in_dim(v, start + i, axis, keepdims=False) for k, v in data.items()}
       state = update(*state, {"image": to_float(row["image"]), "label": row["label"]}, step + i)
-    return state
+    return (*state, state[2]["count"] + 0)
 
   return run
 

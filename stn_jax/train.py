@@ -30,6 +30,8 @@ from stn_jax import data as data_lib
 from stn_jax.metrics import MetricWriter
 
 log = logging.getLogger(__name__)
+# Training calls the host may dispatch before the oldest of them has finished (utils.DispatchWindow).
+MAX_DISPATCHES_IN_FLIGHT = 4
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Data.
@@ -243,10 +245,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   train_feed = feed.TrainFeed(train_set, config.batch_size, seeds, mesh, pipeline=pipeline, total_steps=total)
   log.info("input pipeline: %s; %d step(s) per dispatch", pipeline, per_dispatch)
   dispatches = list(feed.chunks(start_step, total, per_dispatch, budget.steps_per_epoch))
+  window = utils.DispatchWindow(MAX_DISPATCHES_IN_FLIGHT)  # unbounded, multi-device XLA:CPU deadlocks (see there)
   try:  # the feed's background thread is stopped whatever happens
     for i, (step, num_steps) in enumerate(dispatches):
       data, start = train_feed.chunk(step, num_steps, next_chunk=dispatches[i + 1] if i + 1 < len(dispatches) else None)
-      params, opt_state, sums = train_loop(params, opt_state, sums, data, start, step, num_steps=num_steps)
+      params, opt_state, sums, token = train_loop(params, opt_state, sums, data, start, step, num_steps=num_steps)
+      window.add(token)
       done = step + num_steps
       if not clock.running:  # the first call of this process compiles: start the clock once it is done
         clock.pause(wait_for=params)

@@ -1,7 +1,8 @@
-"""Small helpers of the training loop: when to act, and a clock of training time."""
+"""Small helpers of the training loop: when to act, how far the host may run ahead, and a clock of training time."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 
@@ -11,6 +12,32 @@ import jax
 def itstime(step: int, every: int, total: int) -> bool:
   """Whether a periodic action (every `every` steps, and at the last step) is due after `step` steps."""
   return step % every == 0 or step == total
+
+
+class DispatchWindow:
+  """Keeps at most `depth` jitted calls in flight: the host waits for the oldest once it is `depth` calls ahead.
+
+  JAX dispatches asynchronously, so a loop that never reads its results runs ahead of the devices without bound. On
+  XLA:CPU with several devices that deadlocks: each device admits a bounded number of computations in flight (about
+  32 in jaxlib 0.10: 30 queued dispatches of a two-device training step completed, 40 aborted), a multi-device
+  program's per-device launches take those slots in no fixed order, and a later step holding a slot on one device
+  waits for an earlier step that cannot start there, whose collectives then time out on the other devices
+  (`Termination timeout for all gather RendezvousKey ...`, exit status 134). A small window keeps every queue short on
+  every backend and costs nothing while the devices are the bottleneck.
+
+  `add(token)` after each call, with an output of that call that is not donated to a later one.
+  """
+
+  def __init__(self, depth: int):
+    if depth < 1:
+      raise ValueError(f"depth must be >= 1; got {depth}.")
+    self.depth = depth
+    self._pending: collections.deque = collections.deque()
+
+  def add(self, token) -> None:
+    self._pending.append(token)
+    while len(self._pending) > self.depth:
+      jax.block_until_ready(self._pending.popleft())
 
 
 class Chrono:

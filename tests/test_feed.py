@@ -64,3 +64,41 @@ def test_auto_keeps_the_epoch_on_the_device_when_it_fits(datasets, monkeypatch):
   assert feed.choose("host", train_set, 16, 1) == "host"
   monkeypatch.setattr(feed, "CPU_BUDGET_BYTES", feed.epoch_bytes(train_set, 16, 2) // 2)  # a tiny device
   assert feed.choose("auto", train_set, 16, 2) == "host"
+
+
+def test_many_devices_with_a_full_epoch_do_not_deadlock(tmp_path):
+  """4 and 8 forced CPU devices, a 50,000-image epoch, past two epoch boundaries, one model and a population with
+  two steps per dispatch (tests/multi_device_worker.py). Before the training loop bounded its dispatches in flight
+  each of these aborted in an XLA:CPU rendezvous about 70 s in; a hang fails here at the timeout."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  runs = {"4 devices": ("4", "1", "1"), "8 devices, K=2": ("8", "2", "2")}
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  workers = {
+    name: subprocess.Popen(
+      [sys.executable, "-m", "tests.multi_device_worker", *args, str(tmp_path / name.replace(" ", "_"))],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for name, args in runs.items()
+  }
+  results = {}
+  try:
+    for name, worker in workers.items():
+      out, err = worker.communicate(timeout=240)
+      assert worker.returncode == 0, f"{name}: exit status {worker.returncode}\n{err[-3000:]}"
+      results[name] = json.loads(out.strip().splitlines()[-1])
+  finally:
+    for worker in workers.values():
+      worker.kill()
+  one, population = results["4 devices"], results["8 devices, K=2"]
+  assert one["num_train_steps"] == population["num_train_steps"] == 144  # three epochs of 48 steps
+  # Member 0 of the population is the single model (same seed), whether its batches are split 4 or 8 ways.
+  assert population["test_loss_per_seed"][0] == pytest.approx(one["test_loss"], rel=1e-4)
+  assert population["test_loss_per_seed"][0] != pytest.approx(population["test_loss_per_seed"][1], rel=1e-3)
+  assert one["test_accuracy"] > 0.9  # it learnt (chance is 0.1)
