@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed_mapping = "auto"
   # The model's float32 products: default (the backend's; TF32 on Ampere/Hopper GPUs) | high | highest.
   config.matmul_precision = "default"
+  # What the model's convolutions and dense layers compute in: float32 | bfloat16 (parameters, optimiser state, loss,
+  # metrics, the transform's parameters, the grid and the sampler stay float32; see README, bfloat16).
+  config.compute_dtype = "float32"
   config.batch_size = 128
   # How batches reach the device: auto | device (the epoch on the device) | host (prefetched chunks); and how many
   # steps one jitted call runs (0 = auto). Neither changes the results.

@@ -69,6 +69,8 @@ DOCS = {
   "model has lax.conv convolutions, which vmap makes grouped)",
   "matmul_precision": "the model's float32 products: default (the backend's: TF32 on Ampere/Hopper GPUs), high, "
   "highest (full float32 everywhere); grids are always full precision",
+  "compute_dtype": "what the model's convolutions and dense layers compute in: float32 or bfloat16 (parameters, "
+  "optimiser state, loss, metrics, the transform's parameters, the grid and the sampler stay float32)",
   "batch_size": "global batch size",
   "input_pipeline": "auto (device when two epochs fit in a quarter of the device's memory), device (the epoch's uint8 "
   "images on the device in step order, each call slicing its rows), host (chunks gathered on the host, prefetched)",
@@ -207,6 +209,7 @@ def validate(config) -> None:
     "distributed.initialize": distributed.MODES,
     "seed_mapping": steps.SEED_MAPPINGS,
     "matmul_precision": steps.MATMUL_PRECISIONS,
+    "compute_dtype": tuple(steps.COMPUTE_DTYPES),
     "input_pipeline": feed.PIPELINES,
   }
   for field, allowed in choices.items():
@@ -329,6 +332,7 @@ def migrate(old: dict) -> dict:
 # Fields added to version 2 after its first workdirs were written, with the values that keep those runs' meaning.
 ADDED_DEFAULTS = {
   "matmul_precision": "default",  # the backend's, as every earlier run
+  "compute_dtype": "float32",  # every earlier run computed in float32
   "input_pipeline": "auto",  # neither changes what a run computes
   "steps_per_dispatch": 0,
   "population": {name: [] for name in ("seed", *optim.MEMBER_HYPERPARAMETERS)},

@@ -22,6 +22,17 @@ SEED_MAPPINGS = ("auto", "vmap", "unroll")
 # TF32 or bfloat16x3 where the backend has them; 'highest' is full float32 everywhere. Grid generation is always at
 # full precision (stn_jax.grids), whatever this says.
 MATMUL_PRECISIONS = ("default", "high", "highest")
+# What the model's convolutions and dense layers compute in (config.compute_dtype). bfloat16 is mixed precision as
+# in the Flax examples and big_vision: float32 parameters, optimiser state, loss and metric sums; the localisation
+# net's final layer, the transform's parameters, the sampling grid and the sampler stay float32 (stn_jax.models).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """The jnp dtype of a config.compute_dtype name (one of COMPUTE_DTYPES)."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"compute_dtype must be one of {', '.join(map(repr, COMPUTE_DTYPES))}; got {name!r}.")
+  return COMPUTE_DTYPES[name]
 
 
 def matmul_precision(name: str):

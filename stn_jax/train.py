@@ -82,8 +82,9 @@ def create_params(config, image_size: int):
   """(graphdef, params) of the config's model; with config.num_seeds = K > 1 the params of K models, initialised
   from the members' seeds (config_lib.member_seeds), stacked on a leading axis."""
   stacked = []
+  dtype = steps.compute_dtype(config.get("compute_dtype", "float32"))
   for seed in config_lib.member_seeds(config):
-    model = models.create_model(config.model, (image_size, image_size, 1), seed=seed)
+    model = models.create_model(config.model, (image_size, image_size, 1), seed=seed, dtype=dtype)
     graphdef, params = nnx.split(model)
     stacked.append(params)
   params = stacked[0] if config.num_seeds == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *stacked)

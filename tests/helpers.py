@@ -104,3 +104,28 @@ def product_precisions(stablehlo: str) -> list[str]:
       found = re.search(r"precision = \[(\w+),", line) or re.search(r"#stablehlo<precision (\w+)>", line)
       out.append(found.group(1) if found else "DEFAULT")
   return out
+
+
+def products(stablehlo: str) -> list[dict]:
+  """Every dot_general and convolution of a lowered program: {'op', 'precision', 'operands': [dtype, dtype],
+  'result': dtype, 'shapes': [operand shape strings]}."""
+  import re
+
+  out = []
+  for line in stablehlo.splitlines():
+    op = "dot_general" if "stablehlo.dot_general" in line else "convolution" if "stablehlo.convolution" in line else ""
+    if not op:
+      continue
+    signature = re.search(r":\s*\((tensor<[^)]*)\)\s*->\s*tensor<([^>]*)>\s*$", line)
+    operands = re.findall(r"tensor<([^>]*)>", signature.group(1))
+    precision = re.search(r"precision = \[(\w+),", line) or re.search(r"#stablehlo<precision (\w+)>", line)
+    out.append(
+      {
+        "op": op,
+        "precision": precision.group(1) if precision else "DEFAULT",
+        "operands": [t.split("x")[-1] for t in operands],
+        "shapes": ["x".join(t.split("x")[:-1]) for t in operands],
+        "result": signature.group(2).split("x")[-1],
+      }
+    )
+  return out

@@ -123,7 +123,9 @@ def test_every_constructor_option_is_a_documented_config_field(section):
   docs = models.config_docs()
   for kind, cls in kinds.items():
     params = inspect.signature(cls.__init__).parameters
-    options = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and p.default is not p.empty} - {"num_classes"}
+    # num_classes and dtype are the builder's (dtype: config.compute_dtype, for the whole model)
+    keyword = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+    options = keyword - {"num_classes", "dtype"}
     assert set(config.model[section][kind]) == options, (kind, options)
     for name in options:
       assert config.model[section][kind][name] == params[name].default

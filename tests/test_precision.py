@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import stn_jax
 from tests.helpers import product_precisions
@@ -129,3 +130,63 @@ def test_matmul_precision_sets_the_models_own_products(precision):
   assert precision == "highest" or found.count("HIGHEST") == 1
   evaluation = steps.make_eval_step(graphdef, precision=precision).lower(params, {**batch, "mask": batch["label"] > 0})
   assert set(product_precisions(evaluation.as_text())) == {want}
+
+
+@pytest.mark.parametrize("conv", ["xla", "patches"])
+def test_bfloat16_runs_the_layers_in_bfloat16_and_keeps_the_grid_and_the_state_float32(conv, monkeypatch):
+  from stn_jax import optim, steps, train
+  from tests.helpers import products, tiny_config
+
+  config = tiny_config(
+    compute_dtype="bfloat16",
+    **{"model.localization.kind": "cnn", "model.localization.cnn.conv": conv, "model.classifier.cnn.conv": conv},
+  )
+  graphdef, params = train.create_params(config, 32)
+  tx = optim.create_optimizer(config, params, 12)
+  state = (params, tx.init(params), steps.zero_metric_sums())
+  rng = np.random.default_rng()
+  batch = {
+    "image": jnp.asarray(rng.random((16, 32, 32, 1)), jnp.float32),
+    "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
+  }
+  seen = []  # what reaches the sampler inside the train step
+  sample = stn_jax.grid_sample
+  monkeypatch.setattr(stn_jax, "grid_sample", lambda x, g, **kw: seen.append((x.dtype, g.dtype)) or sample(x, g, **kw))
+  train_step = steps.make_train_step(graphdef, tx, 0)
+  found = products(train_step.lower(*state, batch, 0).as_text())
+  assert seen == [(jnp.float32, jnp.float32)]  # the input image and the grid
+  convolutions = [p for p in found if p["op"] == "convolution"]
+  dots = [p for p in found if p["op"] == "dot_general"]
+  if conv == "xla":  # 4 convolutions, each forward and backward (the first layers' data gradients included)
+    assert len(convolutions) >= 8 and all(p["operands"] == ["bf16", "bf16"] for p in convolutions), convolutions
+  else:
+    assert convolutions == []
+  in_bf16 = [p for p in dots if p["operands"] == ["bf16", "bf16"]]
+  in_f32 = [p for p in dots if p not in in_bf16]
+  assert len(in_bf16) >= 8  # the dense layers (and the patch products), forward and backward
+  # In float32: only the localisation head (6 affine parameters) and the grid generator's contraction (HIGHEST).
+  assert all(p["operands"] == ["f32", "f32"] for p in in_f32), in_f32
+  head = [p for p in in_f32 if any(s.endswith("x6") or s.startswith("6x") or "x6x" in s for s in p["shapes"])]
+  grid = [p for p in in_f32 if p["precision"] == "HIGHEST"]
+  assert len(head) == 3 and len(grid) == 1 and len(in_f32) == 4, in_f32
+  # The state stays float32 after a step; the loss is finite.
+  new_params, new_opt_state, sums = train_step(*state, batch, 0)
+  leaves = jax.tree.leaves((new_params, new_opt_state))
+  assert {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+  assert sums["loss"].dtype == jnp.float32 and np.isfinite(float(sums["loss"]))
+
+
+def test_bfloat16_logits_are_float32_and_near_the_float32_models():
+  from stn_jax import train
+  from tests.helpers import tiny_config
+
+  rng = np.random.default_rng()
+  x = jnp.asarray(rng.random((8, 32, 32, 1)), jnp.float32)
+  logits = {}
+  for dtype in ("float32", "bfloat16"):
+    graphdef, params = train.create_params(tiny_config(compute_dtype=dtype), 32)  # the same parameters (seed 0)
+    logits[dtype] = nnx.merge(graphdef, params)(x)
+  assert logits["bfloat16"].dtype == jnp.float32
+  scale = float(jnp.abs(logits["float32"]).max())
+  error = float(jnp.abs(logits["bfloat16"] - logits["float32"]).max())
+  assert 0 < error < 0.05 * scale  # rounded (not float32 in disguise), but only by bfloat16's 8 bits per layer

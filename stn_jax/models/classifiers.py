@@ -10,17 +10,19 @@ import math
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from stn_jax.models import options
 from stn_jax.models.layers import apply_conv_stack, conv_stack
 
 
-def dense_stack(width: int, hidden: Sequence[int], *, rngs: nnx.Rngs) -> tuple[nnx.List, int]:
-  """Dense layers of the `hidden` widths on a `width`-wide input, and the width they end at."""
+def dense_stack(width: int, hidden: Sequence[int], *, dtype=None, rngs: nnx.Rngs) -> tuple[nnx.List, int]:
+  """Dense layers of the `hidden` widths on a `width`-wide input, computing in `dtype` (float32 parameters), and the
+  width they end at."""
   layers = []
   for units in hidden:
-    layers.append(nnx.Linear(width, units, rngs=rngs))
+    layers.append(nnx.Linear(width, units, dtype=dtype, rngs=rngs))
     width = units
   return nnx.List(layers), width
 
@@ -45,6 +47,8 @@ class CNNClassifier(nnx.Module):
     conv: how the convolutions run: 'xla' (lax.conv) or 'patches' (patch extraction + one matrix product: what a
       vmapped population of models batches well on GPUs; the same function, other rounding).
     num_classes: number of logits.
+    dtype: what the convolutions and dense layers compute in (config.compute_dtype; None = float32); the parameters
+      are float32 whatever it is, and so are the logits returned.
     rngs: parameter initialisation.
   """
 
@@ -60,6 +64,7 @@ class CNNClassifier(nnx.Module):
     hidden: Sequence[int] = (1024,),
     conv: str = "xla",
     num_classes: int = 10,
+    dtype=None,
     rngs: nnx.Rngs,
   ):
     options.check_positive_ints("CNNClassifier", features=features, hidden=hidden)
@@ -72,17 +77,18 @@ class CNNClassifier(nnx.Module):
       padding=padding,
       pool=pool,
       impl=conv,
+      dtype=dtype,
       rngs=rngs,
     )
-    self.dense, width = dense_stack(h * w * c, hidden, rngs=rngs)
-    self.head = nnx.Linear(width, num_classes, rngs=rngs)
+    self.dense, width = dense_stack(h * w * c, hidden, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = apply_conv_stack(self.convs, self.pools, x)
     x = x.reshape(x.shape[0], -1)
     for layer in self.dense:
       x = jax.nn.relu(layer(x))
-    return self.head(x)
+    return self.head(x).astype(jnp.float32)
 
 
 class FCNClassifier(nnx.Module):
@@ -92,21 +98,28 @@ class FCNClassifier(nnx.Module):
     in_shape: (H, W, C) of the input.
     hidden: widths of the dense ReLU layers before the logits.
     num_classes: number of logits.
+    dtype: what the dense layers compute in (None = float32); float32 parameters and logits whatever it is.
     rngs: parameter initialisation.
   """
 
   def __init__(
-    self, in_shape: Sequence[int], *, hidden: Sequence[int] = (128, 128), num_classes: int = 10, rngs: nnx.Rngs
+    self,
+    in_shape: Sequence[int],
+    *,
+    hidden: Sequence[int] = (128, 128),
+    num_classes: int = 10,
+    dtype=None,
+    rngs: nnx.Rngs,
   ):
     options.check_positive_ints("FCNClassifier", hidden=hidden)
-    self.dense, width = dense_stack(math.prod(in_shape), hidden, rngs=rngs)
-    self.head = nnx.Linear(width, num_classes, rngs=rngs)
+    self.dense, width = dense_stack(math.prod(in_shape), hidden, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.reshape(x.shape[0], -1)
     for layer in self.dense:
       x = jax.nn.relu(layer(x))
-    return self.head(x)
+    return self.head(x).astype(jnp.float32)
 
 
 CLASSIFIERS = {"cnn": CNNClassifier, "fcn": FCNClassifier}

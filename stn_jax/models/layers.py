@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
 
 CONV_IMPLS = ("xla", "patches")
 PADDINGS = ("SAME", "VALID")
@@ -20,7 +21,8 @@ class Conv(nnx.Conv):
   population of models with their own kernels, a convolution becomes a grouped convolution (feature_group_count =
   K), a slow path of GPU convolution libraries for a few channels per group, while the product becomes one batched
   matrix product, which GPUs batch well. The parameters are the same (kernel (kh, kw, C_in, C_out), bias), so
-  checkpoints do not depend on the impl.
+  checkpoints do not depend on the impl. Both compute in `dtype` (nnx.Conv's: inputs, kernel and bias cast to it;
+  None = their promoted type) with parameters stored in `param_dtype`.
   """
 
   def __init__(self, *args, impl: str = "xla", **kwargs):
@@ -42,9 +44,10 @@ class Conv(nnx.Conv):
     kh, kw, c_in, c_out = self.kernel.shape
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     patches = extract_patches(x, (kh, kw), strides, self.padding)  # (N, H', W', kh * kw * C_in)
-    kernel = self.kernel[...].reshape(kh * kw * c_in, c_out)
-    y = jnp.einsum("nhwp,pf->nhwf", patches, kernel, precision=self.precision)
-    return y + self.bias[...] if self.bias is not None else y
+    bias = self.bias[...] if self.bias is not None else None
+    patches, kernel, bias = promote_dtype((patches, self.kernel[...], bias), dtype=self.dtype)
+    y = jnp.einsum("nhwp,pf->nhwf", patches, kernel.reshape(kh * kw * c_in, c_out), precision=self.precision)
+    return y + bias if bias is not None else y
 
 
 def extract_patches(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: str) -> jax.Array:
@@ -93,11 +96,12 @@ def conv_stack(
   padding,
   pool,
   impl: str,
+  dtype=None,
   rngs: nnx.Rngs,
 ) -> tuple[nnx.List, tuple[bool, ...], tuple[int, int, int]]:
   """The convolutions of `features` channels (each option one value for all layers or one per layer), which layers
-  max-pool 2x2 after their ReLU, and the (H, W, C) they end at. Raises ValueError naming `owner` when an option is
-  bad or the input shrinks to nothing."""
+  max-pool 2x2 after their ReLU, and the (H, W, C) they end at; they compute in `dtype` (float32 parameters).
+  Raises ValueError naming `owner` when an option is bad or the input shrinks to nothing."""
   n = len(features)
   kernels, steps = per_layer(owner, "kernel_size", kernel_size, n), per_layer(owner, "strides", strides, n)
   paddings, pools = per_layer(owner, "padding", padding, n), per_layer(owner, "pool", pool, n)
@@ -115,7 +119,7 @@ def conv_stack(
   h, w, c = in_shape
   convs = []
   for i, (f, k, s, p, pooled) in enumerate(zip(features, kernels, steps, paddings, pools, strict=True)):
-    convs.append(Conv(c, f, (k, k), strides=s, padding=p, impl=impl, rngs=rngs))
+    convs.append(Conv(c, f, (k, k), strides=s, padding=p, impl=impl, dtype=dtype, rngs=rngs))
     if p == "SAME":
       h, w = -(-h // s), -(-w // s)
     else:

@@ -12,8 +12,9 @@ import re
 
 import ml_collections
 
-# Constructor arguments that the model builder fills in itself (the input shape, the transform's identity, ...).
-_NOT_OPTIONS = frozenset({"rngs", "num_classes"})
+# Constructor arguments that the model builder fills in itself (the input shape, the transform's identity, the
+# compute dtype, which is config.compute_dtype for the whole model, ...).
+_NOT_OPTIONS = frozenset({"rngs", "num_classes", "dtype"})
 
 
 def option_names(cls) -> tuple[str, ...]:

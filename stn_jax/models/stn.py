@@ -30,10 +30,17 @@ ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu, "gelu":
 
 
 def _identity_head(width: int, identity: np.ndarray, rngs: nnx.Rngs) -> nnx.Linear:
-  """The final regression layer: zero kernel, the identity transform as bias (the paper's initialisation)."""
+  """The final regression layer: zero kernel, the identity transform as bias (the paper's initialisation). It
+  computes in float32 whatever the model's compute dtype: its outputs are the transform's parameters, which set the
+  sampling coordinates (a bfloat16 parameter near 1 moves in steps of 2^-8)."""
   flat_identity = jnp.asarray(identity.reshape(-1), jnp.float32)
   return nnx.Linear(
-    width, flat_identity.size, kernel_init=nnx.initializers.zeros, bias_init=lambda *_: flat_identity, rngs=rngs
+    width,
+    flat_identity.size,
+    kernel_init=nnx.initializers.zeros,
+    bias_init=lambda *_: flat_identity,
+    dtype=jnp.float32,
+    rngs=rngs,
   )
 
 
@@ -54,6 +61,8 @@ class FCNLocalization(nnx.Module):
     hidden: widths of the hidden dense layers.
     activation: the hidden layers' nonlinearity: 'tanh', 'relu', 'elu' or 'gelu'.
     dropout: dropout rate before the final layer (training only).
+    dtype: what the hidden layers compute in (None = float32); the final layer, the parameters and the transform
+      parameters returned are float32 whatever it is.
     rngs: parameter initialisation.
   """
 
@@ -65,13 +74,14 @@ class FCNLocalization(nnx.Module):
     hidden: Sequence[int] = (20,),
     activation: str = "tanh",
     dropout: float = 0.2,
+    dtype=None,
     rngs: nnx.Rngs,
   ):
     options.check_positive_ints("FCNLocalization", hidden=hidden)
     options.check_rate("FCNLocalization", "dropout", dropout)
     self.activation = activation
     _activation(activation)
-    self.dense, width = dense_stack(int(np.prod(in_shape)), hidden, rngs=rngs)
+    self.dense, width = dense_stack(int(np.prod(in_shape)), hidden, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
     self.shape = identity.shape
     self.out = _identity_head(width, identity, rngs)
@@ -102,6 +112,8 @@ class CNNLocalization(nnx.Module):
     hidden: widths of the dense ReLU layers after the convolutions.
     dropout: dropout rate before the final layer (training only).
     conv: how the convolutions run: 'xla' or 'patches' (see CNNClassifier).
+    dtype: what the convolutions and hidden layers compute in (None = float32); the final layer, the parameters and
+      the transform parameters returned are float32 whatever it is.
     rngs: parameter initialisation.
   """
 
@@ -118,6 +130,7 @@ class CNNLocalization(nnx.Module):
     hidden: Sequence[int] = (20,),
     dropout: float = 0.2,
     conv: str = "xla",
+    dtype=None,
     rngs: nnx.Rngs,
   ):
     options.check_positive_ints("CNNLocalization", downsample=downsample, features=features, hidden=hidden)
@@ -135,9 +148,10 @@ class CNNLocalization(nnx.Module):
       padding=padding,
       pool=pool,
       impl=conv,
+      dtype=dtype,
       rngs=rngs,
     )
-    self.dense, width = dense_stack(h * w * c, hidden, rngs=rngs)
+    self.dense, width = dense_stack(h * w * c, hidden, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
     self.shape = identity.shape
     self.out = _identity_head(width, identity, rngs)
@@ -167,6 +181,8 @@ class SpatialTransformer(nnx.Module):
     localization_options: keyword arguments of that localisation net (see FCNLocalization, CNNLocalization).
     num_control_points: TPS control points, a perfect square.
     align_corners: the grid and sampler convention.
+    dtype: what the localisation net's convolutions and hidden layers compute in (None = float32). The transform
+      parameters, the grid and the sampling are float32 whatever it is (the sampler computes in at least float32).
     rngs: parameter initialisation.
   """
 
@@ -180,6 +196,7 @@ class SpatialTransformer(nnx.Module):
     localization_options: dict | None = None,
     num_control_points: int = 16,
     align_corners: bool = False,
+    dtype=None,
     rngs: nnx.Rngs,
   ):
     if transform not in stn_jax.KINDS:
@@ -190,7 +207,9 @@ class SpatialTransformer(nnx.Module):
     self.out_size = tuple(out_size or in_shape[:2])
     self.align_corners = align_corners
     identity = transforms.identity_array(transform, num_control_points=num_control_points)
-    self.localization = LOCALIZATIONS[localization](in_shape, identity, **(localization_options or {}), rngs=rngs)
+    self.localization = LOCALIZATIONS[localization](
+      in_shape, identity, **(localization_options or {}), dtype=dtype, rngs=rngs
+    )
 
   def params_and_grid(self, x, *, train: bool = False, rngs=None):
     """The predicted transform parameters (N, *param_shape) and sampling grid (N, H_out, W_out, 2)."""
@@ -200,7 +219,7 @@ class SpatialTransformer(nnx.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
     _, grid = self.params_and_grid(x, train=train, rngs=rngs)
-    return stn_jax.grid_sample(x, grid.astype(x.dtype), align_corners=self.align_corners)
+    return stn_jax.grid_sample(x, grid, align_corners=self.align_corners)  # a float32 grid, whatever x is
 
 
 class STNClassifier(nnx.Module):
@@ -266,7 +285,7 @@ def _options(section) -> dict:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(section[section.kind]).items()}
 
 
-def _build(m, in_shape, seed, *, transform, first_width=None) -> STNClassifier:
+def _build(m, in_shape, seed, *, transform, first_width=None, dtype=None) -> STNClassifier:
   rngs = nnx.Rngs(params=seed)
   transformer = None
   classifier_in = tuple(in_shape)
@@ -279,13 +298,15 @@ def _build(m, in_shape, seed, *, transform, first_width=None) -> STNClassifier:
       localization=m.localization.kind,
       localization_options=_options(m.localization),
       num_control_points=m.num_control_points,
+      dtype=dtype,
       rngs=rngs,
     )
     classifier_in = (*out_size, in_shape[2])
   classifier_options = _options(m.classifier)
   if first_width:
     classifier_options.update(_widened(m.classifier.kind, classifier_options, first_width))
-  return STNClassifier(transformer, CLASSIFIERS[m.classifier.kind](classifier_in, **classifier_options, rngs=rngs))
+  classifier = CLASSIFIERS[m.classifier.kind](classifier_in, **classifier_options, dtype=dtype, rngs=rngs)
+  return STNClassifier(transformer, classifier)
 
 
 def _widened(kind: str, classifier_options: dict, width: int) -> dict:
@@ -365,14 +386,16 @@ def check_config(model_config, in_shape: Sequence[int]) -> None:
       raise ValueError(f"config.model.{section}.{m[section].kind}: {e}") from None
 
 
-def create_model(model_config, in_shape: Sequence[int], *, seed: int) -> STNClassifier:
+def create_model(model_config, in_shape: Sequence[int], *, seed: int, dtype=None) -> STNClassifier:
   """Builds the model a config's `model` section describes (see `default_config`).
 
   With `transform='none'` and `match_params_of` set to a transform, the classifier's first hidden layer is widened so
-  that the baseline has as many parameters as its spatial-transformer counterpart.
+  that the baseline has as many parameters as its spatial-transformer counterpart. `dtype` (config.compute_dtype:
+  None or float32, or bfloat16) is what the convolutions and dense layers compute in; parameters, the transform's
+  parameters, the grid, the sampler and the logits stay float32.
   """
   m = model_config
   width = None
   if m.transform == "none" and m.get("match_params_of"):
     width = budget_width(m, in_shape)
-  return _build(m, in_shape, seed, transform=m.transform, first_width=width)
+  return _build(m, in_shape, seed, transform=m.transform, first_width=width, dtype=dtype)
