@@ -85,4 +85,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.population.learning_rate = ()
   config.population.localization_lr_multiplier = ()
   config.population.weight_decay = ()
+  # Each member's dataset.name (empty: dataset.name for all); the variants must share dataset.name's image size.
+  config.population.dataset = ()
   return config

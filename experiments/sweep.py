@@ -17,9 +17,10 @@ stops the sweep with the differences, a killed one resumes from its checkpoints,
 A failed run is reported with its log and does not stop the others. At the end ROOT/results.csv (merged with the
 rows already there), ROOT/results.md and ROOT/results.png compare the runs. Works from any directory.
 
-With --fuse, runs that differ only in seed, learning_rate, optimizer.localization_lr_multiplier or
-optimizer.weight_decay train as one population (`config.population`, one jitted program for all of them, in
-ROOT/<the other values>,population=N); results.csv still has one row per run.
+With --fuse, runs that differ only in seed, num_seeds, learning_rate, optimizer.localization_lr_multiplier,
+optimizer.weight_decay or dataset.name (variants of one image size) train as one population (`config.population`,
+one jitted program for all their models, in ROOT/<the other values>,population=N); results.csv still has one row per
+run (a run of K seeds: the mean and spread of its K members). `--dry_run` lists the programs and their members.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and every run's c
 _FUSE = flags.DEFINE_bool(
   "fuse",
   False,
-  "Train runs that differ only in seed, learning rate, localisation multiplier or weight decay as one "
-  "population (config.population): one program, results still one row per run.",
+  "Train runs that differ only in seed, num_seeds, learning rate, localisation multiplier, weight decay or dataset "
+  "variant (of one image size) as one population (config.population): one program, results still one row per run.",
 )
 
 RESULT_COLUMNS = ("test_accuracy", "test_error", "test_error_std", "num_seeds", "train_time_s", "status")
@@ -230,41 +231,59 @@ def plan(base, sweep_runs: list[dict], grid: list[dict], fixed: dict) -> list[di
   return runs
 
 
-# The fields in which the runs of one population (config.population) may differ.
+# The fields in which the runs of one population (config.population) may differ: {config field: population field}.
 FUSIBLE = {
   "seed": "seed",
   **{name if name == "learning_rate" else f"optimizer.{name}": name for name in optim.MEMBER_HYPERPARAMETERS},
+  "dataset.name": "dataset",  # variants of one image size (R, P, E, paper-P, paper-E: 32x32)
 }
 
 
-def fuse(base, runs: list[dict]) -> list[dict]:
-  """Runs that differ only in FUSIBLE fields (and train one model each) become one population run each.
+def _member_slots(config) -> list[tuple[int, dict]]:
+  """(seed, {config field: value}) of each model a run trains: one, or one per seed of a run with num_seeds K."""
+  values = {field: config_lib.get(config, field) for field in FUSIBLE if field != "seed"}
+  return [(seed, values) for seed in config_lib.member_seeds(config)]
 
-  A fused run has overrides = the group's other overrides + num_seeds, config.population.seed and the
-  config.population.* of the hyperparameters that differ among the members (one value per member; one they share
-  is a plain override), applied to `base`, and `members`: the runs it stands for, in order. Runs alone in their
-  group stay as they are.
+
+def fuse(base, runs: list[dict]) -> list[dict]:
+  """Runs that differ only in FUSIBLE fields and num_seeds, on images of one size, become one population run each.
+
+  Each run contributes its models: one, or K for a run of num_seeds K (its seeds), so Table 1's R, P and E columns
+  of one architecture, 3 seeds each, train as one program of 9 members. A fused run has overrides = the group's
+  other overrides + num_seeds, config.population.seed and the config.population.* of the fields that differ among
+  the members (one value per member; one they share is a plain override), applied to `base`; `members`: the runs it
+  stands for, in order; and `slots`: for each of those runs, the indices of its models in the population. Runs
+  alone in their group, and runs that are populations of hyperparameters or variants already, stay as they are.
   """
   groups: dict[str, list[dict]] = {}
   for r in runs:
-    if r["config"].num_seeds != 1:
+    population = r["config"].get("population") or {}
+    if any(population.get(name) for name in FUSIBLE.values() if name != "seed"):
       groups[f"alone {len(groups)}"] = [r]
       continue
-    key = repr(sorted((k, repr(v)) for k, v in r["overrides"].items() if k not in FUSIBLE))
+    others = sorted((k, repr(v)) for k, v in r["overrides"].items() if k not in FUSIBLE and k != "num_seeds")
+    key = repr((others, config_lib.input_shape(r["config"])))
     groups.setdefault(key, []).append(r)
   fused = []
   for members in groups.values():
     if len(members) == 1:
       fused.append(members[0])
       continue
-    common = {k: v for k, v in members[0]["overrides"].items() if k not in FUSIBLE}
-    overrides = {**common, "num_seeds": len(members)}
+    common = {k: v for k, v in members[0]["overrides"].items() if k not in FUSIBLE and k != "num_seeds"}
+    slots, models = [], []
+    for m in members:
+      mine = _member_slots(m["config"])
+      slots.append(list(range(len(models), len(models) + len(mine))))
+      models += mine
+    overrides = {**common, "num_seeds": len(models), "population.seed": tuple(seed for seed, _ in models)}
     for field, name in FUSIBLE.items():
-      values = tuple(config_lib.get(m["config"], field) for m in members)
       if field == "seed":
-        overrides["population.seed"] = values
-      elif len(set(values)) > 1:  # a hyperparameter that differs: per member (only then is the optimiser's injected)
+        continue
+      values = tuple(v[field] for _, v in models)
+      if len(set(values)) > 1:  # differs: per member (only then is the optimiser's injected)
         overrides[f"population.{name}"] = values
+        if field == "dataset.name" and values[0] != config_lib.get(base, field):
+          overrides[field] = values[0]  # the population's image size is its first member's
       elif values[0] != config_lib.get(base, field):
         overrides[field] = values[0]
     config = resolve(base, overrides)
@@ -272,21 +291,33 @@ def fuse(base, runs: list[dict]) -> list[dict]:
       config_lib.validate(config)
     except config_lib.ConfigError as e:
       raise SweepError(f"fused run of {', '.join(m['name'] for m in members)}: {e}") from None
-    fused.append({"overrides": overrides, "config": config, "members": members, "common": common})
+    fused.append({"overrides": overrides, "config": config, "members": members, "common": common, "slots": slots})
   return fused
 
 
 def member_rows(fused_row: dict, run: dict, names: dict[str, str]) -> list[dict]:
-  """The rows of a fused run's members, one per member run, as if it had run alone."""
+  """The rows of a fused run's member runs, one per run, as if it had run alone (a run of K seeds: the mean and
+  spread of its K models)."""
+  import numpy as np
+
   rows = []
   results = fused_row.get("members") or []
-  for k, member in enumerate(run["members"]):
+  slots = run.get("slots") or [[k] for k in range(len(run["members"]))]
+  for member, indices in zip(run["members"], slots, strict=True):
     row = {"run": member["name"], **{names[key]: _format(v) for key, v in member["overrides"].items()}}
     row["_swept"] = tuple(names[key] for key in member["overrides"])
-    if k < len(results):
-      row.update({key: results[k][key] for key in ("test_accuracy", "test_error", "test_loss")})
-      row.update(num_seeds=1, train_time_s=fused_row.get("train_time_s"))
-    row["status"] = f"{fused_row['status']}, member {k} of {run['name']}"
+    if indices and indices[-1] < len(results):
+      mine = [results[i] for i in indices]
+      for key in ("test_accuracy", "test_error", "test_loss"):
+        values = np.array([m[key] for m in mine], np.float64)
+        row[key] = float(values.mean()) if len(mine) > 1 else mine[0][key]
+      if len(mine) > 1:
+        errors = np.array([m["test_error"] for m in mine], np.float64)
+        row["test_error_std"] = float(errors.std(ddof=1))
+        row["test_error_per_seed"] = [float(e) for e in errors]
+      row.update(num_seeds=len(mine), train_time_s=fused_row.get("train_time_s"))
+    where = f"member {indices[0]}" if len(indices) == 1 else f"members {indices[0]}-{indices[-1]}"
+    row["status"] = f"{fused_row['status']}, {where} of {run['name']}"
     rows.append(row)
   return rows
 
@@ -432,7 +463,7 @@ def main(argv):
       runs = fuse(_CONFIG.value, runs)
       for r in runs:
         if "members" in r:
-          r["name"] = run_name(r["common"], names) + f",population={len(r['members'])}"
+          r["name"] = run_name(r["common"], names) + f",population={r['config'].num_seeds}"
     for r in runs:
       r["state"] = run_state(root / r["name"], r["config"])
     if len({r["name"] for r in runs}) != len(runs):
@@ -451,7 +482,10 @@ def main(argv):
   if _DRY_RUN.value:
     for r in runs:
       params = models.param_count(r["config"].model, config_lib.input_shape(r["config"]))
-      print(f"{r['name']} [{r['state']}] {params:,} parameters")
+      members = ""
+      if "members" in r:
+        members = f", {r['config'].num_seeds} members: {', '.join(m['name'] for m in r['members'])}"
+      print(f"{r['name']} [{r['state']}] {params:,} parameters{members}")
       print("   ", " ".join(command(config_spec, root / r["name"], fixed, r["overrides"])))
     return
   root.mkdir(parents=True, exist_ok=True)

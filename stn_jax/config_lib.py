@@ -111,6 +111,8 @@ DOCS = {
   "population.learning_rate": "per member: its peak learning rate (empty: learning_rate for all)",
   "population.localization_lr_multiplier": "per member: its localisation multiplier (empty: the optimizer's for all)",
   "population.weight_decay": "per member: its decoupled weight decay (empty: the optimizer's for all)",
+  "population.dataset": "per member: its dataset.name, a variant of dataset.name's image size (empty: dataset.name "
+  "for all); member k trains and is evaluated on its own variant",
 }
 
 
@@ -233,6 +235,9 @@ def validate(config) -> None:
       raise ConfigError(
         f"config.population.{name} must be empty or have config.num_seeds ({config.num_seeds}) values; got {values!r}."
       )
+    if name == "dataset":
+      _check_member_datasets(config, values)
+      continue
     low, what = (0, "non-negative") if name != "learning_rate" else (1e-300, "positive")
     kinds = (int,) if name == "seed" else (int, float)
     if values and not all(isinstance(v, kinds) and not isinstance(v, bool) and v >= low for v in values):
@@ -245,6 +250,26 @@ def validate(config) -> None:
     models.check_config(config.model, input_shape(config))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def _check_member_datasets(config, names) -> None:
+  size = data_lib.VARIANTS[config.dataset.name].size
+  for name in names:
+    if name not in data_lib.VARIANTS:
+      allowed = ", ".join(map(repr, data_lib.NAMES))
+      raise ConfigError(f"config.population.dataset holds {name!r}; each must be one of {allowed}.")
+    if data_lib.VARIANTS[name].size != size:
+      raise ConfigError(
+        f"config.population.dataset: {name!r} is {data_lib.VARIANTS[name].size}x{data_lib.VARIANTS[name].size} but "
+        f"dataset.name {config.dataset.name!r} is {size}x{size}; a population's variants share one image size."
+      )
+
+
+def member_datasets(config) -> list[str]:
+  """The dataset variant of each member of the config's population: config.population.dataset, or dataset.name for
+  all."""
+  given = (config.get("population") or {}).get("dataset")
+  return [str(name) for name in given] if given else [config.dataset.name] * config.num_seeds
 
 
 def input_shape(config) -> tuple[int, int, int]:
@@ -335,7 +360,7 @@ ADDED_DEFAULTS = {
   "compute_dtype": "float32",  # every earlier run computed in float32
   "input_pipeline": "auto",  # neither changes what a run computes
   "steps_per_dispatch": 0,
-  "population": {name: [] for name in ("seed", *optim.MEMBER_HYPERPARAMETERS)},
+  "population": {name: [] for name in ("seed", *optim.MEMBER_HYPERPARAMETERS, "dataset")},
 }
 
 
@@ -350,6 +375,8 @@ def with_defaults(config: dict) -> dict:
   config = dict(config)
   for key, value in ADDED_DEFAULTS.items():
     config.setdefault(key, value)
+    if isinstance(value, dict) and isinstance(config[key], dict):  # a section that gained fields later
+      config[key] = {**value, **config[key]}
   defaults = to_dict(models.default_config())
   model = config.get("model", {})
   for section in ("localization", "classifier"):

@@ -51,11 +51,13 @@ def choose(pipeline: str, dataset: DistortedMnist, batch_size: int, num_seeds: i
 
 
 class TrainFeed:
-  """See the module docstring. `seeds` are the shuffle seeds of the population (one per model)."""
+  """See the module docstring. `seeds` are the shuffle seeds of the population (one per model); `dataset` is one
+  dataset for all of them, or a list of one per member (a population whose members differ in their variant: member k
+  gets the rows of its seed in its own dataset's images; all hold the same number of examples)."""
 
   def __init__(
     self,
-    dataset: DistortedMnist,
+    dataset: DistortedMnist | list[DistortedMnist],
     batch_size: int,
     seeds: list[int],
     mesh,
@@ -65,6 +67,13 @@ class TrainFeed:
   ):
     if pipeline not in ("device", "host"):
       raise ValueError(f"pipeline must be 'device' or 'host'; got {pipeline!r}.")
+    self.datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset] * len(seeds)
+    if len(self.datasets) != len(seeds) or len({len(d) for d in self.datasets}) != 1:
+      raise ValueError(
+        f"need one dataset per seed, all of one size; got {len(self.datasets)} for {len(seeds)} seeds, sizes "
+        f"{sorted({len(d) for d in self.datasets})}."
+      )
+    dataset = self.datasets[0]
     self.dataset, self.batch_size, self.seeds, self.pipeline = dataset, batch_size, list(seeds), pipeline
     self.total_steps = total_steps  # the device pipeline prepares no epoch beyond the one holding the last step
     self.steps_per_epoch = len(dataset) // batch_size
@@ -79,21 +88,21 @@ class TrainFeed:
   def _rows(self, epoch: int) -> list[np.ndarray]:
     return [
       epoch_rows(
-        self.dataset,
+        dataset,
         epoch,
         self.batch_size,
         shuffle_seed=seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
       )
-      for seed in self.seeds
+      for dataset, seed in zip(self.datasets, self.seeds, strict=True)
     ]
 
   def _place(self, epoch: int, first: int, last: int) -> dict:
     """Rows first..last-1 of `epoch`'s steps, this process's share of each batch, as global device arrays."""
-    images = self.dataset.images(epoch)
     rows = [r[first:last] for r in self._rows(epoch)]
-    local = {"image": [images[r] for r in rows], "label": [self.dataset.labels[r] for r in rows]}
+    pairs = list(zip(self.datasets, rows, strict=True))
+    local = {"image": [d.images(epoch)[r] for d, r in pairs], "label": [d.labels[r] for d, r in pairs]}
     local = {k: v[0] if len(v) == 1 else np.stack(v) for k, v in local.items()}
     return {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in local.items()}
 

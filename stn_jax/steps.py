@@ -167,8 +167,11 @@ def make_train_loop(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: s
   return run
 
 
-def make_eval_step(graphdef, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default"):
-  """Jitted sums of loss, correct and count over a masked batch; with K seeds, (K,) sums from one shared batch."""
+def make_eval_step(
+  graphdef, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default", *, member_batches: bool = False
+):
+  """Jitted sums of loss, correct and count over a masked batch; with K seeds, (K,) sums from one shared batch, or
+  with `member_batches` from a (K, B, ...) batch, member k's own rows (a population whose members differ in data)."""
 
   def one_eval(params, batch):
     logits = nnx.merge(graphdef, params)(batch["image"])
@@ -177,7 +180,7 @@ def make_eval_step(graphdef, num_seeds: int = 1, seed_mapping: str = "vmap", pre
     correct = jnp.where(mask, logits.argmax(-1) == batch["label"], False).sum()
     return {"loss": loss, "correct": correct, "count": mask.sum()}
 
-  evaluate = one_eval if num_seeds == 1 else over_seeds(one_eval, (0, None), seed_mapping)
+  evaluate = one_eval if num_seeds == 1 else over_seeds(one_eval, (0, 0 if member_batches else None), seed_mapping)
 
   @jax.jit
   def eval_step(params, batch):

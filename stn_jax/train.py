@@ -12,6 +12,7 @@ exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -51,14 +52,31 @@ def load_datasets(config) -> dict:
   }
 
 
+def member_sets(config, datasets: dict) -> dict[str, list]:
+  """{split: [member k's dataset]}: each member's variant (config_lib.member_datasets) of the given splits, the same
+  digits distorted as that variant's own run would see them; members of one variant share one dataset object."""
+  names = config_lib.member_datasets(config)
+  out = {}
+  for split, base in datasets.items():
+    by_name = {base.name: base}
+    for name in names:
+      if name not in by_name:
+        by_name[name] = dataclasses.replace(base, name=name)
+    out[split] = [by_name[name] for name in names]
+  return out
+
+
 def seed_batches(config, train_set, step: int) -> dict:
   """This process's rows of step `step`'s batch, as floats on the host (what the training feed's batches equal);
-  with K members, (K, rows, ...): member k's data order is that of a run with its seed (config_lib.member_seeds;
-  the distortions, a function of config.dataset.seed, are shared)."""
+  with K members, (K, rows, ...): member k's data order is that of a run with its seed (config_lib.member_seeds),
+  its images those of its variant (`train_set` a list of one dataset per member, or one for all; the distortions are
+  a function of config.dataset.seed)."""
+  seeds = config_lib.member_seeds(config)
+  sets = train_set if isinstance(train_set, (list, tuple)) else [train_set] * len(seeds)
 
-  def one(seed):
+  def one(dataset, seed):
     return data_lib.train_batch(
-      train_set,
+      dataset,
       step,
       config.batch_size,
       shuffle_seed=seed,
@@ -66,10 +84,9 @@ def seed_batches(config, train_set, step: int) -> dict:
       process_count=jax.process_count(),
     )
 
-  seeds = config_lib.member_seeds(config)
   if config.num_seeds == 1:
-    return one(seeds[0])
-  batches = [one(seed) for seed in seeds]
+    return one(sets[0], seeds[0])
+  batches = [one(d, seed) for d, seed in zip(sets, seeds, strict=True)]
   return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
 
@@ -101,12 +118,21 @@ def init_optimizer_state(tx, params, num_seeds: int = 1):
 
 
 def evaluate(eval_step, params, dataset, batch_size: int, mesh: jax.sharding.Mesh | None = None) -> dict:
-  """Mean loss and accuracy over `dataset`: floats, or (K,) arrays for an eval step of K seeds."""
+  """Mean loss and accuracy over `dataset`: floats, or (K,) arrays for an eval step of K seeds. `dataset` may be a
+  list of one dataset per member (an eval step made with member_batches=True), each member evaluated on its own."""
   totals = {"loss": 0.0, "correct": 0, "count": 0}
   sharding = {"process_index": jax.process_index(), "process_count": jax.process_count()} if mesh else {}
-  for batch in data_lib.eval_batches(dataset, batch_size, **sharding):
+  per_member = isinstance(dataset, (list, tuple))
+  if per_member:
+    batches = (
+      {key: np.stack([b[key] for b in members]) for key in members[0]}
+      for members in zip(*(data_lib.eval_batches(d, batch_size, **sharding) for d in dataset), strict=True)
+    )
+  else:
+    batches = data_lib.eval_batches(dataset, batch_size, **sharding)
+  for batch in batches:
     if mesh is not None:
-      batch = distributed.shard_batch(mesh, batch)
+      batch = distributed.shard_batch(mesh, batch, seed_axis=per_member)
     out = distributed.local_copy(eval_step(params, batch))
     for k in totals:
       totals[k] += out[k]
@@ -160,6 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   mesh = distributed.make_mesh(config.num_devices)
   distributed.check_divisible(mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
   datasets = datasets or load_datasets(config)
+  sets = member_sets(config, datasets)  # one dataset per member (the same object for members of one variant)
+  by_member = len({id(d) for d in sets["test"]}) > 1  # members of different variants: each evaluated on its own
   train_set = datasets["train"]
   if len(train_set) < config.batch_size:
     raise config_lib.ConfigError(f"config.batch_size {config.batch_size} exceeds the {len(train_set)} train examples.")
@@ -221,8 +249,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     log.info("%d seeds per step, mapped by %s", num_seeds, seed_mapping)
   seeds = config_lib.member_seeds(config)
   train_loop = steps.make_train_loop(graphdef, tx, seeds, num_seeds, seed_mapping, config.matmul_precision)
-  eval_step = steps.make_eval_step(graphdef, num_seeds, seed_mapping, config.matmul_precision)
-  sample = next(data_lib.eval_batches(datasets["test"], 64))["image"]
+  eval_step = steps.make_eval_step(graphdef, num_seeds, seed_mapping, config.matmul_precision, member_batches=by_member)
+  eval_sets = {split: sets[split] if by_member else datasets[split] for split in ("validation", "test")}
+  sample = next(data_lib.eval_batches(sets["test"][0], 64))["image"]
 
   def show_transformer(params, step: int, tag: str, *, tensorboard: bool = True) -> None:
     """The seed's Fig 4 / 5 (inputs beside the transformer's outputs) and the grids: files and TensorBoard."""
@@ -233,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     )
     if outputs is None:
       return
-    title = f"{config.dataset.name}, {config.model.transform} ST-{config.model.classifier.kind.upper()}, {tag}"
+    title = f"{sets['test'][0].name}, {config.model.transform} ST-{config.model.classifier.kind.upper()}, {tag}"
     figures.save_input_output_pair(sample, outputs, workdir / "figures" / f"transform_{tag}.png", title=title)
     figures.save_grid_overlay(sample, grids, workdir / "figures" / f"grids_{tag}.png")
     if tensorboard:
@@ -243,7 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   # --- The loop. ---
   logged = distributed.local_copy(sums)  # the sums at the last log line (a checkpoint's, on resume)
   pipeline = feed.choose(config.input_pipeline, train_set, config.batch_size, num_seeds)
-  train_feed = feed.TrainFeed(train_set, config.batch_size, seeds, mesh, pipeline=pipeline, total_steps=total)
+  train_sets = sets["train"] if by_member else train_set
+  train_feed = feed.TrainFeed(train_sets, config.batch_size, seeds, mesh, pipeline=pipeline, total_steps=total)
   log.info("input pipeline: %s; %d step(s) per dispatch", pipeline, per_dispatch)
   dispatches = list(feed.chunks(start_step, total, per_dispatch, budget.steps_per_epoch))
   window = utils.DispatchWindow(MAX_DISPATCHES_IN_FLIGHT)  # unbounded, multi-device XLA:CPU deadlocks (see there)
@@ -269,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         interval_rate = clock.lap(done, "eval", wait_for=params)
         with clock.excluded():
           s = distributed.local_copy(sums)
-          val = evaluate(eval_step, params, datasets["validation"], config.eval_batch_size, mesh)
+          val = evaluate(eval_step, params, eval_sets["validation"], config.eval_batch_size, mesh)
           row = {
             **seed_summary("train_loss", s["loss"] / np.maximum(s["count"], 1)),
             **seed_summary("train_accuracy", s["accuracy"] / np.maximum(s["count"], 1)),
@@ -297,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   manager.close()
 
   # --- Test and results. ---
-  test = evaluate(eval_step, params, datasets["test"], config.eval_batch_size, mesh)
+  test = evaluate(eval_step, params, eval_sets["test"], config.eval_batch_size, mesh)
   results = {
     **seed_summary("test_accuracy", test["accuracy"]),
     **seed_summary("test_loss", test["loss"]),
@@ -311,9 +341,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   }
   if num_seeds > 1:  # one row per member: its seed, hyperparameters and test metrics
     values = {name: optim.member_values(config, name) for name in optim.MEMBER_HYPERPARAMETERS}
+    variants = config_lib.member_datasets(config)
     results["members"] = [
       {
         "seed": seed,
+        "dataset": variants[k],
         **{name: values[name][k] for name in optim.MEMBER_HYPERPARAMETERS},
         **{key: results[f"{key}_per_seed"][k] for key in ("test_accuracy", "test_loss", "test_error")},
       }

@@ -38,6 +38,26 @@ def test_every_steps_batch_is_the_host_pipelines(datasets, pipeline, num_seeds):
     train_feed.close()
 
 
+@pytest.mark.parametrize("pipeline", ["device", "host"])
+def test_members_of_different_variants_get_their_own_variants_batches(datasets, pipeline):
+  config = tiny_config(num_seeds=3, **{"population.dataset": ("R", "P", "E"), "population.seed": (1, 1, 2)})
+  sets = train.member_sets(config, datasets)["train"]
+  assert [d.name for d in sets] == ["R", "P", "E"]
+  mesh = distributed.make_mesh(0)
+  with feed.TrainFeed(sets, config.batch_size, [1, 1, 2], mesh, pipeline=pipeline) as train_feed:
+    plan = list(feed.chunks(4, 9, 2, 6))
+    for i, (step, n) in enumerate(plan):
+      data, start = train_feed.chunk(step, n, next_chunk=plan[i + 1] if i + 1 < len(plan) else None)
+      for j in range(n):
+        want = train.seed_batches(config, sets, step + j)
+        got = np.take(np.asarray(data["image"]), start + j, axis=1)
+        np.testing.assert_array_equal(np.asarray(steps.to_float(got)), want["image"])
+        np.testing.assert_array_equal(np.take(np.asarray(data["label"]), start + j, axis=1), want["label"])
+        # R and P of one seed: the same digits in the same order, distorted differently
+        np.testing.assert_array_equal(want["label"][0], want["label"][1])
+        assert not np.array_equal(want["image"][0], want["image"][1])
+
+
 def test_chunks_end_at_multiples_epochs_and_the_total_whatever_the_start():
   full = list(feed.chunks(0, 25, 4, 10))
   assert full == [(0, 4), (4, 4), (8, 2), (10, 2), (12, 4), (16, 4), (20, 4), (24, 1)]

@@ -205,17 +205,18 @@ def test_the_command_line_plans_fixed_overrides_tuples_and_refuses_bad_runs_in_o
 
 def test_fuse_trains_runs_differing_in_seed_and_optimiser_values_as_one_population():
   config, _ = sweep.load_sweep(DEFAULT)
-  grid = sweep.parse_grid(["config.learning_rate=1e-3,3e-4", "config.seed=0,1", "config.dataset.name=R,P"])
+  grid = sweep.parse_grid(["config.learning_rate=1e-3,3e-4", "config.seed=0,1", "config.dataset.name=R,TC"])
   runs = sweep.plan(config, [{}], grid, {})
   names = sweep.short_names(list(dict.fromkeys(k for r in runs for k in r["overrides"])))
   for r in runs:
     r["name"] = sweep.run_name(r["overrides"], names)
   fused = sweep.fuse(config, runs)
-  assert len(fused) == 2 and all(len(f["members"]) == 4 for f in fused)
-  r_population = next(f for f in fused if f["common"] == {"dataset.name": "R"})
+  assert len(fused) == 2 and all(len(f["members"]) == 4 for f in fused)  # R (32x32) and TC (60x60) stay apart
+  r_population = next(f for f in fused if f["config"].dataset.name == "R")
   assert r_population["config"].num_seeds == 4
   assert r_population["config"].population.learning_rate == (1e-3, 1e-3, 3e-4, 3e-4)
   assert r_population["config"].population.seed == (0, 1, 0, 1)
+  assert r_population["config"].population.dataset == ()  # one variant: a plain dataset.name
   assert r_population["config"].learning_rate == config.learning_rate  # the base's: members carry their own
   assert r_population["config"].population.weight_decay == ()  # the same for all: the optimiser stays plain
   # a fused run's directory holds exactly its config: re-running the sweep finds it and skips it
@@ -235,9 +236,40 @@ def test_fuse_trains_runs_differing_in_seed_and_optimiser_values_as_one_populati
   assert [r["run"] for r in rows] == [m["name"] for m in r_population["members"]]
   assert rows[2]["learning_rate"] == "0.0003" and rows[2]["test_accuracy"] == 0.92 and rows[2]["num_seeds"] == 1
   assert rows[2]["status"] == "done, member 2 of name=R,population=4"
-  # runs that differ in anything else, or are populations already, stay apart
+  # runs that differ in anything else, or are populations of hyperparameters already, stay apart
   other = sweep.plan(config, [{}], sweep.parse_grid(["config.model.transform=affine,tps"]), {})
   assert sweep.fuse(config, other) == other
-  config.num_seeds = 2  # as --config.num_seeds=2 would set it
-  seeded = sweep.plan(config, [{}], sweep.parse_grid(["config.learning_rate=1e-3,3e-4"]), {"num_seeds": 2})
-  assert [len(r.get("members", [])) for r in sweep.fuse(config, seeded)] == [0, 0]
+  lr = sweep.parse_grid(["config.population.learning_rate=(1e-3,3e-4),(1e-4,3e-3)"])
+  config.num_seeds = 2
+  populations = sweep.plan(config, [{}], lr, {"num_seeds": 2})
+  assert sweep.fuse(config, populations) == populations
+
+
+def test_fuse_puts_the_variants_and_seeds_of_one_architecture_into_one_program():
+  """Table 1's R, P and E columns of one architecture, 3 seeds each: one program of 9 members; each run's row is
+  the mean and spread of its own 3 members."""
+  config, sweep_runs = sweep.load_sweep(ROOT / "configs" / "paper_table1.py:paper")
+  runs = sweep.plan(config, sweep_runs, [{}], {})
+  names = sweep.short_names(list(dict.fromkeys(k for r in runs for k in r["overrides"])))
+  for r in runs:
+    r["name"] = sweep.run_name(r["overrides"], names)
+  fused = sweep.fuse(config, runs)
+  programs = [f for f in fused if "members" in f]
+  alone = [f for f in fused if "members" not in f]
+  assert len(programs) == 8 and all(f["config"].num_seeds == 9 for f in programs)  # the 8 rows of Table 1
+  assert len(alone) == 8 and {r["config"].dataset.name for r in alone} == {"paper-RTS"}  # 42x42: its own programs
+  st_cnn = next(f for f in programs if f["common"].get("model.transform") == "affine" and "cnn" in str(f["common"]))
+  c = st_cnn["config"]
+  assert c.population.dataset == ("R",) * 3 + ("paper-P",) * 3 + ("paper-E",) * 3
+  assert c.population.seed == (0, 1, 2) * 3 and c.dataset.name == "R"
+  assert st_cnn["slots"] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+  assert [m["config"].dataset.name for m in st_cnn["members"]] == ["R", "paper-P", "paper-E"]
+  # the fused config is what its command line builds
+  assert config_lib.to_dict(sweep.resolve(config, st_cnn["overrides"])) == config_lib.to_dict(c)
+  results = {"status": "done", "train_time_s": 5.0, "members": []}
+  for k in range(9):
+    results["members"].append({"test_accuracy": 1 - k / 100, "test_error": k / 100, "test_loss": 0.1 * k})
+  rows = sweep.member_rows(results, {**st_cnn, "name": "x"}, names)
+  assert [r["num_seeds"] for r in rows] == [3, 3, 3]
+  assert rows[1]["test_error"] == pytest.approx(0.04) and rows[1]["test_error_std"] == pytest.approx(0.01)
+  assert rows[2]["status"] == "done, members 6-8 of x"

@@ -390,3 +390,42 @@ def test_a_population_of_hyperparameters_trains_each_member_as_its_own_run(datas
     assert {name: row[name] for name in members} == {name: values[k] for name, values in members.items()}
     assert row["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-4)
   assert both["members"][0]["test_loss"] != pytest.approx(both["members"][1]["test_loss"], rel=1e-3)
+
+
+def test_a_population_of_variants_trains_each_member_as_its_own_run_on_its_own_data(datasets, tmp_path):
+  """Members differing in their dataset variant (and seed): member k trains on its variant's batches and is
+  evaluated on its variant's validation and test splits, as the separate run of that variant and seed."""
+  import dataclasses
+
+  variants, seeds = ("R", "P", "P"), (3, 3, 5)
+  population = tiny_config(num_seeds=3, **{"population.dataset": variants, "population.seed": seeds})
+  together = train.train_and_evaluate(population, tmp_path / "population", datasets=datasets)
+  assert [m["dataset"] for m in together["members"]] == list(variants)
+  for k, (variant, seed) in enumerate(zip(variants, seeds, strict=True)):
+    own = {split: dataclasses.replace(d, name=variant) for split, d in datasets.items()}
+    alone = train.train_and_evaluate(
+      tiny_config(seed=seed, **{"dataset.name": variant}), tmp_path / str(k), datasets=own
+    )
+    assert together["members"][k]["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-4), k
+    assert together["members"][k]["test_accuracy"] == pytest.approx(alone["test_accuracy"], abs=1 / 40), k
+    rows, reference = _metrics(tmp_path / "population"), _metrics(tmp_path / str(k))
+    for row, ref in zip(rows, reference, strict=True):
+      assert row["val_loss_per_seed"][k] == pytest.approx(ref["val_loss"], rel=1e-4)
+  losses = [m["test_loss"] for m in together["members"]]
+  assert len({round(v, 5) for v in losses}) == 3  # R and P differ, and so do P's two seeds
+
+
+@pytest.mark.parametrize(
+  ("dataset", "words"),
+  [
+    (("R", "TC"), ["config.population.dataset", "'TC' is 60x60", "'R' is 32x32"]),
+    (("R", "mnist"), ["config.population.dataset", "'mnist'", "'paper-E'"]),
+    (("R",), ["config.population.dataset", "num_seeds (2)"]),
+  ],
+)
+def test_population_datasets_are_checked_before_any_work(dataset, words, tmp_path):
+  with pytest.raises(config_lib.ConfigError) as info:
+    train.train_and_evaluate(tiny_config(num_seeds=2, **{"population.dataset": dataset}), tmp_path / "w")
+  for word in words:
+    assert word in str(info.value), (word, str(info.value))
+  assert not (tmp_path / "w").exists()
