@@ -35,6 +35,37 @@ VARIANTS = {
   "paper": {"R": "R", "RTS": "paper-RTS", "P": "paper-P", "E": "paper-E"},
 }
 SHORT = {"affine": "Aff", "projective": "Proj", "tps": "TPS"}
+# The paper's test errors (%): Table 1, columns DATASETS, and its TC column (docs/paper_recipe.md cites them).
+PAPER = {
+  "FCN": (2.1, 5.2, 3.1, 3.2),
+  "CNN": (1.2, 0.8, 1.5, 1.4),
+  "ST-FCN-Aff": (1.2, 0.8, 1.5, 2.7),
+  "ST-FCN-Proj": (1.3, 0.9, 1.4, 2.6),
+  "ST-FCN-TPS": (1.1, 0.8, 1.4, 2.4),
+  "ST-CNN-Aff": (0.7, 0.5, 0.8, 1.2),
+  "ST-CNN-Proj": (0.8, 0.6, 0.8, 1.3),
+  "ST-CNN-TPS": (0.7, 0.5, 0.8, 1.1),
+}
+PAPER_TC = {"FCN": 13.2, "CNN": 3.5, "ST-FCN-Aff": 2.0, "ST-CNN-Aff": 1.7}
+
+
+def row_name(config: dict) -> str:
+  """The Table 1 row of a run's model (a config as a dict): FCN, CNN, ST-FCN-<transform> or ST-CNN-<transform>."""
+  m = config["model"]
+  family = "CNN" if m["classifier"]["kind"] == "cnn" else "FCN"
+  return family if m["transform"] == "none" else f"ST-{family}-{SHORT[m['transform']]}"
+
+
+def column(dataset: str) -> str:
+  """The Table 1 / TC column of a dataset variant (the paper's recipe has its own: paper-RTS is RTS)."""
+  return dataset.removeprefix("paper-")
+
+
+def paper_number(row: str, col: str) -> float | None:
+  """The paper's test error (%) of a cell, None where the paper has none."""
+  if col == "TC":
+    return PAPER_TC.get(row)
+  return PAPER[row][DATASETS.index(col)] if row in PAPER and col in DATASETS else None
 
 
 def models(budget: str = "full") -> dict[str, dict]:

@@ -1,10 +1,14 @@
-r"""Our Table 1 and TC errors beside the paper's, from finished sweeps; copies the rectified-digit figures.
+r"""Our Table 1 and TC errors beside the paper's, from a campaign's results or finished sweeps; copies figures.
 
+  python experiments/paper_table.py --runs=docs/paper_runs            # experiments/paper_campaign.py's results
   python experiments/paper_table.py --table1=runs/table1_cpu --tc=runs/tc_cpu [--figures=docs/table1]
 
-Reads every ROOT/<run>/results.json and config.json, names each run by its model (FCN, CNN, ST-FCN-Aff, ...) and
-prints markdown tables of test error %: our mean ± standard deviation over the run's seeds, the paper's number, and
-the difference. With --figures, copies each dataset's ST-CNN (affine) input/output figure there as <dataset>.png.
+Reads every results.json under the roots (with its config.json and metrics.jsonl), splits a fused program (a
+population of several variants, `config.population.dataset`) into its cells, and prints markdown tables of test
+error %: our mean ± standard deviation over the cell's seeds, the paper's number, the difference, and the step at
+which the cell's validation error (the mean over its seeds, at each evaluation) first reached the paper's test error:
+the cheapest budget of the paper's recipe that matches it, cell by cell ("not reached" if it never did). With
+--figures, copies each dataset's ST-CNN (affine) input/output figure there as <dataset>.png.
 """
 
 from __future__ import annotations
@@ -13,81 +17,118 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 from absl import app, flags
 
 from stn_jax import config_lib
+from stn_jax.metrics import read_metrics
 
 paper_table1 = config_lib.import_sibling(Path(__file__).resolve().parents[1] / "configs" / "default.py", "paper_table1")
 
+_RUNS = flags.DEFINE_string("runs", None, "Root of a campaign's results (docs/paper_runs): Table 1 and TC.")
 _TABLE1 = flags.DEFINE_string("table1", None, "Root of the Table 1 sweep.")
 _TC = flags.DEFINE_string("tc", None, "Root of the TC sweep.")
 _FIGURES = flags.DEFINE_string("figures", None, "Copy each dataset's ST-CNN-Aff transform figure here.")
 
-PAPER = {
-  "FCN": (2.1, 5.2, 3.1, 3.2),
-  "CNN": (1.2, 0.8, 1.5, 1.4),
-  "ST-FCN-Aff": (1.2, 0.8, 1.5, 2.7),
-  "ST-FCN-Proj": (1.3, 0.9, 1.4, 2.6),
-  "ST-FCN-TPS": (1.1, 0.8, 1.4, 2.4),
-  "ST-CNN-Aff": (0.7, 0.5, 0.8, 1.2),
-  "ST-CNN-Proj": (0.8, 0.6, 0.8, 1.3),
-  "ST-CNN-TPS": (0.7, 0.5, 0.8, 1.1),
-}
-PAPER_TC = {"FCN": 13.2, "CNN": 3.5, "ST-FCN-Aff": 2.0, "ST-CNN-Aff": 1.7}
+
+def _member_errors(row: dict, key: str, indices: list[int]) -> float | None:
+  """The mean error over the members `indices` of a metrics row's `key` accuracy (per seed or a plain value)."""
+  if f"{key}_per_seed" in row:
+    return float(np.mean([1 - row[f"{key}_per_seed"][i] for i in indices]))
+  return 1 - row[key] if key in row else None
 
 
-def model_name(config: dict) -> str:
-  """The Table 1 row of a run's model: FCN, CNN, ST-FCN-<transform> or ST-CNN-<transform> (any budget's)."""
-  m = config["model"]
-  family = "CNN" if m["classifier"]["kind"] == "cnn" else "FCN"
-  return family if m["transform"] == "none" else f"ST-{family}-{paper_table1.SHORT[m['transform']]}"
+def reached_step(rows: list[dict], indices: list[int], paper: float | None) -> int | None:
+  """The first evaluation step at which the mean validation error of the members `indices` was <= paper (%)."""
+  if paper is None:
+    return None
+  for row in rows:
+    error = _member_errors(row, "val_accuracy", indices)
+    if error is not None and 100 * error <= paper + 1e-9:
+      return row["step"]
+  return None
 
 
-def column(dataset: str) -> str:
-  """The Table 1 / TC column of a dataset variant (the paper's recipe has its own: paper-RTS is RTS)."""
-  return dataset.removeprefix("paper-")
-
-
-def collect(root: Path) -> dict[tuple[str, str], dict]:
-  """{(model name, dataset): results} of the finished runs under `root`."""
+def cells(run_dir: Path) -> dict[tuple[str, str], dict]:
+  """{(row, column): {test_error, test_error_std, num_seeds, num_train_steps, reached, dir}} of one finished run
+  directory: one cell, or one per variant of a population of variants."""
+  config = config_lib.migrate(json.loads((run_dir / "config.json").read_text()))  # any version
+  results = json.loads((run_dir / "results.json").read_text())
+  rows = read_metrics(run_dir / "metrics.jsonl")
+  row = paper_table1.row_name(config)
+  variants = (config.get("population") or {}).get("dataset") or [config["dataset"]["name"]] * results.get(
+    "num_seeds", 1
+  )
+  groups: dict[str, list[int]] = {}
+  for i, name in enumerate(variants):
+    groups.setdefault(name, []).append(i)
   out = {}
-  for results in sorted(root.glob("*/results.json")):
-    config = config_lib.migrate(json.loads((results.parent / "config.json").read_text()))  # any version
-    key = model_name(config), column(config["dataset"]["name"])
-    out[key] = {**json.loads(results.read_text()), "dir": results.parent}
+  for name, indices in groups.items():
+    col = paper_table1.column(name)
+    if "members" in results:
+      errors = np.array([results["members"][i]["test_error"] for i in indices], np.float64)
+    else:
+      errors = np.array([results["test_error"]], np.float64)
+    out[(row, col)] = {
+      "test_error": float(errors.mean()),
+      "test_error_std": float(errors.std(ddof=1)) if len(errors) > 1 else float(results.get("test_error_std", 0.0)),
+      "num_seeds": len(indices),
+      "num_train_steps": results["num_train_steps"],
+      "reached": reached_step(rows, indices, paper_table1.paper_number(row, col)),
+      "dir": run_dir,
+      "figure": name == variants[0],  # a run's figures show its member 0
+    }
   return out
 
 
-def cell(result: dict | None, paper: float) -> str:
+def collect(root: Path) -> dict[tuple[str, str], dict]:
+  """{(row, column): cell} of every finished run under `root` (at any depth)."""
+  out = {}
+  for results in sorted(root.glob("**/results.json")):
+    out.update(cells(results.parent))
+  return out
+
+
+def cell_text(result: dict | None, paper: float) -> str:
   if result is None:
     return f"— ({paper})"
-  mean, std = 100 * result["test_error"], 100 * result.get("test_error_std", 0.0)
-  return f"{mean:.2f} ± {std:.2f} ({paper}; {mean - paper:+.1f})"
+  mean, std = 100 * result["test_error"], 100 * result["test_error_std"]
+  reached = f"{result['reached']:,}" if result["reached"] is not None else "not reached"
+  return f"{mean:.2f} ± {std:.2f} ({paper}; {mean - paper:+.2f}; {reached})"
+
+
+def tables(found: dict[tuple[str, str], dict]) -> str:
+  """The markdown tables of Table 1 and TC."""
+  budgets = sorted({(r["num_train_steps"], r["num_seeds"]) for r in found.values()})
+  lines = [
+    "test error %: ours, mean ± std over seeds (the paper's; ours - paper; the first step at which our validation "
+    f"error reached the paper's test error); budgets (steps, seeds): {budgets}",
+    "",
+    "| model | " + " | ".join(paper_table1.DATASETS) + " |",
+    "|---|" + "---:|" * len(paper_table1.DATASETS),
+  ]
+  for name, paper in paper_table1.PAPER.items():
+    row = [cell_text(found.get((name, d)), p) for d, p in zip(paper_table1.DATASETS, paper, strict=True)]
+    lines.append(f"| {name} | " + " | ".join(row) + " |")
+  if any(col == "TC" for _, col in found):
+    lines += ["", "| model | TC |", "|---|---:|"]
+    lines += [f"| {n} | {cell_text(found.get((n, 'TC')), p)} |" for n, p in paper_table1.PAPER_TC.items()]
+  return "\n".join(lines)
 
 
 def main(argv):
   del argv
-  runs = collect(Path(_TABLE1.value)) if _TABLE1.value else {}
-  tc = collect(Path(_TC.value)) if _TC.value else {}
-  budgets = {(r["num_train_steps"], r.get("num_seeds", 1)) for r in (*runs.values(), *tc.values())}
-  print(f"test error %, ours mean ± std over seeds (paper; ours - paper); budgets (steps, seeds): {sorted(budgets)}\n")
-  datasets = paper_table1.DATASETS
-  print("| model | " + " | ".join(datasets) + " |")
-  print("|---|" + "---:|" * len(datasets))
-  for name, paper in PAPER.items():
-    print(
-      f"| {name} | " + " | ".join(cell(runs.get((name, d)), p) for d, p in zip(datasets, paper, strict=True)) + " |"
-    )
-  if tc:
-    print("\n| model | TC |\n|---|---:|")
-    for name, paper in PAPER_TC.items():
-      print(f"| {name} | {cell(tc.get((name, 'TC')), paper)} |")
+  found = {}
+  for root in (_RUNS.value, _TABLE1.value, _TC.value):
+    if root:
+      found.update(collect(Path(root)))
+  print(tables(found))
   if _FIGURES.value:
     target = Path(_FIGURES.value)
     target.mkdir(parents=True, exist_ok=True)
-    for (name, dataset), result in {**runs, **tc}.items():
+    for (name, dataset), result in found.items():
       figure = result["dir"] / "figures" / "transform_final.png"
-      if name == "ST-CNN-Aff" and figure.exists():
+      if name == "ST-CNN-Aff" and result["figure"] and figure.exists():
         shutil.copy(figure, target / f"{dataset}.png")
         print(f"copied {figure} -> {target / f'{dataset}.png'}")
 

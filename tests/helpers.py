@@ -129,3 +129,20 @@ def products(stablehlo: str) -> list[dict]:
       }
     )
   return out
+
+
+def experiment(name: str):
+  """experiments/<name>.py as a module, loaded once per process (the scripts define absl flags, which may be
+  defined only once), with experiments/ on sys.path as when the script runs."""
+  import importlib.util
+  import sys
+
+  if name not in sys.modules:
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    if str(folder) not in sys.path:
+      sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+  return sys.modules[name]

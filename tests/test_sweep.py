@@ -2,7 +2,6 @@
 states), running (skips, failures), reports (merged results.csv, readable plot) and its command line."""
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from stn_jax import config_lib, models
+from tests.helpers import experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("sweep", ROOT / "experiments" / "sweep.py")
-sweep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sweep)
+sweep = experiment("sweep")
 
 SWEEP_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if "def sweep" in p.read_text())
 DEFAULT = ROOT / "configs" / "default.py"

@@ -1,0 +1,156 @@
+"""experiments/paper_campaign.py: the programs of the paper's Table 1 and TC, the window's plan (done programs
+skipped, programs that cannot finish not started), the one archive, and paper_table.py reading it back."""
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import experiment
+
+campaign = experiment("paper_campaign")
+paper_table = experiment("paper_table")
+
+
+def test_the_paper_table_and_tc_are_20_programs_in_priority_order():
+  programs = campaign.programs()
+  assert len(programs) == 20 and sum(p.config.num_seeds for p in programs) == 108  # 36 cells x 3 seeds
+  assert sorted(c for p in programs for c in p.cells) == sorted(
+    [(col, row) for col in ("R", "RTS", "P", "E") for row in campaign.paper_table1.PAPER]
+    + [("TC", row) for row in campaign.paper_table1.PAPER_TC]
+  )
+  assert [p.cells for p in programs[:4]] == [[c] for c in campaign.PRIORITY]
+  fused = [p for p in programs if len(p.cells) > 1]
+  assert len(fused) == 8 and all(p.config.num_seeds == 9 for p in fused)
+  assert all(p.slots == [[0, 1, 2], [3, 4, 5], [6, 7, 8]] for p in fused)
+  assert fused[0].cells == [("R", "ST-CNN-Aff"), ("P", "ST-CNN-Aff"), ("E", "ST-CNN-Aff")]  # ST-CNN first
+  assert programs.index(fused[0]) == 4
+  assert all(p.steps == 150_000 for p in programs)
+
+
+def _fake_run(program, workdir, deadline, log_path, overhead_s):
+  """What stn_jax.main leaves in a finished workdir (checkpoints included), without training."""
+  rng = np.random.default_rng()
+  k = program.config.num_seeds
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "checkpoints" / "150000").mkdir(parents=True)
+  (workdir / "checkpoints" / "150000" / "state").write_bytes(b"x" * 1000)
+  (workdir / "figures").mkdir()
+  (workdir / "figures" / "transform_final.png").write_bytes(b"png")
+  (workdir / "figures" / "transform_step005000.png").write_bytes(b"png")
+  (workdir / "config.json").write_text(json.dumps(campaign.config_lib.to_dict(program.config)))
+  errors = rng.uniform(0.004, 0.02, k)
+  members = [{"test_error": float(e), "test_accuracy": float(1 - e), "test_loss": 0.1} for e in errors]
+  results = {"test_error": float(errors.mean()), "num_seeds": k, "num_train_steps": program.steps, "members": members}
+  (workdir / "results.json").write_text(json.dumps(results))
+  rows = [
+    {"step": s, "val_accuracy": 0.99, "val_accuracy_per_seed": [1 - e * 150_000 / s for e in errors]}
+    for s in range(5_000, 150_001, 5_000)
+  ]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  log_path.write_text("")
+  return {"status": "done", "rate": 1000.0, "seconds": 1.0}
+
+
+def test_a_window_runs_what_fits_packs_one_archive_and_the_next_window_continues(tmp_path, monkeypatch):
+  monkeypatch.setattr(campaign, "run_program", _fake_run)
+  done = tmp_path / "docs_paper_runs"
+  done.mkdir()
+  plan = campaign.programs()
+  # Earlier windows measured these rates: the 4th program needs 150,000 / 100 s, more than the window has.
+  rates = {"cpu": {p.key: 1000.0 for p in plan[:3]} | {plan[3].key: 100.0}}
+  (done / "rates.json").write_text(json.dumps(rates))
+  out = tmp_path / "window1"
+  summary = campaign.campaign(300.0, out, done, overhead_s=10.0, only=[p.key for p in plan[:5]], printer=lambda _: None)
+  statuses = [e["status"] for e in summary["programs"]]
+  assert statuses[:3] == ["done"] * 3
+  assert statuses[3].startswith("not started (~1510 s")  # known not to fit: never started
+  assert statuses[4] == "done"  # rate unknown: started (the fake finishes at once)
+  with tarfile.open(out / campaign.ARCHIVE) as tar:
+    names = tar.getnames()
+    sizes = {m.name: m.size for m in tar.getmembers()}
+  assert (out / campaign.ARCHIVE).stat().st_size < campaign.ARCHIVE_LIMIT
+  finished = [plan[i] for i in (0, 1, 2, 4)]
+  for p in finished:
+    for kept in campaign.KEPT:
+      assert f"{p.key}/{kept}" in names
+  assert not any("checkpoints" in n or "step005000" in n for n in names)  # no checkpoints, one figure each
+  assert "rates.json" in names and any(n.startswith("campaigns/") for n in names) and sizes["rates.json"] > 0
+  # Unpacked into the committed results, the next window skips what is done and plans the rest.
+  with tarfile.open(out / campaign.ARCHIVE) as tar:
+    tar.extractall(done, filter="data")
+  assert json.loads((done / "rates.json").read_text())["cpu"][plan[4].key] == 1000.0
+  calls = []
+  monkeypatch.setattr(campaign, "run_program", lambda p, *a: calls.append(p.key) or _fake_run(p, *a))
+  second = campaign.campaign(
+    300.0, tmp_path / "window2", done, overhead_s=10.0, only=[p.key for p in plan[:6]], printer=lambda _: None
+  )
+  assert [e["status"] for e in second["programs"]][:5] == ["done before"] * 3 + [statuses[3], "done before"]
+  assert calls == [plan[5].key]
+  # paper_table reads the results back: cells split out of the fused program, the step each reached the paper
+  found = paper_table.collect(done)
+  assert {(row, col) for p in finished for col, row in p.cells} <= set(found)
+  fused = plan[4]
+  results = json.loads((done / fused.key / "results.json").read_text())
+  for (col, row), indices in zip(fused.cells, fused.slots, strict=True):
+    cell = found[(row, col)]
+    errors = [results["members"][i]["test_error"] for i in indices]
+    assert cell["test_error"] == pytest.approx(np.mean(errors)) and cell["num_seeds"] == 3
+    assert cell["test_error_std"] == pytest.approx(np.std(errors, ddof=1))
+    paper = campaign.paper_table1.paper_number(row, col)
+    rows = [json.loads(line) for line in (done / fused.key / "metrics.jsonl").read_text().splitlines()]
+    want = next(
+      (r["step"] for r in rows if 100 * np.mean([1 - r["val_accuracy_per_seed"][i] for i in indices]) <= paper), None
+    )
+    assert cell["reached"] == want
+  assert "| ST-CNN-Aff |" in paper_table.tables(found)
+
+
+def test_an_unknown_program_or_override_is_refused():
+  with pytest.raises(campaign.CampaignError, match="--programs: no program 'table1/nope'"):
+    campaign.campaign(10.0, Path("/nonexistent"), Path("/nonexistent"), only=["table1/nope"], dry_run=True)
+  with pytest.raises(campaign.CampaignError, match=r"--override must look like config\.key=value; got 'batch_size'"):
+    campaign.programs(["batch_size"])
+
+
+def test_a_real_program_trains_to_its_total_and_comes_back_in_the_archive(tmp_path):
+  """One program for real on the CPU: the paper-RTS FCN (3 seeds), shrunk to 4 steps on synthetic digits."""
+  from tests.helpers import synthetic_digits
+
+  rng = np.random.default_rng(0)
+  x_train, y_train = synthetic_digits(rng, 60_000)
+  x_test, y_test = synthetic_digits(rng, 10_000)
+  npz = tmp_path / "mnist.npz"
+  np.savez(npz, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+  overrides = [
+    "config.num_train_steps=4",
+    "config.eval_every_steps=2",
+    "config.checkpoint_every_steps=4",
+    "config.log_every_steps=2",
+    "config.batch_size=32",
+    "config.dataset.source=path",
+    f"config.dataset.mnist_path={npz}",
+    f"config.dataset.data_dir={tmp_path / 'cache'}",
+    "config.model.classifier.fcn.hidden=(8,8)",
+  ]
+  key = "table1/name=paper-RTS,transform=none,classifier.kind=fcn,match_params_of=affine"
+  done = tmp_path / "done"
+  done.mkdir()
+  summary = campaign.campaign(
+    240.0, tmp_path / "out", done, overrides=overrides, only=[key], overhead_s=1.0, printer=lambda _: None
+  )
+  entry = summary["programs"][0]
+  logs = "".join(p.read_text()[-3000:] for p in (tmp_path / "out" / "work").glob("*.log"))
+  assert entry["status"] == "done", logs
+  assert entry["rate"] > 0 and summary["rates"][key] == entry["rate"]
+  with tarfile.open(tmp_path / "out" / campaign.ARCHIVE) as tar:
+    tar.extractall(done, filter="data")
+  results = json.loads((done / key / "results.json").read_text())
+  assert results["num_train_steps"] == 4 and results["num_seeds"] == 3
+  assert [r["step"] for r in paper_table.read_metrics(done / key / "metrics.jsonl")] == [2, 4]
+  assert not (done / key / "checkpoints").exists()
+  assert not (done / key / "figures").exists()  # a baseline has no transformer to show
+  cell = paper_table.collect(done)[("FCN", "RTS")]
+  assert cell["num_seeds"] == 3 and cell["num_train_steps"] == 4 and 0 <= cell["test_error"] <= 1
