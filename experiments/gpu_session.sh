@@ -1,43 +1,88 @@
 #!/usr/bin/env bash
-# The measurements of one lent GPU session, as one command (../shared/gpu/README.md), run from the project's root:
+# One lent GPU session as one command of under 9 minutes (../shared/gpu/README.md), run from the project's root:
 #   bash .gpu/on-device.sh bash experiments/gpu_session.sh
-# Everything lands under $OUT: the sampler benchmark against torch on the same GPU (2-D and volume cases), then the
-# paper's recipe (configs/paper_*.py:paper, one seed each) for RTS CNN, RTS ST-CNN-Aff and TC ST-CNN-Aff, trained side
-# by side for TRAIN_S seconds: their metrics.jsonl (every 5,000 steps) and config.json. The 2026-11-26 session
-# (docs/h100_2026-11-26) ran this with TRAIN_S=390, then, its first version having returned too many files, the two
-# ST-CNN runs again for 350 s.
+# In order:
+#   1. the versions, the device and the date (gpu.txt);
+#   2. what has never been measured on a GPU: benchmark_loop (the loop against its bare step), benchmark_population
+#      --ks=1,8,64, benchmark_train (stn_jax against torch on the same GPU) and the default `make train` config's
+#      wall time and steps/s (benchmarks.txt; the default run's results.json and metrics.jsonl in session.tar.xz);
+#   3. the rest of SESSION_S on experiments/paper_campaign.py (paper_runs.tar.xz: unpack it into docs/paper_runs).
+# $OUT receives 4 files: gpu.txt, benchmarks.txt, session.tar.xz (logs, the default run, the campaign's record) and
+# paper_runs.tar.xz, well inside the machine's 8 files of 16 MiB. Each step has its own timeout, so one that hangs
+# or fails costs its share of the window only. SESSION_S (default 510) is the whole command's budget in seconds;
+# CAMPAIGN_ARGS adds flags to the campaign and BENCH=0 skips step 2 (a test of this script on a CPU uses both).
 set -u
 OUT=${OUT:-/tmp/gpu_session}
-TRAIN_S=${TRAIN_S:-390}
+SESSION_S=${SESSION_S:-510}
 PYTHON=${PYTHON:-python3}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-date -u | tee -a "$OUT/gpu.txt"
+WORK=${WORK:-/tmp/gpu_session_work}
+CAMPAIGN_ARGS=${CAMPAIGN_ARGS:-}
+BENCH=${BENCH:-1}
+START=$(date +%s)
+mkdir -p "$OUT" "$WORK/logs"
+rm -rf "$WORK/default" "$WORK/campaign"
+elapsed() { echo $(($(date +%s) - START)); }
 
-echo "== benchmark_sampler"
-timeout 100 "$PYTHON" experiments/benchmark_sampler.py --json="$OUT/benchmark_sampler.json" > "$OUT/benchmark_sampler.txt" 2>&1
-tail -25 "$OUT/benchmark_sampler.txt"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+  "$PYTHON" -c "import jax, flax, optax; print('jax', jax.__version__, jax.devices(), '| flax', flax.__version__, '| optax', optax.__version__)"
+  git log -1 --format='commit %H %s' 2>/dev/null || true
+  date -u
+} 2>&1 | tee "$OUT/gpu.txt"
 
-echo "== the paper's recipe, ${TRAIN_S} s"
-train() {  # workdirs in /tmp (the device returns a limited number of files); metrics, config and last figure to $OUT
-  local name=$1
-  shift
-  timeout "$TRAIN_S" "$PYTHON" -m stn_jax.main --workdir="/tmp/gpu_session/$name" "$@" --config.num_seeds=1 \
-    --config.checkpoints_to_keep=1 > "$OUT/$name.log" 2>&1
-  echo "$name exit $?"
-  mkdir -p "$OUT/$name"
-  cp "/tmp/gpu_session/$name/metrics.jsonl" "/tmp/gpu_session/$name/config.json" "$OUT/$name/"
-  cp "$(ls /tmp/gpu_session/"$name"/figures/transform_step*.png 2>/dev/null | tail -1)" "$OUT/$name/" 2>/dev/null
+bench() {  # name, timeout in seconds, command...: its output to benchmarks.txt (and the log)
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name ($(elapsed) s into the session)" | tee -a "$OUT/benchmarks.txt"
+  timeout "$limit" "$@" > "$WORK/logs/$name.txt" 2> "$WORK/logs/$name.log"
+  local status=$?
+  grep -v -E "^[IWE][0-9]{4} " "$WORK/logs/$name.txt" | tail -40 | tee -a "$OUT/benchmarks.txt"  # the tables
+  [ "$status" -eq 0 ] || grep -E "Error|error" "$WORK/logs/$name.log" | tail -3 | tee -a "$OUT/benchmarks.txt"
+  echo "($name: exit $status)" | tee -a "$OUT/benchmarks.txt"
 }
-rts=(--config=configs/paper_table1.py:paper --config.dataset.name=paper-RTS --config.model.classifier.kind=cnn)
-train rts_cnn "${rts[@]}" --config.model.transform=none --config.model.match_params_of=affine \
-  --config.model.localization.kind=cnn &
-train rts_st_cnn_aff "${rts[@]}" --config.model.transform=affine --config.model.localization.kind=cnn &
-train tc_st_cnn_aff --config=configs/paper_tc.py:paper --config.model.transform=affine \
-  --config.model.classifier.kind=cnn --config.model.localization.kind=cnn &
-wait
-for name in rts_cnn rts_st_cnn_aff tc_st_cnn_aff; do
-  echo "-- $name"
-  grep -E "eval at step|test error|steps/s" "$OUT/$name.log" | tail -4
-done
+
+if [ "$BENCH" = 1 ]; then
+  bench benchmark_loop 90 "$PYTHON" experiments/benchmark_loop.py --steps=300 --repeats=2
+  bench benchmark_population 90 "$PYTHON" experiments/benchmark_population.py --ks=1,8,64
+  bench benchmark_train 60 "$PYTHON" experiments/benchmark_train.py
+
+  echo "== the default make train config ($(elapsed) s into the session)" | tee -a "$OUT/benchmarks.txt"
+  T0=$(date +%s.%N)
+  timeout 120 "$PYTHON" -m stn_jax.main --config=configs/default.py --workdir="$WORK/default" \
+    > "$WORK/logs/default.log" 2>&1
+  STATUS=$?
+  T1=$(date +%s.%N)
+  "$PYTHON" - "$WORK/default/results.json" "$T0" "$T1" "$STATUS" <<'PY' 2>&1 | tee -a "$OUT/benchmarks.txt"
+import json, sys
+path, t0, t1, status = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+try:
+  r = json.load(open(path))
+  print(f"default config: wall {t1 - t0:.1f} s (process start to exit, data distortion and compilation included), "
+        f"{r['steps_per_sec']:.0f} steps/s over training time {r['train_time_s']:.1f} s, "
+        f"test accuracy {100 * r['test_accuracy']:.2f} %, {r['num_train_steps']} steps (exit {status})")
+except Exception as e:  # noqa: BLE001 - the session goes on
+  print(f"default config: no results (exit {status}, {e}); wall {t1 - t0:.1f} s")
+PY
+fi
+
+LEFT=$((SESSION_S - $(elapsed) - 25))  # 25 s for packing
+echo "== paper campaign, ${LEFT} s ($(elapsed) s into the session)" | tee -a "$OUT/benchmarks.txt"
+if [ "$LEFT" -gt 60 ]; then
+  # shellcheck disable=SC2086  # CAMPAIGN_ARGS is a list of flags
+  timeout $((LEFT + 15)) "$PYTHON" experiments/paper_campaign.py --budget_s="$LEFT" --out="$WORK/campaign" \
+    $CAMPAIGN_ARGS > "$WORK/logs/campaign.txt" 2> "$WORK/logs/campaign.log"
+  echo "(campaign: exit $?)" | tee -a "$OUT/benchmarks.txt"
+  grep -v -E "^[IWE][0-9]{4} " "$WORK/logs/campaign.txt" | tail -25 | tee -a "$OUT/benchmarks.txt"
+  cp "$WORK/campaign/paper_runs.tar.xz" "$OUT/" 2>/dev/null || echo "no campaign archive" | tee -a "$OUT/benchmarks.txt"
+else
+  echo "no time left for the campaign" | tee -a "$OUT/benchmarks.txt"
+fi
+
+mkdir -p "$WORK/pack/default"
+for f in results.json metrics.jsonl config.json; do cp "$WORK/default/$f" "$WORK/pack/default/" 2>/dev/null; done
+cp "$WORK/default/figures/transform_final.png" "$WORK/pack/default/" 2>/dev/null
+cp -r "$WORK/logs" "$WORK/pack/"
+cp "$WORK/campaign/campaign.json" "$WORK/pack/" 2>/dev/null
+tar -cJf "$OUT/session.tar.xz" -C "$WORK/pack" .
 date -u | tee -a "$OUT/gpu.txt"
+echo "session: $(elapsed) s; $(ls "$OUT" | tr '\n' ' ')"

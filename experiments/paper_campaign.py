@@ -21,7 +21,7 @@ docs/paper_runs/ (`tar -xJf paper_runs.tar.xz -C docs/paper_runs`) and committed
 programs still missing; `python experiments/paper_table.py --runs=docs/paper_runs` prints the table.
 
 `--override config.key=value` (repeatable) applies to every program (tests shrink the budget and the models with
-it; a campaign that uses it is not the paper's recipe), `--programs` keeps only the named programs.
+it; a campaign that uses it is not the paper's recipe), `--program` (repeatable) keeps only the named programs.
 """
 
 from __future__ import annotations
@@ -48,21 +48,12 @@ from stn_jax.cli import USAGE_ERROR, one_line  # noqa: E402
 
 paper_table1 = config_lib.import_sibling(ROOT / "configs" / "default.py", "paper_table1")
 
-_BUDGET = flags.DEFINE_float("budget_s", None, "Wall-clock seconds this window may spend training.")
-_OUT = flags.DEFINE_string("out", None, "Output directory: work/ (the runs), runs/ and paper_runs.tar.xz.")
-_DONE = flags.DEFINE_string("done", str(ROOT / "docs" / "paper_runs"), "The results committed so far.")
-_OVERRIDE = flags.DEFINE_multi_string("override", [], "config.key=value for every program (tests only).")
-_PROGRAMS = flags.DEFINE_list("programs", [], "Only these programs (group/name, as --dry_run prints them).")
-
 SPECS = {"table1": "configs/paper_table1.py:paper", "tc": "configs/paper_tc.py:paper"}
 # The cells to finish first: (column, row); then the fused Table 1 programs, ST-CNN rows first.
 PRIORITY = (("RTS", "ST-CNN-Aff"), ("RTS", "CNN"), ("TC", "ST-CNN-Aff"), ("TC", "CNN"))
 KEPT = ("results.json", "metrics.jsonl", "config.json", "figures/transform_final.png")
 ARCHIVE = "paper_runs.tar.xz"
 ARCHIVE_LIMIT = 16 << 20  # bytes: the GPU machine returns files of at most 16 MiB
-_OVERHEAD = flags.DEFINE_float(
-  "overhead_s", 90.0, "Seconds a program needs beyond its steps (compilation, evaluations, test): our estimate."
-)
 
 
 class CampaignError(ValueError):
@@ -234,7 +225,7 @@ def campaign(
   if only:
     unknown = set(only) - {p.key for p in plan}
     if unknown:
-      raise CampaignError(f"--programs: no program {sorted(unknown)[0]!r}; --dry_run lists them.")
+      raise CampaignError(f"--program: no program {sorted(unknown)[0]!r}; --dry_run lists them.")
     plan = [p for p in plan if p.key in only]
   all_rates, device = read_rates(done), device_kind()
   rates = dict(all_rates.get(device, {}))
@@ -281,20 +272,33 @@ def campaign(
   return summary
 
 
+def define_flags() -> None:
+  """The command line's flags (defined when run as a script, so that importing this module defines none; --dry_run
+  is sweep.py's, imported with it)."""
+  flags.DEFINE_float("budget_s", None, "Wall-clock seconds this window may spend training.")
+  flags.DEFINE_string("out", None, "Output directory: work/ (the runs), runs/ and paper_runs.tar.xz.")
+  flags.DEFINE_string("done", str(ROOT / "docs" / "paper_runs"), "The results committed so far.")
+  flags.DEFINE_multi_string("override", [], "config.key=value for every program (tests only).")
+  flags.DEFINE_multi_string("program", [], "Only this program (group/name, as --dry_run shows); repeatable.")
+  flags.DEFINE_float(
+    "overhead_s", 90.0, "Seconds a program needs beyond its steps (compilation, evaluations, test): our estimate."
+  )
+
+
 def main(argv):
-  if len(argv) > 1 or _BUDGET.value is None or not _OUT.value:
+  f = flags.FLAGS
+  if len(argv) > 1 or f.budget_s is None or not f.out:
     sys.stderr.write("error: --budget_s and --out are required (and no positional arguments)\n")
     sys.exit(USAGE_ERROR)
-  out = Path(_OUT.value)
   try:
     campaign(
-      _BUDGET.value,
-      out,
-      Path(_DONE.value),
-      overrides=_OVERRIDE.value,
-      only=tuple(_PROGRAMS.value),
-      dry_run=flags.FLAGS.dry_run,  # sweep.py's flag (imported with it): print the plan only
-      overhead_s=_OVERHEAD.value,
+      f.budget_s,
+      Path(f.out),
+      Path(f.done),
+      overrides=f.override,
+      only=tuple(f.program),
+      dry_run=f.dry_run,
+      overhead_s=f.overhead_s,
     )
   except (CampaignError, sweep.SweepError, config_lib.ConfigError) as e:
     sys.stderr.write(f"error: {one_line(e)}\n")
@@ -302,4 +306,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

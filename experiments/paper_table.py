@@ -25,11 +25,6 @@ from stn_jax.metrics import read_metrics
 
 paper_table1 = config_lib.import_sibling(Path(__file__).resolve().parents[1] / "configs" / "default.py", "paper_table1")
 
-_RUNS = flags.DEFINE_string("runs", None, "Root of a campaign's results (docs/paper_runs): Table 1 and TC.")
-_TABLE1 = flags.DEFINE_string("table1", None, "Root of the Table 1 sweep.")
-_TC = flags.DEFINE_string("tc", None, "Root of the TC sweep.")
-_FIGURES = flags.DEFINE_string("figures", None, "Copy each dataset's ST-CNN-Aff transform figure here.")
-
 
 def _member_errors(row: dict, key: str, indices: list[int]) -> float | None:
   """The mean error over the members `indices` of a metrics row's `key` accuracy (per seed or a plain value)."""
@@ -116,15 +111,24 @@ def tables(found: dict[tuple[str, str], dict]) -> str:
   return "\n".join(lines)
 
 
+def define_flags() -> None:
+  """The command line's flags (defined when run as a script: importing this module defines none)."""
+  flags.DEFINE_string("runs", None, "Root of a campaign's results (docs/paper_runs): Table 1 and TC.")
+  flags.DEFINE_string("table1", None, "Root of the Table 1 sweep.")
+  flags.DEFINE_string("tc", None, "Root of the TC sweep.")
+  flags.DEFINE_string("figures", None, "Copy each dataset's ST-CNN-Aff transform figure here.")
+
+
 def main(argv):
   del argv
+  f = flags.FLAGS
   found = {}
-  for root in (_RUNS.value, _TABLE1.value, _TC.value):
+  for root in (f.runs, f.table1, f.tc):
     if root:
       found.update(collect(Path(root)))
   print(tables(found))
-  if _FIGURES.value:
-    target = Path(_FIGURES.value)
+  if f.figures:
+    target = Path(f.figures)
     target.mkdir(parents=True, exist_ok=True)
     for (name, dataset), result in found.items():
       figure = result["dir"] / "figures" / "transform_final.png"
@@ -134,4 +138,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -109,7 +109,7 @@ def test_a_window_runs_what_fits_packs_one_archive_and_the_next_window_continues
 
 
 def test_an_unknown_program_or_override_is_refused():
-  with pytest.raises(campaign.CampaignError, match="--programs: no program 'table1/nope'"):
+  with pytest.raises(campaign.CampaignError, match="--program: no program 'table1/nope'"):
     campaign.campaign(10.0, Path("/nonexistent"), Path("/nonexistent"), only=["table1/nope"], dry_run=True)
   with pytest.raises(campaign.CampaignError, match=r"--override must look like config\.key=value; got 'batch_size'"):
     campaign.programs(["batch_size"])
