@@ -366,6 +366,10 @@ ADDED_DEFAULTS = {
 
 # CNN options that took one value for every convolution and now take one per convolution (a 1-sequence: for all).
 PER_LAYER_OPTIONS = ("kernel_size", "strides", "pool")
+# Model options whose constructor default changed after configs without them were written: {name: what those ran}.
+# (conv's default is now 'auto'; a config.json that predates the option ran lax.conv.)
+EARLIER_OPTION_DEFAULTS = {"conv": "xla"}
+CONV_FIELDS = ("model.localization.cnn.conv", "model.classifier.cnn.conv")
 
 
 def with_defaults(config: dict) -> dict:
@@ -382,7 +386,8 @@ def with_defaults(config: dict) -> dict:
   for section in ("localization", "classifier"):
     for kind, options in defaults[section].items():
       if isinstance(options, dict) and isinstance(model.get(section, {}).get(kind), dict):
-        model[section][kind] = {**options, **model[section][kind]}
+        earlier = {k: v for k, v in EARLIER_OPTION_DEFAULTS.items() if k in options}
+        model[section][kind] = {**options, **earlier, **model[section][kind]}
         for name in PER_LAYER_OPTIONS:  # once one value for every layer, now a 1-sequence meaning the same
           value = model[section][kind].get(name)
           if name in options and not isinstance(value, (list, tuple)):
@@ -423,6 +428,27 @@ def in_use(config: dict) -> dict:
   return config
 
 
+def resolve_auto(config, stored=None, backend: str | None = None):
+  """`config` with every conv option 'auto' replaced by a concrete choice, so that config.json records what the run
+  computes: the stored run's value where `stored` (a workdir's config.json, any version) has one (existing workdirs
+  keep theirs), else the backend's (models.resolve_conv). Returns a ConfigDict (a copy when anything changed)."""
+  data = to_dict(config)
+  previous = flatten(migrate(to_dict(stored))) if stored is not None else {}
+  changed = False
+  for field in CONV_FIELDS:
+    *path, last = field.split(".")
+    node = data
+    for part in path:
+      node = node.get(part, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict) and node.get(last) == "auto":
+      node[last] = previous.get(field) if previous.get(field) in models.CONV_CHOICES[1:] else None
+      node[last] = node[last] or models.resolve_conv("auto", backend)
+      changed = True
+  if not changed:
+    return config if isinstance(config, ml_collections.ConfigDict) else from_dict(data)
+  return from_dict(data)
+
+
 def resume_differences(old, new, steps_per_epoch: int) -> tuple[list[str], tuple[int, int]]:
   """(the differences that forbid resuming a run of `old` with `new`, (old total steps, new total steps)).
 
@@ -430,7 +456,8 @@ def resume_differences(old, new, steps_per_epoch: int) -> tuple[list[str], tuple
   total given in epochs or in steps is the same total. A longer total continues the run (see
   optim.learning_rate_schedule); a shorter one is refused.
   """
-  old, new = migrate(to_dict(old)), to_dict(new)
+  old = to_dict(resolve_auto(from_dict(to_dict(old))))  # 'auto' is what the run chose (the backend's if unrecorded)
+  new = to_dict(resolve_auto(from_dict(to_dict(new)), old))
   totals = tuple(budget(ml_collections.ConfigDict(c), steps_per_epoch).num_train_steps for c in (old, new))
   ignore = {*FREE_FIELDS, "num_train_steps", "num_epochs"}
   problems = diff(in_use(old), in_use(new), ignore=ignore)

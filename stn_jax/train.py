@@ -180,6 +180,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   config_lib.validate(config)
   workdir = Path(workdir)
+  # conv='auto' becomes this backend's choice, or the one the workdir's run made, before config.json is written
+  stored = json.loads((workdir / "config.json").read_text()) if (workdir / "config.json").exists() else None
+  config = config_lib.resolve_auto(config, stored)
   is_main = jax.process_index() == 0  # only process 0 writes logs, metrics, figures and results
 
   # --- Setup: mesh, data, budget, workdir (checked before anything is written). ---

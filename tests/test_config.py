@@ -202,5 +202,32 @@ def test_a_config_written_before_fields_were_added_to_version_2_keeps_its_meanin
   for key in config_lib.ADDED_DEFAULTS:
     del early[key]
   del early["model"]["classifier"]["cnn"]["conv"], early["model"]["localization"]["cnn"]["conv"]
-  assert config_lib.migrate(early) == current
+  # a config.json from before the conv option ran lax.conv, whatever the option's default is now ('auto')
+  ran = json.loads(json.dumps(current))
+  ran["model"]["classifier"]["cnn"]["conv"] = ran["model"]["localization"]["cnn"]["conv"] = "xla"
+  assert config_lib.migrate(early) == ran
+  # and today's config, conv='auto', resumes it: 'auto' takes the run's recorded choice
   assert config_lib.resume_differences(early, _default(), 390) == ([], (11_700, 11_700))
+  assert config_lib.resolve_auto(_default(), early).model.classifier.cnn.conv == "xla"
+
+
+def test_conv_auto_is_recorded_as_the_backends_choice_and_existing_workdirs_keep_theirs(tmp_path):
+  from stn_jax import train
+  from tests.helpers import synthetic_datasets, tiny_config
+
+  assert config_lib.resolve_auto(_default(), backend="cpu").model.classifier.cnn.conv == "patches"
+  assert config_lib.resolve_auto(_default(), backend="gpu").model.classifier.cnn.conv == "xla"
+  assert config_lib.resolve_auto(_default(), backend="tpu").model.localization.cnn.conv == "xla"
+  datasets = synthetic_datasets()
+  config = tiny_config(num_epochs=1)  # conv 'auto'
+  train.train_and_evaluate(config, tmp_path / "new", datasets=datasets)
+  recorded = json.loads((tmp_path / "new" / "config.json").read_text())["model"]["classifier"]["cnn"]
+  assert recorded["conv"] == "patches"  # on this CPU
+  # a workdir whose run used lax.conv continues with it under conv='auto', and its config.json is unchanged
+  old = tiny_config(num_epochs=1, **{"model.classifier.cnn.conv": "xla"})
+  train.train_and_evaluate(old, tmp_path / "old", datasets=datasets)
+  before = (tmp_path / "old" / "config.json").read_text()
+  more = tiny_config(num_epochs=1, num_train_steps=8)
+  train.train_and_evaluate(more, tmp_path / "old", datasets=datasets)
+  after = json.loads((tmp_path / "old" / "config.json").read_text())
+  assert after["model"]["classifier"]["cnn"]["conv"] == "xla" and json.loads(before)["num_train_steps"] is None

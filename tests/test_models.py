@@ -158,7 +158,7 @@ def test_patches_convolution_is_the_same_function_as_lax_conv(strides, kernel):
   (g_ref, gx_ref), (g_pat, gx_pat) = grad(reference, x), grad(patches, x)
   np.testing.assert_allclose(np.asarray(gx_pat), np.asarray(gx_ref), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(g_pat.kernel[...]), np.asarray(g_ref.kernel[...]), rtol=1e-4, atol=1e-4)
-  with pytest.raises(ValueError, match="conv must be one of 'xla', 'patches'; got 'fft'"):
+  with pytest.raises(ValueError, match="conv must be one of 'auto', 'xla', 'patches'; got 'fft'"):
     Conv(4, 6, (3, 3), impl="fft", rngs=nnx.Rngs(0))
 
 
@@ -187,6 +187,8 @@ def test_auto_seed_mapping_unrolls_on_cpu_only_for_lax_convolutions():
   from stn_jax import steps
 
   m = default.get_config().model
+  assert m.classifier.cnn.conv == "auto" and not models.has_xla_convolutions(m)  # 'auto' is patches on CPU
+  m.classifier.cnn.conv = m.localization.cnn.conv = "xla"
   assert models.has_xla_convolutions(m) and steps.resolve_seed_mapping("auto", xla_convolutions=True) == "unroll"
   m.classifier.cnn.conv = "patches"
   assert not models.has_xla_convolutions(m)  # an FCN localisation net and a patch-convolution classifier

@@ -1,6 +1,7 @@
 """Flax NNX models: the spatial transformer and the classifiers it feeds (FCN, CNN, ST-FCN, ST-CNN)."""
 
 from stn_jax.models.classifiers import CLASSIFIERS, CNNClassifier, FCNClassifier
+from stn_jax.models.layers import CONV_CHOICES, resolve_conv
 from stn_jax.models.stn import (
   ACTIVATIONS,
   LOCALIZATIONS,
@@ -21,6 +22,7 @@ from stn_jax.models.stn import (
 __all__ = [
   "ACTIVATIONS",
   "CLASSIFIERS",
+  "CONV_CHOICES",
   "LOCALIZATIONS",
   "TRANSFORMS",
   "CNNClassifier",
@@ -36,4 +38,5 @@ __all__ = [
   "default_config",
   "has_xla_convolutions",
   "param_count",
+  "resolve_conv",
 ]

@@ -44,8 +44,9 @@ class CNNClassifier(nnx.Module):
     pool: whether a 2x2 max-pooling (stride 2) follows the convolution: one for all, or one per convolution (the
       paper's CNNs have two max-pooling layers).
     hidden: widths of the dense ReLU layers between the convolutions and the logits (may be empty).
-    conv: how the convolutions run: 'xla' (lax.conv) or 'patches' (patch extraction + one matrix product: what a
-      vmapped population of models batches well on GPUs; the same function, other rounding).
+    conv: how the convolutions run: 'xla' (lax.conv), 'patches' (patch extraction + one matrix product: what a
+      vmapped population of models batches well on GPUs, and several times faster on CPU; the same function, other
+      rounding) or 'auto' (patches on CPU, xla elsewhere; the trainer records the choice in the run's config).
     num_classes: number of logits.
     dtype: what the convolutions and dense layers compute in (config.compute_dtype; None = float32); the parameters
       are float32 whatever it is, and so are the logits returned.
@@ -62,7 +63,7 @@ class CNNClassifier(nnx.Module):
     padding: Sequence[str] = ("SAME",),
     pool: Sequence[bool] = (False,),
     hidden: Sequence[int] = (1024,),
-    conv: str = "xla",
+    conv: str = "auto",
     num_classes: int = 10,
     dtype=None,
     rngs: nnx.Rngs,

@@ -23,7 +23,7 @@ import stn_jax
 from stn_jax import transforms
 from stn_jax.models import options
 from stn_jax.models.classifiers import CLASSIFIERS, dense_stack
-from stn_jax.models.layers import apply_conv_stack, conv_stack
+from stn_jax.models.layers import apply_conv_stack, conv_stack, resolve_conv
 
 TRANSFORMS = (*stn_jax.KINDS, "none")
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu, "gelu": jax.nn.gelu}
@@ -111,7 +111,7 @@ class CNNLocalization(nnx.Module):
     pool: whether a 2x2 max-pooling follows the convolution: one for all, or one per convolution.
     hidden: widths of the dense ReLU layers after the convolutions.
     dropout: dropout rate before the final layer (training only).
-    conv: how the convolutions run: 'xla' or 'patches' (see CNNClassifier).
+    conv: how the convolutions run: 'xla', 'patches' or 'auto' (see CNNClassifier).
     dtype: what the convolutions and hidden layers compute in (None = float32); the final layer, the parameters and
       the transform parameters returned are float32 whatever it is.
     rngs: parameter initialisation.
@@ -129,7 +129,7 @@ class CNNLocalization(nnx.Module):
     pool: Sequence[bool] = (True,),
     hidden: Sequence[int] = (20,),
     dropout: float = 0.2,
-    conv: str = "xla",
+    conv: str = "auto",
     dtype=None,
     rngs: nnx.Rngs,
   ):
@@ -331,10 +331,10 @@ def param_count(model_config, in_shape: Sequence[int]) -> int:
 
 
 def has_xla_convolutions(model_config) -> bool:
-  """Whether the model a config describes has lax.conv convolutions (CNN parts whose conv is 'xla')."""
+  """Whether the model a config describes has lax.conv convolutions (CNN parts whose conv is, or resolves to, 'xla')."""
   m = model_config
   parts = [m.classifier] + ([m.localization] if m.transform != "none" else [])  # a baseline has no localisation net
-  return any(part.kind == "cnn" and part.cnn.get("conv", "xla") == "xla" for part in parts)
+  return any(part.kind == "cnn" and resolve_conv(part.cnn.get("conv", "xla")) == "xla" for part in parts)
 
 
 def budget_width(model_config, in_shape: Sequence[int]) -> int:
