@@ -28,10 +28,13 @@ import ml_collections
 
 from stn_jax import data as data_lib
 from stn_jax import distributed, feed, models, optim, steps
-from stn_jax.data.mnist import SOURCES
+from stn_jax.data.mnist import SOURCES, SPLIT_SIZES
 from stn_jax.errors import ConfigError
 
 VERSION = 2
+# The largest training step the trainer counts: steps reach the jitted step as int32 and the metric sums count them in
+# int32 (dropout keys fold in the step as uint32).
+MAX_STEPS = 2**31 - 1
 
 # (steps field, epochs field): the steps field, when set, overrides the epochs field.
 BUDGET_FIELDS = (
@@ -227,8 +230,11 @@ def validate(config) -> None:
     if (value := config[steps_field]) is not None:
       if not _is_int(value) or value < 1:
         raise ConfigError(f"config.{steps_field} must be a positive integer or None; got {value!r}.")
+      if value > MAX_STEPS:
+        raise ConfigError(f"config.{steps_field} must be at most {MAX_STEPS:,} (int32 step counters); got {value:,}.")
     elif not isinstance(value := config[epochs_field], (int, float)) or isinstance(value, bool) or not value > 0:
       raise ConfigError(f"config.{epochs_field} must be > 0 (or set config.{steps_field}); got {value!r}.")
+  budget(config, max(1, SPLIT_SIZES["train"] // config.batch_size))  # refuses budgets past MAX_STEPS at once
   population = config.get("population") or {}
   for name, values in population.items():
     if values and len(values) != config.num_seeds:
@@ -299,7 +305,13 @@ def budget(config, steps_per_epoch: int) -> Budget:
   for steps_field, epochs_field in BUDGET_FIELDS:
     value = get(config, steps_field)
     if value is None:
-      value = max(1, math.floor(get(config, epochs_field) * steps_per_epoch + 0.5))
+      epochs = get(config, epochs_field)
+      value = max(1, math.floor(epochs * steps_per_epoch + 0.5)) if math.isfinite(epochs) else MAX_STEPS + 1
+      if value > MAX_STEPS:
+        raise ConfigError(
+          f"config.{epochs_field} ({epochs!r} epochs of {steps_per_epoch} steps) must come to at most {MAX_STEPS:,} "
+          "steps (int32 step counters)."
+        )
     resolved[steps_field] = int(value)
   return Budget(steps_per_epoch, **resolved)
 

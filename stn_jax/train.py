@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -191,6 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   datasets = datasets or load_datasets(config)
   sets = member_sets(config, datasets)  # one dataset per member (the same object for members of one variant)
   by_member = len({id(d) for d in sets["test"]}) > 1  # members of different variants: each evaluated on its own
+  if not by_member:  # one variant for all (which may be population.dataset's, not dataset.name's)
+    sets = {split: members[0] for split, members in sets.items()}
   train_set = datasets["train"]
   if len(train_set) < config.batch_size:
     raise config_lib.ConfigError(f"config.batch_size {config.batch_size} exceeds the {len(train_set)} train examples.")
@@ -253,8 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   seeds = config_lib.member_seeds(config)
   train_loop = steps.make_train_loop(graphdef, tx, seeds, num_seeds, seed_mapping, config.matmul_precision)
   eval_step = steps.make_eval_step(graphdef, num_seeds, seed_mapping, config.matmul_precision, member_batches=by_member)
-  eval_sets = {split: sets[split] if by_member else datasets[split] for split in ("validation", "test")}
-  sample = next(data_lib.eval_batches(sets["test"][0], 64))["image"]
+  first = {split: sets[split][0] if by_member else sets[split] for split in sets}  # member 0's datasets
+  sample = next(data_lib.eval_batches(first["test"], 64))["image"]
 
   def show_transformer(params, step: int, tag: str, *, tensorboard: bool = True) -> None:
     """The seed's Fig 4 / 5 (inputs beside the transformer's outputs) and the grids: files and TensorBoard."""
@@ -265,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     )
     if outputs is None:
       return
-    title = f"{sets['test'][0].name}, {config.model.transform} ST-{config.model.classifier.kind.upper()}, {tag}"
+    title = f"{first['test'].name}, {config.model.transform} ST-{config.model.classifier.kind.upper()}, {tag}"
     figures.save_input_output_pair(sample, outputs, workdir / "figures" / f"transform_{tag}.png", title=title)
     figures.save_grid_overlay(sample, grids, workdir / "figures" / f"grids_{tag}.png")
     if tensorboard:
@@ -275,14 +278,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   # --- The loop. ---
   logged = distributed.local_copy(sums)  # the sums at the last log line (a checkpoint's, on resume)
   pipeline = feed.choose(config.input_pipeline, train_set, config.batch_size, num_seeds)
-  train_sets = sets["train"] if by_member else train_set
-  train_feed = feed.TrainFeed(train_sets, config.batch_size, seeds, mesh, pipeline=pipeline, total_steps=total)
+  train_feed = feed.TrainFeed(sets["train"], config.batch_size, seeds, mesh, pipeline=pipeline, total_steps=total)
   log.info("input pipeline: %s; %d step(s) per dispatch", pipeline, per_dispatch)
-  dispatches = list(feed.chunks(start_step, total, per_dispatch, budget.steps_per_epoch))
+  dispatches = feed.chunks(start_step, total, per_dispatch, budget.steps_per_epoch)  # lazily: any budget starts at once
   window = utils.DispatchWindow(MAX_DISPATCHES_IN_FLIGHT)  # unbounded, multi-device XLA:CPU deadlocks (see there)
   try:  # the feed's background thread is stopped whatever happens
-    for i, (step, num_steps) in enumerate(dispatches):
-      data, start = train_feed.chunk(step, num_steps, next_chunk=dispatches[i + 1] if i + 1 < len(dispatches) else None)
+    for (step, num_steps), following in itertools.pairwise(itertools.chain(dispatches, [None])):
+      data, start = train_feed.chunk(step, num_steps, next_chunk=following)
       params, opt_state, sums, token = train_loop(params, opt_state, sums, data, start, step, num_steps=num_steps)
       window.add(token)
       done = step + num_steps
@@ -302,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         interval_rate = clock.lap(done, "eval", wait_for=params)
         with clock.excluded():
           s = distributed.local_copy(sums)
-          val = evaluate(eval_step, params, eval_sets["validation"], config.eval_batch_size, mesh)
+          val = evaluate(eval_step, params, sets["validation"], config.eval_batch_size, mesh)
           row = {
             **seed_summary("train_loss", s["loss"] / np.maximum(s["count"], 1)),
             **seed_summary("train_accuracy", s["accuracy"] / np.maximum(s["count"], 1)),
@@ -330,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   manager.close()
 
   # --- Test and results. ---
-  test = evaluate(eval_step, params, eval_sets["test"], config.eval_batch_size, mesh)
+  test = evaluate(eval_step, params, sets["test"], config.eval_batch_size, mesh)
   results = {
     **seed_summary("test_accuracy", test["accuracy"]),
     **seed_summary("test_loss", test["loss"]),

@@ -401,11 +401,13 @@ def test_a_population_of_variants_trains_each_member_as_its_own_run_on_its_own_d
   population = tiny_config(num_seeds=3, **{"population.dataset": variants, "population.seed": seeds})
   together = train.train_and_evaluate(population, tmp_path / "population", datasets=datasets)
   assert [m["dataset"] for m in together["members"]] == list(variants)
+  alone_runs = []
   for k, (variant, seed) in enumerate(zip(variants, seeds, strict=True)):
     own = {split: dataclasses.replace(d, name=variant) for split, d in datasets.items()}
     alone = train.train_and_evaluate(
       tiny_config(seed=seed, **{"dataset.name": variant}), tmp_path / str(k), datasets=own
     )
+    alone_runs.append(alone)
     assert together["members"][k]["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-4), k
     assert together["members"][k]["test_accuracy"] == pytest.approx(alone["test_accuracy"], abs=1 / 40), k
     rows, reference = _metrics(tmp_path / "population"), _metrics(tmp_path / str(k))
@@ -413,6 +415,11 @@ def test_a_population_of_variants_trains_each_member_as_its_own_run_on_its_own_d
       assert row["val_loss_per_seed"][k] == pytest.approx(ref["val_loss"], rel=1e-4)
   losses = [m["test_loss"] for m in together["members"]]
   assert len({round(v, 5) for v in losses}) == 3  # R and P differ, and so do P's two seeds
+  # one variant for every member, not dataset.name's: they train and are evaluated on it
+  only_p = tiny_config(num_seeds=2, **{"population.dataset": ("P", "P"), "population.seed": (3, 5)})
+  both_p = train.train_and_evaluate(only_p, tmp_path / "only_p", datasets=datasets)
+  for k in range(2):
+    assert both_p["members"][k]["test_loss"] == pytest.approx(alone_runs[k + 1]["test_loss"], rel=1e-4), k
 
 
 @pytest.mark.parametrize(
@@ -428,4 +435,21 @@ def test_population_datasets_are_checked_before_any_work(dataset, words, tmp_pat
     train.train_and_evaluate(tiny_config(num_seeds=2, **{"population.dataset": dataset}), tmp_path / "w")
   for word in words:
     assert word in str(info.value), (word, str(info.value))
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+  ("flag", "words"),
+  [
+    ("--config.num_train_steps=100000000000", "config.num_train_steps must be at most 2,147,483,647"),
+    ("--config.num_epochs=1e12", "config.num_epochs (1000000000000.0 epochs of 390 steps) must come to at most"),
+  ],
+)
+def test_an_absurd_budget_is_refused_at_once_in_one_line(flag, words, tmp_path):
+  """It used to hang before the first step, building a list of every dispatch of the budget."""
+  command = [sys.executable, "-m", "stn_jax.main", f"--config={ROOT / 'configs' / 'default.py'}", flag]
+  command += [f"--workdir={tmp_path / 'w'}", f"--config.dataset.data_dir={tmp_path / 'no_mnist'}"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert result.returncode == 2 and len(errors) == 1 and words in errors[0], result.stderr[-2000:]
   assert not (tmp_path / "w").exists()
