@@ -52,6 +52,9 @@ _GRID = flags.DEFINE_multi_string("grid", [], "config.key=v1,v2,... (repeatable)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory; each run gets ROOT/<run-name>.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time.", lower_bound=1)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and every run's command without starting them.")
+_CONTINUE = flags.DEFINE_bool(
+  "continue", False, "Continue the runs whose directories hold a run of a smaller total (the plan says which)."
+)
 _FUSE = flags.DEFINE_bool(
   "fuse",
   False,
@@ -203,8 +206,9 @@ def flag_value(value) -> str:
   return str(value)
 
 
-def command(config_spec: str, workdir: Path, fixed: dict, overrides: dict) -> list[str]:
+def command(config_spec: str, workdir: Path, fixed: dict, overrides: dict, *, continue_run: bool = False) -> list[str]:
   args = [sys.executable, "-m", "stn_jax.main", f"--config={config_spec}", f"--workdir={workdir}"]
+  args += ["--continue"] if continue_run else []
   return args + [f"--config.{k}={flag_value(v)}" for k, v in {**fixed, **overrides}.items()]
 
 
@@ -341,7 +345,8 @@ def describe_plan(runs: list[dict], sweep_count: int, grid_count: int) -> str:
 
 
 def run_state(workdir: Path, config) -> str:
-  """'new', 'done' (finished, same config), 'resume' (unfinished, or given more steps) or the conflict."""
+  """'new', 'done' (finished, same config), 'resume' (unfinished), 'continue from A to B steps' (a run of a smaller
+  total, which only --continue continues) or the conflict."""
   if not (workdir / "config.json").exists():
     return "new"
   stored = json.loads((workdir / "config.json").read_text())
@@ -349,6 +354,8 @@ def run_state(workdir: Path, config) -> str:
   problems, (old_total, new_total) = config_lib.resume_differences(stored, config, steps_per_epoch)
   if problems:
     return "conflict: " + "; ".join(problems)
+  if new_total > old_total and (workdir / "checkpoints").is_dir():
+    return f"continue from {old_total:,} to {new_total:,} steps"
   return "done" if (workdir / "results.json").exists() and new_total == old_total else "resume"
 
 
@@ -365,9 +372,8 @@ def run_one(config_spec: str, workdir: Path, row: dict, fixed: dict, overrides: 
   log_path = workdir / "log.txt"
   start = time.time()
   with open(log_path, "a") as log:
-    returncode = subprocess.run(
-      command(config_spec, workdir, fixed, overrides), stdout=log, stderr=subprocess.STDOUT
-    ).returncode
+    args = command(config_spec, workdir, fixed, overrides, continue_run=state.startswith("continue"))
+    returncode = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT).returncode
   if returncode != 0 or not results.exists():
     print(f"FAILED {row['run']} (exit {returncode}); log: {log_path}", flush=True)
     return {**row, "status": f"failed (exit {returncode}, log {log_path})"}
@@ -471,6 +477,12 @@ def main(argv):
     conflicts = [f"{r['name']}: {r['state']}" for r in runs if r["state"].startswith("conflict")]
     if conflicts:
       raise SweepError(f"run directories under {root} hold other configs: " + " | ".join(conflicts))
+    longer = [f"{r['name']} ({r['state']})" for r in runs if r["state"].startswith("continue")]
+    if longer and not _CONTINUE.value:
+      raise SweepError(
+        f"{len(longer)} run(s) under {root} would continue to a larger total: {'; '.join(longer[:4])}"
+        f"{' ...' if len(longer) > 4 else ''}; add --continue to continue them, or give the totals they ran."
+      )
   except (SweepError, config_lib.ConfigError) as e:
     sys.stderr.write(f"error: {one_line(e)}\n")
     sys.exit(USAGE_ERROR)

@@ -6,9 +6,10 @@
   WORKDIR/metrics.jsonl        (stn_jax.metrics) and tensorboard/, figures/, results.json (stn_jax.train)
 
 `open_run` decides, before anything is written, whether a config may run in a workdir: a new workdir (or one whose run
-never reached its first checkpoint) is claimed, one of the same run (up to `config_lib.FREE_FIELDS`, the options of
-unused model kinds and a longer total) is resumed, anything else is refused with the differing fields. A longer total
-continues the run; its earlier results.json is kept as results_at_step_<old total>.json. `restore_params` gives a
+never reached its first checkpoint) is claimed, one of the same run (up to `config_lib.FREE_FIELDS` and the options of
+unused model kinds) is resumed, or reported finished (and left untouched) when its results are in, anything else is
+refused with the differing fields. A longer total continues the run only when asked (`allow_continue`, the entry
+points' --continue); its earlier results.json is kept as results_at_step_<old total>.json. `restore_params` gives a
 run's parameters alone (what predict needs).
 """
 
@@ -56,13 +57,17 @@ class RunPlan:
 
   changes: tuple[str, ...] = ()
   previous_total: int | None = None
+  finished: bool = False  # the workdir holds this run, finished: nothing to do (nothing was written)
 
 
-def open_run(workdir: Path, config, steps_per_epoch: int, *, write: bool = True) -> RunPlan:
+def open_run(
+  workdir: Path, config, steps_per_epoch: int, *, write: bool = True, allow_continue: bool = False
+) -> RunPlan:
   """Claims `workdir` for `config`, or checks that it may resume the run there (see the module docstring).
 
   Raises:
-    WorkdirConflictError: naming the differing fields, before anything in the workdir is touched.
+    WorkdirConflictError: naming the differing fields, or a larger total without `allow_continue`, before anything in
+      the workdir is touched.
   """
   path = workdir / "config.json"
   text = config_lib.to_json(config)
@@ -83,6 +88,14 @@ def open_run(workdir: Path, config, steps_per_epoch: int, *, write: bool = True)
       f"{workdir} holds a run of another config (differs in {shown}); use another --workdir, or the same config to "
       "resume it (log, evaluation and checkpoint intervals, eval_batch_size, checkpoints_to_keep and the MNIST "
       "location may differ; num_train_steps may grow)."
+    )
+  if new_total == old_total and (workdir / "results.json").exists():
+    return RunPlan(finished=True)
+  if new_total > old_total and not allow_continue:
+    raise WorkdirConflictError(
+      f"{workdir} holds a run of {old_total:,} steps and this config asks for {new_total:,}: add --continue to "
+      f"continue it from {old_total:,} to {new_total:,} steps, or give its own total "
+      f"(--config.num_train_steps={old_total}), or use another --workdir."
     )
   changes = tuple(config_lib.diff(config_lib.migrate(stored), config_lib.to_dict(config)))
   if new_total != old_total and write and (workdir / "results.json").exists():

@@ -3,8 +3,9 @@ r"""Trains an STN classifier from a config file.
   python -m stn_jax.main --config=configs/default.py --workdir=runs/default [--config.learning_rate=3e-4 ...]
   python -m stn_jax.main --config=configs/paper_table1.py:cpu --list [--markdown]  # the fields, values, meanings
 
-A workdir with a run of the same config in it is resumed from its newest checkpoint (or continued, given a larger
---config.num_train_steps); one with another config's run is refused. A bad config, a misspelt key or a workdir
+A workdir with a run of the same config in it is resumed from its newest checkpoint, or, when that run is finished,
+left as it is (its results are printed); a larger --config.num_train_steps continues a run only with --continue; a
+workdir with another config's run is refused. A bad config, a misspelt key or a workdir
 conflict ends with a one-line error and exit status 2. Console script: `stn-train` (same flags).
 """
 
@@ -22,6 +23,7 @@ from stn_jax.cli import USAGE_ERROR, one_line, parse_flags, quiet_orbax
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, figures and results.")
 _LIST = flags.DEFINE_bool("list", False, "Print every field of the config with its value and meaning, and exit.")
 _MARKDOWN = flags.DEFINE_bool("markdown", False, "With --list: as a markdown table (the README's is made so).")
+_CONTINUE = flags.DEFINE_bool("continue", False, "Continue the workdir's run to the config's larger total.")
 config_flags.DEFINE_config_file(
   "config", None, "Training configuration file (path.py or path.py:arg).", lock_config=True
 )
@@ -46,7 +48,7 @@ def main(argv):
   try:
     config_lib.validate(config)  # before any work starts
     distributed.maybe_initialize(config.distributed)
-    results = train.train_and_evaluate(config, _WORKDIR.value)
+    results = train.train_and_evaluate(config, _WORKDIR.value, continue_run=_CONTINUE.value)
   except config_lib.ConfigError as e:
     sys.stderr.write(f"error: {one_line(e)}\n")
     sys.exit(USAGE_ERROR)

@@ -170,11 +170,15 @@ def transformer_outputs(graphdef, params, images):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, datasets=None) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, datasets=None, continue_run: bool = False
+) -> dict:
   """Trains and evaluates the model `config` describes in `workdir`, resuming any run of the same config there.
 
   Writes workdir/config.json, checkpoints/, metrics.jsonl, tensorboard/, figures/ and at the end results.json.
-  `datasets` ({'train', 'validation', 'test'} DistortedMnist) replaces loading MNIST (tests use synthetic digits).
+  `datasets` ({'train', 'validation', 'test'} DistortedMnist) replaces loading MNIST (tests use synthetic digits). A
+  finished run of the same config is left as it is (its results are returned); one of a smaller total is continued
+  to the config's only with `continue_run` (else a WorkdirConflictError says how).
 
   Returns:
     The results dict (also written to results.json).
@@ -204,7 +208,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     "the checkpoint interval": budget.checkpoint_every_steps,
   }
   per_dispatch = feed.steps_per_dispatch(config.steps_per_dispatch, intervals)
-  run_plan = checkpoints.open_run(workdir, config, budget.steps_per_epoch, write=is_main)
+  run_plan = checkpoints.open_run(workdir, config, budget.steps_per_epoch, write=is_main, allow_continue=continue_run)
+  if run_plan.finished:
+    results = json.loads((workdir / "results.json").read_text())
+    log.info("%s holds this run, finished at step %d; its results: %s", workdir, results["num_train_steps"],
+             {k: v for k, v in results.items() if not isinstance(v, (list, dict))})  # fmt: skip
+    return results
   (workdir / "figures").mkdir(parents=True, exist_ok=True)
   total, num_seeds = budget.num_train_steps, config.num_seeds
   log.info("config (%s):\n%s", workdir / "config.json", config)

@@ -228,6 +228,6 @@ def test_conv_auto_is_recorded_as_the_backends_choice_and_existing_workdirs_keep
   train.train_and_evaluate(old, tmp_path / "old", datasets=datasets)
   before = (tmp_path / "old" / "config.json").read_text()
   more = tiny_config(num_epochs=1, num_train_steps=8)
-  train.train_and_evaluate(more, tmp_path / "old", datasets=datasets)
+  train.train_and_evaluate(more, tmp_path / "old", datasets=datasets, continue_run=True)
   after = json.loads((tmp_path / "old" / "config.json").read_text())
   assert after["model"]["classifier"]["cnn"]["conv"] == "xla" and json.loads(before)["num_train_steps"] is None

@@ -130,8 +130,12 @@ def test_a_finished_run_continues_with_more_steps_and_free_fields_may_change(fin
   copy = tmp_path / "run"
   shutil.copytree(workdir, copy)
   longer = tiny_config(num_train_steps=16, log_every_steps=3, eval_batch_size=8, checkpoints_to_keep=1)
+  before = {p.name: p.read_bytes() for p in copy.glob("*") if p.is_file()}
+  with pytest.raises(checkpoints.WorkdirConflictError, match=r"add --continue to continue it from 12 to 16 steps"):
+    train.train_and_evaluate(longer, copy, datasets=datasets)  # a larger total is asked for, never implied
+  assert {p.name: p.read_bytes() for p in copy.glob("*") if p.is_file()} == before
   with caplog.at_level(logging.INFO):
-    continued = train.train_and_evaluate(longer, copy, datasets=datasets)
+    continued = train.train_and_evaluate(longer, copy, datasets=datasets, continue_run=True)
   assert "resumed from the checkpoint at step 12" in caplog.text and "from 12 to 16 steps" in caplog.text
   assert "learning_rate: 0.001" in caplog.text  # the resolved config is logged at the start
   rows = _metrics(copy)
@@ -154,7 +158,7 @@ def test_a_version_1_workdir_resumes_under_its_migrated_config(name, tmp_path, d
   old = json.loads((workdir / "config.json").read_text())
   config = config_lib.from_dict(old)  # what the v1 run was, in today's layout
   config.num_train_steps = 6  # the v1 run stopped at 4
-  results = train.train_and_evaluate(config, workdir, datasets=datasets)
+  results = train.train_and_evaluate(config, workdir, datasets=datasets, continue_run=True)
   assert results["num_train_steps"] == 6 and np.isfinite(results["test_loss"])
   assert json.loads((workdir / "config.json").read_text())["version"] == 2
   assert json.loads((workdir / "config.v1.json").read_text()) == old  # the original is kept
@@ -170,10 +174,27 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(finished_run
   for f in newest.rglob("*"):
     if f.is_file():
       f.write_bytes(b"garbage")
+  (copy / "results.json").unlink()  # a run killed after its last checkpoint, before its results
   with caplog.at_level(logging.WARNING):
     again = train.train_and_evaluate(tiny_config(), copy, datasets=datasets)
   assert "unreadable" in caplog.text and "step 12" in caplog.text
   assert again["test_loss"] == results["test_loss"]
+
+
+def test_a_finished_run_is_reported_and_left_as_it_is(finished_run, tmp_path, datasets, caplog, monkeypatch):
+  workdir, results = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  files = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("a finished run must not compile or train")
+
+  monkeypatch.setattr(steps, "make_train_loop", no_training)
+  with caplog.at_level(logging.INFO):
+    again = train.train_and_evaluate(tiny_config(log_every_steps=3), copy, datasets=datasets)  # a free field differs
+  assert again == results and "finished at step 12" in caplog.text
+  assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == files  # nothing written, no event file
 
 
 def test_a_workdir_of_another_config_is_never_clobbered(finished_run, datasets):
