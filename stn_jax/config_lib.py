@@ -443,21 +443,15 @@ def in_use(config: dict) -> dict:
 def resolve_auto(config, stored=None, backend: str | None = None):
   """`config` with every conv option 'auto' replaced by a concrete choice, so that config.json records what the run
   computes: the stored run's value where `stored` (a workdir's config.json, any version) has one (existing workdirs
-  keep theirs), else the backend's (models.resolve_conv). Returns a ConfigDict (a copy when anything changed)."""
+  keep theirs), else the backend's (models.resolve_conv). Returns a new ConfigDict."""
   data = to_dict(config)
   previous = flatten(migrate(to_dict(stored))) if stored is not None else {}
-  changed = False
   for field in CONV_FIELDS:
-    *path, last = field.split(".")
-    node = data
-    for part in path:
-      node = node.get(part, {}) if isinstance(node, dict) else {}
-    if isinstance(node, dict) and node.get(last) == "auto":
-      node[last] = previous.get(field) if previous.get(field) in models.CONV_CHOICES[1:] else None
-      node[last] = node[last] or models.resolve_conv("auto", backend)
-      changed = True
-  if not changed:
-    return config if isinstance(config, ml_collections.ConfigDict) else from_dict(data)
+    section, name = field.rsplit(".", 1)
+    options = get(data, section)
+    if options.get(name) == "auto":
+      recorded = previous.get(field)
+      options[name] = recorded if recorded in models.CONV_IMPLS else models.resolve_conv("auto", backend)
   return from_dict(data)
 
 

@@ -1,7 +1,7 @@
 """Flax NNX models: the spatial transformer and the classifiers it feeds (FCN, CNN, ST-FCN, ST-CNN)."""
 
 from stn_jax.models.classifiers import CLASSIFIERS, CNNClassifier, FCNClassifier
-from stn_jax.models.layers import CONV_CHOICES, resolve_conv
+from stn_jax.models.layers import CONV_CHOICES, CONV_IMPLS, resolve_conv
 from stn_jax.models.stn import (
   ACTIVATIONS,
   LOCALIZATIONS,
@@ -23,6 +23,7 @@ __all__ = [
   "ACTIVATIONS",
   "CLASSIFIERS",
   "CONV_CHOICES",
+  "CONV_IMPLS",
   "LOCALIZATIONS",
   "TRANSFORMS",
   "CNNClassifier",
