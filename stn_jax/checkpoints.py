@@ -9,8 +9,10 @@
 never reached its first checkpoint) is claimed, one of the same run (up to `config_lib.FREE_FIELDS` and the options of
 unused model kinds) is resumed, or reported finished (and left untouched) when its results are in, anything else is
 refused with the differing fields. A longer total continues the run only when asked (`allow_continue`, the entry
-points' --continue); its earlier results.json is kept as results_at_step_<old total>.json. `restore_params` gives a
-run's parameters alone (what predict needs).
+points' --continue); its earlier results.json is kept as results_at_step_<old total>.json. A workdir's config.json
+describes its newest checkpoint: the changes a command brings to a run that has checkpoints (a continuation, a new log
+interval) are written by `commit_run` when that command writes its first checkpoint, so a command killed before then
+leaves the workdir as it found it. `restore_params` gives a run's parameters alone (what predict needs).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from stn_jax import config_lib
+from stn_jax import config_lib, utils
 from stn_jax.steps import zero_metric_sums
 
 log = logging.getLogger(__name__)
@@ -34,13 +36,6 @@ log = logging.getLogger(__name__)
 
 class WorkdirConflictError(config_lib.ConfigError):
   """The workdir holds a run of another config."""
-
-
-def atomic_write(path: Path, text: str) -> None:
-  """Writes `text` to `path` through a temporary file, so a kill never leaves half a file."""
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def read_config(workdir: str | os.PathLike):
@@ -53,11 +48,19 @@ def read_config(workdir: str | os.PathLike):
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
-  """What `open_run` found: the changes accepted against the workdir's config and the totals before and after."""
+  """What `open_run` found: the changes to the workdir's config this command brings (written by `commit_run`, at its
+  first checkpoint) and the totals before and after."""
 
   changes: tuple[str, ...] = ()
   previous_total: int | None = None
   finished: bool = False  # the workdir holds this run, finished: nothing to do (nothing was written)
+  config_text: str | None = None  # config.json as this command would leave it, where it changes
+  stored: dict | None = None  # config.json as the workdir holds it (kept as config.v<N>.json when it is migrated)
+
+  @property
+  def pending(self) -> bool:
+    """Whether the workdir's record changes once this command checkpoints (`commit_run`)."""
+    return self.config_text is not None
 
 
 def open_run(
@@ -65,22 +68,22 @@ def open_run(
 ) -> RunPlan:
   """Claims `workdir` for `config`, or checks that it may resume the run there (see the module docstring).
 
+  A workdir without a checkpoint is claimed at once (config.json written where `write`); one that holds a checkpoint
+  is not touched: the changes this config brings are returned for `commit_run`.
+
   Raises:
     WorkdirConflictError: naming the differing fields, or a larger total without `allow_continue`, before anything in
       the workdir is touched.
   """
   path = workdir / "config.json"
   text = config_lib.to_json(config)
-  if not path.exists():
+  if not path.exists() or not has_checkpoint(workdir):
+    # a new workdir, or nothing trained yet (a run stopped before its first checkpoint): start afresh
     if write:
       workdir.mkdir(parents=True, exist_ok=True)
-      atomic_write(path, text)
+      utils.atomic_write(path, text)
     return RunPlan()
   stored = json.loads(path.read_text())
-  if not has_checkpoint(workdir):  # nothing trained yet (a run stopped before its first checkpoint): start afresh
-    if write:
-      atomic_write(path, text)
-    return RunPlan()
   problems, (old_total, new_total) = config_lib.resume_differences(stored, config, steps_per_epoch)
   if problems:
     shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
@@ -98,27 +101,34 @@ def open_run(
       f"(--config.num_train_steps={old_total}), or use another --workdir."
     )
   changes = tuple(config_lib.diff(config_lib.migrate(stored), config_lib.to_dict(config)))
-  if new_total != old_total and write and (workdir / "results.json").exists():
+  previous = old_total if old_total != new_total else None
+  if not changes and previous is None:
+    return RunPlan()
+  return RunPlan(changes, previous, config_text=text, stored=stored)
+
+
+def commit_run(workdir: Path, plan: RunPlan, step: int) -> None:
+  """Records the changes of `plan` (a command resumed at `step`), once it has written its first checkpoint: the
+  shorter run's results.json kept as results_at_step_<old total>.json, the original of a migrated config as
+  config.v<N>.json, the new config.json, and a line of config_history.jsonl."""
+  if not plan.pending:
+    return
+  if plan.previous_total is not None and (workdir / "results.json").exists():
     # the results of the shorter run stay, by name, but no longer read as this run's
-    os.replace(workdir / "results.json", workdir / f"results_at_step_{old_total}.json")
-  if changes and write:
-    if stored.get("version", 1) != config_lib.VERSION:  # keep the original of a migrated config
-      atomic_write(workdir / f"config.v{stored.get('version', 1)}.json", json.dumps(stored, indent=2, sort_keys=True))
-    atomic_write(path, text)
-  return RunPlan(changes, old_total if old_total != new_total else None)
+    os.replace(workdir / "results.json", workdir / f"results_at_step_{plan.previous_total}.json")
+  version = plan.stored.get("version", 1)
+  if version != config_lib.VERSION and not (workdir / f"config.v{version}.json").exists():
+    utils.atomic_write(workdir / f"config.v{version}.json", json.dumps(plan.stored, indent=2, sort_keys=True))
+  utils.atomic_write(workdir / "config.json", plan.config_text)
+  if plan.changes:
+    with open(workdir / "config_history.jsonl", "a") as f:
+      f.write(json.dumps({"resumed_at_step": step, "changes": list(plan.changes)}) + "\n")
 
 
 def has_checkpoint(workdir: Path) -> bool:
   """Whether the workdir holds any finished checkpoint (orbax renames a step's directory to the bare step number
   when it is complete)."""
   return any(d.is_dir() and d.name.isdigit() for d in (workdir / "checkpoints").glob("*"))
-
-
-def record_changes(workdir: Path, step: int, plan: RunPlan) -> None:
-  """Appends the accepted config changes of a resume to config_history.jsonl."""
-  if plan.changes:
-    with open(workdir / "config_history.jsonl", "a") as f:
-      f.write(json.dumps({"resumed_at_step": step, "changes": list(plan.changes)}) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -214,7 +214,6 @@ def train_and_evaluate(
     log.info("%s holds this run, finished at step %d; its results: %s", workdir, results["num_train_steps"],
              {k: v for k, v in results.items() if not isinstance(v, (list, dict))})  # fmt: skip
     return results
-  (workdir / "figures").mkdir(parents=True, exist_ok=True)
   total, num_seeds = budget.num_train_steps, config.num_seeds
   log.info("config (%s):\n%s", workdir / "config.json", config)
   log.info(
@@ -252,11 +251,17 @@ def train_and_evaluate(
       log.info(
         "continuing the run from %d to %d steps (the schedule spans the new total)", run_plan.previous_total, total
       )
-  if is_main:
-    checkpoints.record_changes(workdir, start_step, run_plan)
   params, opt_state, sums = state["params"], state["opt_state"], state["accum"]
   clock = utils.Chrono(float(distributed.local_copy(state["train_time"])))
-  writer = MetricWriter(workdir, start_step=start_step, enabled=is_main)
+  # a command that changes the workdir's config writes nothing there until its first checkpoint (commit below)
+  writer = MetricWriter(workdir, start_step=start_step, enabled=is_main, deferred=run_plan.pending)
+
+  def commit() -> None:
+    """The first checkpoint of this command is written (or it has none to write): record its config, then the rest."""
+    if writer.deferred and is_main:
+      checkpoints.commit_run(workdir, run_plan, start_step)
+    writer.commit()
+
   seed_mapping = steps.resolve_seed_mapping(
     config.seed_mapping, xla_convolutions=models.has_xla_convolutions(config.model)
   )
@@ -278,8 +283,10 @@ def train_and_evaluate(
     if outputs is None:
       return
     title = f"{first['test'].name}, {config.model.transform} ST-{config.model.classifier.kind.upper()}, {tag}"
-    figures.save_input_output_pair(sample, outputs, workdir / "figures" / f"transform_{tag}.png", title=title)
-    figures.save_grid_overlay(sample, grids, workdir / "figures" / f"grids_{tag}.png")
+    out = workdir / "figures"
+    writer.run(out.mkdir, exist_ok=True)
+    writer.run(figures.save_input_output_pair, sample, outputs, out / f"transform_{tag}.png", title=title)
+    writer.run(figures.save_grid_overlay, sample, grids, out / f"grids_{tag}.png")
     if tensorboard:
       mosaics = {"transformer/input": sample, "transformer/output": outputs}
       writer.write_images(step, {key: figures.mosaic(images[..., 0]) for key, images in mosaics.items()})
@@ -334,6 +341,8 @@ def train_and_evaluate(
             done, args=ocp.args.StandardSave(checkpoints.checkpoint_state(params, opt_state, sums, train_time))
           )
           manager.wait_until_finished()
+          commit()
+          logged = distributed.local_copy(sums)  # a log line's loss covers the steps since the last checkpoint too
   finally:
     train_feed.close()
   clock.pause(wait_for=params)
@@ -365,10 +374,12 @@ def train_and_evaluate(
       }
       for k, seed in enumerate(seeds)
     ]
+  commit()  # a run resumed at its last checkpoint, with changed free fields, has no checkpoint of its own to write
   show_transformer(params, total, "final", tensorboard=False)  # the last evaluation sent them
   if is_main:
-    checkpoints.atomic_write(workdir / "results.json", json.dumps(results, indent=2))
+    utils.atomic_write(workdir / "results.json", json.dumps(results, indent=2))
     if writer.history:
+      (workdir / "figures").mkdir(exist_ok=True)
       figures.save_curves(writer.history, workdir / "figures" / "curves.png", steps_per_epoch=budget.steps_per_epoch)
     writer.write_scalars(total, {"test_accuracy": results["test_accuracy"]})
     writer.close()

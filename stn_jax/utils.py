@@ -1,12 +1,22 @@
-"""Small helpers of the training loop: when to act, how far the host may run ahead, and a clock of training time."""
+"""Small helpers of the training loop: when to act, how far the host may run ahead, a clock of training time, and
+files written whole or not at all."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import time
+from pathlib import Path
 
 import jax
+
+
+def atomic_write(path: Path, text: str) -> None:
+  """Writes `text` to `path` through a temporary file, so a kill never leaves half a file."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
 
 
 def itstime(step: int, every: int, total: int) -> bool:

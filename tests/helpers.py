@@ -146,3 +146,35 @@ def experiment(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
   return sys.modules[name]
+
+
+def tensorboard_events(workdir: Path) -> tuple[dict, dict]:
+  """({tag: [(step, value)]}, {image tag: [steps]}) as TensorBoard shows a run's event files: read in the order of
+  their names, a restart marker (SessionLog.START at step s) dropping what earlier files had from step s on."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  scalars, images = {}, {}
+  for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[i : i + 8])
+      if i + 16 + length > len(data):  # a record cut by a kill
+        break
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
+      i += 16 + length
+      if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+        scalars = {tag: [(s, v) for s, v in values if s < event.step] for tag, values in scalars.items()}
+        images = {tag: [s for s in steps if s < event.step] for tag, steps in images.items()}
+      for value in event.summary.value:
+        if value.HasField("image"):
+          images.setdefault(value.tag, []).append(event.step)
+        else:
+          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars, images
+
+
+def workdir_files(workdir: Path) -> dict[str, bytes]:
+  """{relative path: bytes} of every file under `workdir`."""
+  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}

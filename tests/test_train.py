@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stn_jax import checkpoints, config_lib, feed, optim, steps, train
-from tests.helpers import synthetic_datasets, tiny_config
+from tests.helpers import synthetic_datasets, tensorboard_events, tiny_config, workdir_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,34 +53,13 @@ def test_a_run_writes_everything(finished_run):
   for name in ("transform_final.png", "grids_final.png", "curves.png", "transform_step000004.png"):
     assert (workdir / "figures" / name).stat().st_size > 1000, name
   # TensorBoard: the train loss and learning rate at every log step, evaluations, the transformer as images
-  scalars, images = _tensorboard(workdir)
+  scalars, images = tensorboard_events(workdir)
   assert [s for s, _ in scalars["train_loss"]] == [2, 4, 6, 8, 10, 12]
   rates = dict(scalars["learning_rate"])
   schedule = optim.learning_rate_schedule(tiny_config(), 12)
   assert rates == pytest.approx({s: float(schedule(s - 1)) for s in range(2, 13, 2)})
   assert [s for s, _ in scalars["val_accuracy"]] == [4, 8, 12]
   assert images["transformer/input"] == images["transformer/output"] == [4, 8, 12]
-
-
-def _tensorboard(workdir):
-  """({tag: [(step, value)]}, {image tag: [steps]}) read from the run's event files (TFRecord framing)."""
-  import struct
-
-  from tensorboardX.proto import event_pb2
-
-  scalars, images = {}, {}
-  for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
-    data, i = path.read_bytes(), 0
-    while i < len(data):
-      (length,) = struct.unpack("<Q", data[i : i + 8])
-      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
-      i += 16 + length
-      for value in event.summary.value:
-        if value.HasField("image"):
-          images.setdefault(value.tag, []).append(event.step)
-        else:
-          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-  return scalars, images
 
 
 def test_same_config_gives_bitwise_the_same_run(finished_run, tmp_path, datasets):
@@ -123,6 +102,89 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(finished_run, tmp_path, 
   resumed = train.train_and_evaluate(tiny_config(), tmp_path, datasets=datasets)
   assert resumed["test_loss"] == results["test_loss"]
   assert _without_timing(_metrics(tmp_path)) == _without_timing(_metrics(workdir))
+
+
+def _dies_at(monkeypatch, at_step: int):
+  """Makes training raise as a kill would, when it is about to run step `at_step` (after everything of the steps
+  before it); returns the function that undoes it."""
+  real_chunk = feed.TrainFeed.chunk
+
+  def dies(self, step, *args, **kwargs):
+    if step == at_step:
+      raise KeyboardInterrupt("killed")
+    return real_chunk(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(feed.TrainFeed, "chunk", dies)
+  return lambda: monkeypatch.setattr(feed.TrainFeed, "chunk", real_chunk)
+
+
+_SIGKILLED_RUN = """
+import os, signal, sys
+from stn_jax import feed, train
+from tests.helpers import synthetic_datasets, tiny_config
+real_chunk = feed.TrainFeed.chunk
+def chunk(self, step, *args, **kwargs):
+  if step == int(sys.argv[2]):
+    os.kill(os.getpid(), signal.SIGKILL)
+  return real_chunk(self, step, *args, **kwargs)
+feed.TrainFeed.chunk = chunk
+config = tiny_config(checkpoint_every_steps=int(sys.argv[3]))
+train.train_and_evaluate(config, sys.argv[1], datasets=synthetic_datasets())
+"""
+
+
+def _curves(workdir):
+  """The run's TensorBoard as it reads (tests.helpers.tensorboard_events), without its timings."""
+  scalars, images = tensorboard_events(workdir)
+  return {tag: v for tag, v in scalars.items() if not tag.startswith("steps_per_sec")}, images
+
+
+@pytest.mark.parametrize(("kill", "checkpoint_every"), [("sigkill", 4), ("exception", 3)])
+def test_a_killed_and_resumed_run_shows_the_tensorboard_curves_of_an_uninterrupted_one(
+  tmp_path, datasets, monkeypatch, kill, checkpoint_every
+):
+  config = tiny_config(checkpoint_every_steps=checkpoint_every)
+  whole = tmp_path / "whole"
+  train.train_and_evaluate(config, whole, datasets=datasets)
+  cut = tmp_path / "cut"
+  # killed as it is about to run step 11: step 10 logged its loss after the newest checkpoint (step 8, or 9)
+  if kill == "sigkill":
+    args = [sys.executable, "-c", _SIGKILLED_RUN, str(cut), "10", str(checkpoint_every)]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == -9, done.stderr[-2000:]
+  else:
+    restore = _dies_at(monkeypatch, 10)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(config, cut, datasets=datasets)
+    restore()
+  newest = max(int(p.name) for p in (cut / "checkpoints").iterdir() if p.name.isdigit())
+  assert newest == 12 // checkpoint_every * checkpoint_every - checkpoint_every
+  scalars, _ = tensorboard_events(cut)
+  assert [s for s, _ in scalars["train_loss"]] == [2, 4, 6, 8, 10]  # on disk when the kill came
+  train.train_and_evaluate(config, cut, datasets=datasets)
+  assert _curves(cut) == _curves(whole)
+  assert len(list((cut / "tensorboard").glob("events.out.tfevents.*"))) == 2
+
+
+def test_a_continuation_killed_before_its_first_checkpoint_leaves_the_workdir_as_it_was(
+  finished_run, tmp_path, datasets, monkeypatch
+):
+  workdir, results = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  before = workdir_files(copy)
+  typo = tiny_config(num_train_steps=120, checkpoint_every_steps=12)  # meant 12; its first checkpoint: step 24
+  restore = _dies_at(monkeypatch, 21)  # after the log lines, evaluations and figures of steps 13 to 20
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(typo, copy, datasets=datasets, continue_run=True)
+  restore()
+  assert workdir_files(copy) == before  # config.json, metrics, TensorBoard, figures, checkpoints: as they were
+  assert train.train_and_evaluate(tiny_config(), copy, datasets=datasets) == results  # the original command
+  assert workdir_files(copy) == before
+  train.train_and_evaluate(tiny_config(num_train_steps=16), copy, datasets=datasets, continue_run=True)
+  history = [json.loads(line) for line in (copy / "config_history.jsonl").read_text().splitlines()]
+  assert history == [{"resumed_at_step": 12, "changes": ["num_train_steps: None -> 16"]}]
+  assert [r["step"] for r in _metrics(copy)] == [4, 8, 12, 16]
 
 
 def test_a_finished_run_continues_with_more_steps_and_free_fields_may_change(finished_run, tmp_path, datasets, caplog):
