@@ -13,7 +13,10 @@ import time
 import jax
 from absl import app, flags
 
+from stn_jax.config_lib import import_sibling
 from stn_jax.data import distortions, mnist
+
+benchmark_cases = import_sibling(__file__, "benchmark_cases")
 
 _VARIANTS = flags.DEFINE_list("variants", list(distortions.NAMES), "Variants to time.")
 _SPLIT = flags.DEFINE_enum("split", "train", list(mnist.SPLITS), "Split to generate.")
@@ -22,6 +25,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "MNIST cache directory.")
 
 def main(argv):
   del argv
+  print(f"machine: {benchmark_cases.machine()}")
   data = mnist.load_mnist(data_dir=_DATA_DIR.value)
   digits, _ = data.split(_SPLIT.value)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; MNIST from {data.source}; split {_SPLIT.value}")

@@ -21,6 +21,9 @@ import numpy as np
 from absl import app, flags
 
 from stn_jax import config_lib, distributed, optim, steps, train
+from stn_jax.config_lib import import_sibling
+
+benchmark_cases = import_sibling(__file__, "benchmark_cases")
 
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"], "Device counts to time.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per device count.")
@@ -29,6 +32,7 @@ _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 
 def main(argv):
   del argv
+  print(f"machine: {benchmark_cases.machine()}")
   config = config_lib.load(Path(__file__).resolve().parents[1] / "configs" / "default.py")
   config.batch_size = _BATCH.value
   rng = np.random.default_rng(0)

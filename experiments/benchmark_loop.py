@@ -22,6 +22,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from stn_jax import distributed, optim, steps, train
+from stn_jax.config_lib import import_sibling
+
+benchmark_cases = import_sibling(__file__, "benchmark_cases")
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training config (overrides allowed).")
 _STEPS = flags.DEFINE_integer("steps", 300, "Training steps per timed run.", lower_bound=10)
@@ -30,6 +33,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds of all configurations.", l
 
 def main(argv):
   del argv
+  print(f"machine: {benchmark_cases.machine()}")
   base = _CONFIG.value
   n = _STEPS.value
   with base.unlocked():

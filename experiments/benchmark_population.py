@@ -20,6 +20,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from stn_jax import config_lib, optim, steps, train
+from stn_jax.config_lib import import_sibling
+
+benchmark_cases = import_sibling(__file__, "benchmark_cases")
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training config (overrides allowed).")
 _KS = flags.DEFINE_list("ks", ["1", "8", "64"], "Population sizes.")
@@ -53,6 +56,7 @@ def time_population(base, k: int, mapping: str, conv: str, num_steps: int) -> fl
 
 def main(argv):
   del argv
+  print(f"machine: {benchmark_cases.machine()}")
   base = _CONFIG.value
   device = jax.devices()[0]
   rows = []

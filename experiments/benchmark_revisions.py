@@ -88,6 +88,7 @@ def timed(functions: list, args: tuple, repeats: int) -> list[float]:
 
 def main(argv):
   del argv
+  print(f"machine: {benchmark_cases.machine()}")
   with tempfile.TemporaryDirectory() as tmp:
     before = load_revision(_BEFORE.value, Path(tmp))
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; before = {_BEFORE.value}, after = the working tree")

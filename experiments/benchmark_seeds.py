@@ -22,6 +22,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from stn_jax import models, steps, train
+from stn_jax.config_lib import import_sibling
+
+benchmark_cases = import_sibling(__file__, "benchmark_cases")
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training config (overrides allowed).")
 _SEEDS = flags.DEFINE_integer("num_seeds", 8, "K: seeds per program, and sequential runs.", lower_bound=2)
@@ -37,6 +40,7 @@ def _timed_run(config, datasets) -> tuple[float, dict]:
 
 def main(argv):
   del argv
+  print(f"machine: {benchmark_cases.machine()}")
   base = _CONFIG.value
   k, num_steps = _SEEDS.value, _STEPS.value
   with base.unlocked():
