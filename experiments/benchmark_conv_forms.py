@@ -1,0 +1,87 @@
+r"""Times ways of writing one convolution layer on the device JAX uses: the forms `model.*.cnn.conv` could take.
+
+  patches  `stn_jax.models.layers.extract_patches` (kh * kw * C features per output pixel) and one matrix product:
+           what conv='patches' runs;
+  rows     patches of one kernel row (kw * C features) and kh matrix products summed over shifted rows: a patch
+           matrix kh times smaller, kh times more products;
+  xla      `lax.conv_general_dilated`: what conv='xla' runs.
+
+For each layer of the paper's networks it reports the median ms of the forward pass and of forward + backward (to the
+kernel, and to the input where a layer below needs it) and the largest difference from `patches`.
+
+  python experiments/benchmark_conv_forms.py [--repeats=15]
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from stn_jax.config_lib import import_sibling
+from stn_jax.models.layers import extract_patches
+
+benchmark_cases = import_sibling(__file__, "benchmark_cases")
+_REPEATS = flags.DEFINE_integer("repeats", 15, "Timed calls per form and pass.", lower_bound=3)
+
+# (name, input (N, H, W, C), kernel (kh, kw, C_in, C_out), whether the input's gradient is needed); 'VALID', stride 1
+LAYERS = (
+  ("paper CNN conv 2 (7x7, 64 -> 64)", (256, 12, 12, 64), (7, 7, 64, 64), True),
+  ("paper CNN conv 1 (9x9, 1 -> 64)", (256, 32, 32, 1), (9, 9, 1, 64), False),
+  ("paper ST-CNN localisation conv 1 (5x5, 1 -> 20)", (256, 16, 16, 1), (5, 5, 1, 20), False),
+)
+
+
+def patches_conv(x, k):
+  kh, kw, _, c_out = k.shape
+  return jnp.einsum("nhwp,pf->nhwf", extract_patches(x, (kh, kw), (1, 1), "VALID"), k.reshape(-1, c_out))
+
+
+def rows_conv(x, k):
+  kh, kw, _, c_out = k.shape
+  out_h = x.shape[1] - kh + 1
+  rows = extract_patches(x, (1, kw), (1, 1), "VALID")  # (N, H, W', kw * C)
+  return sum(jnp.einsum("nhwp,pf->nhwf", rows[:, i : i + out_h], k[i].reshape(-1, c_out)) for i in range(kh))
+
+
+def xla_conv(x, k):
+  return jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+FORMS = {"patches": patches_conv, "rows": rows_conv, "xla": xla_conv}
+
+
+def median_ms(fn, args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # compile
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def main(argv):
+  del argv
+  print(f"machine: {benchmark_cases.machine()}")
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
+  print("| layer | form | forward ms | forward + backward ms | max abs diff from patches |")
+  print("|---|---|---:|---:|---:|")
+  rng = np.random.default_rng(0)
+  for name, x_shape, k_shape, input_grad in LAYERS:
+    x = jnp.asarray(rng.standard_normal(x_shape, dtype=np.float32))
+    k = jnp.asarray(0.05 * rng.standard_normal(k_shape, dtype=np.float32))
+    reference = jax.jit(patches_conv)(x, k)
+    for form, fn in FORMS.items():
+      grad = jax.jit(jax.grad(lambda x, k, fn=fn: jnp.sum(fn(x, k) ** 2), argnums=(0, 1) if input_grad else 1))
+      diff = float(jnp.max(jnp.abs(jax.jit(fn)(x, k) - reference)))
+      forward = median_ms(jax.jit(fn), (x, k), _REPEATS.value)
+      both = median_ms(grad, (x, k), _REPEATS.value)
+      print(f"| {name} | {form} | {forward:.1f} | {both:.1f} | {diff:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
