@@ -92,6 +92,13 @@ def open_run(
       "resume it (log, evaluation and checkpoint intervals, eval_batch_size, checkpoints_to_keep and the MNIST "
       "location may differ; num_train_steps may grow)."
     )
+  newest = max(int(d.name) for d in (workdir / "checkpoints").glob("*") if d.is_dir() and d.name.isdigit())
+  if newest > new_total:  # config.json is written just after a continuation's first checkpoint: killed in between
+    raise WorkdirConflictError(
+      f"{workdir} holds a checkpoint at step {newest:,}, past the {new_total:,} steps of its config.json: a "
+      "continuation to a larger total was stopped as it saved its first checkpoint; run it again with --continue and "
+      "that total, or use another --workdir."
+    )
   if new_total == old_total and (workdir / "results.json").exists():
     return RunPlan(finished=True)
   if new_total > old_total and not allow_continue:

@@ -213,6 +213,17 @@ def test_a_finished_run_continues_with_more_steps_and_free_fields_may_change(fin
     train.train_and_evaluate(tiny_config(), copy, datasets=datasets)
 
 
+def test_a_checkpoint_past_the_recorded_total_is_reported_not_taken_for_the_run(finished_run, tmp_path, datasets):
+  workdir, _ = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  shutil.copytree(copy / "checkpoints" / "12", copy / "checkpoints" / "16")  # a continuation killed after saving it
+  before = workdir_files(copy)
+  with pytest.raises(checkpoints.WorkdirConflictError, match=r"checkpoint at step 16, past the 12 steps"):
+    train.train_and_evaluate(tiny_config(), copy, datasets=datasets)
+  assert workdir_files(copy) == before
+
+
 @pytest.mark.parametrize("name", ["v1_cnn", "v1_fcn"])
 def test_a_version_1_workdir_resumes_under_its_migrated_config(name, tmp_path, datasets):
   workdir = tmp_path / name
