@@ -14,6 +14,8 @@ $(BIN)/python:
 $(INSTALLED): $(BIN)/python setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" "$(TORCH)"
+	# The bilinear CPU kernel (C++ through jax.ffi) with the system compiler; without one, XLA samples instead.
+	$(BIN)/python -m stn_jax.cpu_kernels
 	touch $@
 
 install: $(INSTALLED)

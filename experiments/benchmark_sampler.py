@@ -6,9 +6,13 @@ ratio (jax / torch; below 1 means stn_jax is faster):
   bwd theta        forward + backward to theta only (an STN on raw images),
   bwd theta+image  forward + backward to theta and to the image (an STN on feature maps).
 The backward passes differentiate sum(warp * w) for a fixed random w. Both libraries use all the cores they see. The
-libraries alternate in blocks of --block calls, the first call of each block untimed.
+libraries alternate in blocks of --block calls, the first call of each block untimed. stn_jax runs each of
+--implementations: `default` (grid_sample's implementation=None: the CPU kernel on CPU where it applies, which the
+table names) and `xla` (XLA's gathers and scatters); a case the kernel does not apply to (volumes, other modes) runs
+the default only.
 
   python experiments/benchmark_sampler.py [--repeats=60] [--block=6] [--cases=256x40x40x1:40x40,...] [--json=FILE]
+      [--implementations=default,xla]
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 60, "Timed repetitions per pass and l
 _MODE = flags.DEFINE_enum("mode", "bilinear", ["bilinear", "nearest", "bicubic"], "Sampling mode.")
 _BLOCK = flags.DEFINE_integer("block", 6, "Calls per library before switching to the other (the first is not timed).")
 _JSON = flags.DEFINE_string("json", None, "Also write the table as JSON to this file.")
+_IMPLEMENTATIONS = flags.DEFINE_list(
+  "implementations", ["default", "xla"], "stn_jax implementations to time: default (None), xla, cpu_kernel."
+)
 
 
 def _time_block(fn, calls: int) -> list[float]:
@@ -59,9 +66,9 @@ def synchronize(torch, device: str) -> None:
     torch.cuda.synchronize()
 
 
-def _jax_passes(size, mode):
+def _jax_passes(size, mode, implementation):
   def warp(image, theta):
-    return stn_jax.grid_sample(image, stn_jax.affine_grid(theta, size), mode=mode)
+    return stn_jax.grid_sample(image, stn_jax.affine_grid(theta, size), mode=mode, implementation=implementation)
 
   def loss(image, theta, weight):
     return jnp.sum(warp(image, theta) * weight)
@@ -78,6 +85,7 @@ def main(argv):
   import torch
   import torch.nn.functional as F  # noqa: N812
 
+  print(benchmark_cases.machine(), flush=True)
   device = torch_device(torch)
   rows = []
   for case in _CASES.value:
@@ -108,27 +116,45 @@ def main(argv):
       (F.grid_sample(image_, grid, mode=_MODE.value, align_corners=False) * t_weight).sum().backward()
       synchronize(torch, device)
 
-    jax_passes = _jax_passes(out_size, _MODE.value)
+    implementations = {}
+    for name in _IMPLEMENTATIONS.value:
+      implementation = None if name == "default" else name
+      if k == 3 or _MODE.value != "bilinear":  # the kernel samples images bilinearly: the default is xla
+        if name != "default":
+          continue
+        resolved = "xla"
+      else:
+        resolved = stn_jax.sampling.resolve_implementation("benchmark", implementation, _MODE.value, jnp.float32)
+      label = f"default ({resolved})" if name == "default" else name
+      implementations[label] = _jax_passes(out_size, _MODE.value, implementation)
     torch_passes = {
       "forward": torch_forward,
       "bwd theta": lambda: torch_backward(False),
       "bwd theta+image": lambda: torch_backward(True),
     }
-    for name, jax_fn in jax_passes.items():
+    for name, torch_fn in torch_passes.items():
       args = (j_image, j_theta) if name == "forward" else (j_image, j_theta, j_weight)
+      fns = {}
+      for label, passes in implementations.items():
 
-      def run_jax(fn=jax_fn, args=args):
-        jax.block_until_ready(fn(*args))
+        def run_jax(fn=passes[name], args=args):
+          jax.block_until_ready(fn(*args))
 
-      for _ in range(3):  # compile and warm up both
-        run_jax()
-        torch_passes[name]()
-      jax_times, torch_times = [], []
-      while len(jax_times) < _REPEATS.value:  # alternate blocks of calls, jax then torch
-        jax_times += _time_block(run_jax, _BLOCK.value)
-        torch_times += _time_block(torch_passes[name], _BLOCK.value)
-      jax_ms, torch_ms = 1e3 * np.median(jax_times), 1e3 * np.median(torch_times)
-      rows.append(dict(case=case, pass_=name, jax_ms=jax_ms, torch_ms=torch_ms, ratio=jax_ms / torch_ms))
+        fns[label] = run_jax
+      fns["torch"] = torch_fn
+      for fn in fns.values():  # compile and warm up each
+        for _ in range(3):
+          fn()
+      times = {label: [] for label in fns}
+      while len(times["torch"]) < _REPEATS.value:  # alternate blocks of calls: each implementation, then torch
+        for label, fn in fns.items():
+          times[label] += _time_block(fn, _BLOCK.value)
+      torch_ms = 1e3 * np.median(times["torch"])
+      for label in implementations:
+        jax_ms = 1e3 * np.median(times[label])
+        rows.append(
+          dict(case=case, pass_=name, implementation=label, jax_ms=jax_ms, torch_ms=torch_ms, ratio=jax_ms / torch_ms)
+        )
 
   print(
     f"stn_jax {stn_jax.__version__}, jax {jax.__version__} on {jax.devices()[0].platform} "
@@ -136,10 +162,15 @@ def main(argv):
     f"({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'}); "
     f"{platform.processor() or platform.machine()}; mode={_MODE.value}"
   )
-  print("| case (NxHxWxC:HoxWo, NxDxHxWxC:DoxHoxWo) | pass | stn_jax ms | torch ms | jax/torch |")
-  print("|---|---|---:|---:|---:|")
+  print(
+    "| case (NxHxWxC:HoxWo, NxDxHxWxC:DoxHoxWo) | pass | stn_jax implementation | stn_jax ms | torch ms | jax/torch |"
+  )
+  print("|---|---|---|---:|---:|---:|")
   for r in rows:
-    print(f"| {r['case']} | {r['pass_']} | {r['jax_ms']:.2f} | {r['torch_ms']:.2f} | {r['ratio']:.2f} |")
+    print(
+      f"| {r['case']} | {r['pass_']} | {r['implementation']} | {r['jax_ms']:.2f} | {r['torch_ms']:.2f} | "
+      f"{r['ratio']:.2f} |"
+    )
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(rows, f, indent=1)

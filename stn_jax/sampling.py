@@ -20,8 +20,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from stn_jax import _validation as v
+from stn_jax import cpu_kernels
 
 MODES = ("bilinear", "nearest", "bicubic")
+# How bilinear sampling of images runs: XLA's gathers and scatters (every backend), or stn_jax.cpu_kernels (CPU).
+IMPLEMENTATIONS = ("xla", "cpu_kernel")
 PADDING_MODES = ("zeros", "border", "reflection")
 _CUBIC_A = -0.75  # Keys' cubic convolution parameter, as in torch and OpenCV.
 _INDEX_LIMIT = 2**31 - 1
@@ -107,13 +110,16 @@ def _take(flat: jax.Array, index: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _clamped(shape, ix: jax.Array, iy: jax.Array):
+  """Coordinates clamped to [-2, size + 1], which changes no tap's in/out status (so no value) and keeps huge or
+  infinite coordinates out of integer overflow, and snapped onto pixel centres (`_snap`). NaN stays NaN."""
+  _, h, w, _ = shape
+  return _snap(jnp.clip(ix, -2.0, w + 1.0), w), _snap(jnp.clip(iy, -2.0, h + 1.0), h)
+
+
 def _bilinear_taps(shape, ix: jax.Array, iy: jax.Array):
   """Fractional parts and the four flat tap indices (top-left, top-right, bottom-left, bottom-right)."""
-  _, h, w, _ = shape
-  # Clamping to [-2, size + 1] changes no tap's in/out status (so no value), and keeps huge or infinite coordinates
-  # out of integer overflow. NaN stays NaN and gives NaN.
-  ix = _snap(jnp.clip(ix, -2.0, w + 1.0), w)
-  iy = _snap(jnp.clip(iy, -2.0, h + 1.0), h)
+  ix, iy = _clamped(shape, ix, iy)
   x0 = jnp.floor(ix)
   y0 = jnp.floor(iy)
   fx = ix - x0
@@ -225,6 +231,79 @@ def _bilinear_jvp(padding_mode, align_corners, primals, tangents):
       d_taps = [gathered[..., k, :] for k in range(4)]
     tangent_out.append(_lerp(*d_taps, fx, fy))
   return out, functools.reduce(jnp.add, tangent_out)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bilinear on the CPU kernel (stn_jax.cpu_kernels): the same function, the same custom JVP structure.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _kernel_reference(padding_mode, align_corners, image, grid):
+  """What the kernel's `sample_grid` computes, in JAX (its fallback off the CPU)."""
+  return cpu_kernels.sample(
+    image, *_clamped(image.shape, *_source_coords(grid, image.shape, padding_mode, align_corners))
+  )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _bilinear_kernel(padding_mode, align_corners, image, grid):
+  # The primal pass alone (no derivative taken): coordinates and sample in one loop of the kernel.
+  fallback = functools.partial(_kernel_reference, padding_mode, align_corners)
+  return cpu_kernels.sample_grid(image, grid, padding_mode, align_corners, fallback)
+
+
+@functools.partial(_bilinear_kernel.defjvp, symbolic_zeros=True)
+def _bilinear_kernel_jvp(padding_mode, align_corners, primals, tangents):
+  # As `_bilinear_jvp`: the primal pass runs the kernel once (with the derivatives of the output in ix and iy when
+  # the grid has a tangent), and the tangent is linear: d_grid -> elementwise products with those derivatives
+  # (transposed: a product with g, summed over channels), d_image -> the kernel's sample of d_image (transposed:
+  # the kernel's scatter).
+  image, grid = primals
+  d_image, d_grid = tangents
+  shape = image.shape
+  c = shape[-1]
+
+  def coords(gr):
+    return _source_coords(gr, shape, padding_mode, align_corners)
+
+  if _is_zero(d_grid):
+    ix, iy = coords(grid)
+  else:
+    (ix, iy), (d_ix, d_iy) = jax.jvp(coords, (grid,), (d_grid,))
+  x, y = _clamped(shape, ix, iy)
+  tangent_out = []
+  if _is_zero(d_grid):
+    out = cpu_kernels.sample(image, x, y)
+  else:
+    out, out_x, out_y = cpu_kernels.jacobian(image, x, y)
+    tangent_out.append(out_x * _broadcast_channels(d_ix, c) + out_y * _broadcast_channels(d_iy, c))
+  if not _is_zero(d_image):
+    tangent_out.append(cpu_kernels.sample(d_image, x, y))
+  return out, functools.reduce(jnp.add, tangent_out)
+
+
+def resolve_implementation(func: str, implementation, mode: str, dtype, volume: bool = False) -> str:
+  """'xla' or 'cpu_kernel': what `implementation` (None, 'xla' or 'cpu_kernel') means for this call. None is the
+  CPU kernel where it applies (bilinear sampling of images computed in float32, JAX's default backend the CPU, the
+  kernel built) and XLA otherwise; 'cpu_kernel' where it cannot apply is a ValueError, and where it is not built a
+  RuntimeError saying why."""
+  if implementation is not None and implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+      f"{func}: implementation must be None or one of {', '.join(map(repr, IMPLEMENTATIONS))}; got {implementation!r}."
+    )
+  applies = mode == "bilinear" and not volume and jnp.dtype(dtype) == jnp.float32
+  if implementation is None:
+    return "cpu_kernel" if applies and jax.default_backend() == "cpu" and cpu_kernels.available() else "xla"
+  if implementation == "cpu_kernel":
+    if not applies:
+      raise ValueError(
+        f"{func}: implementation='cpu_kernel' samples images bilinearly in float32 (bfloat16 and float16 images "
+        f"are computed in float32); got mode={mode!r}, {'a volume' if volume else 'an image'}, compute dtype "
+        f"{jnp.dtype(dtype).name}."
+      )
+    if not cpu_kernels.available():
+      raise RuntimeError(f"{func}: implementation='cpu_kernel' is not available: {cpu_kernels.unavailable_reason()}.")
+  return implementation
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -341,6 +420,7 @@ def grid_sample(
   mode: str = "bilinear",
   padding_mode: str = "zeros",
   align_corners: bool = False,
+  implementation: str | None = None,
 ) -> jax.Array:
   """Samples `image` at the normalised (x, y) positions of `grid`, as `torch.nn.functional.grid_sample`.
 
@@ -356,6 +436,11 @@ def grid_sample(
     padding_mode: what lies outside the image: 'zeros', 'border' (the edge pixels repeated) or 'reflection' (the
       image mirrored about its edges: the outer pixel edges, or the corner pixel centres with `align_corners`).
     align_corners: whether -1 and 1 are the centres (True) or the outer edges (False) of the corner pixels.
+    implementation: how bilinear sampling of images runs: 'xla' (gathers and scatters, every backend), 'cpu_kernel'
+      (stn_jax.cpu_kernels: a C++ kernel through jax.ffi, CPU only, float32 compute), or None (the default): the
+      CPU kernel when JAX's default backend is the CPU and the kernel is built, else 'xla'. Both are the same
+      function (equal to float32 rounding; the tests hold both to torch) with the same derivatives in every mode
+      of autodiff. Resolved when the call is traced.
 
   Returns:
     (N, H_out, W_out, C) or (H_out, W_out, C) with the dtype of `image`. bfloat16 and float16 are computed in float32.
@@ -368,23 +453,32 @@ def grid_sample(
   options = check_sample_options(func, mode, padding_mode, align_corners)
   if jnp.ndim(grid) >= 1 and jnp.shape(grid)[-1] == 3:  # a volume
     _check_volume_args(func, image, grid, options[0])
+    resolve_implementation(func, implementation, options[0], jnp.float32, volume=True)
     return _grid_sample_3d_jit(image, grid, *options)
   _check_grid_sample_args(func, image, grid)
   v.warn_if_channels_first(func, image, stacklevel=3)  # the caller, past this function and `keyword_only`'s wrapper
-  return _grid_sample_jit(image, grid, *options)
+  implementation = resolve_implementation(func, implementation, options[0], compute_dtype(image, grid))
+  return _grid_sample_jit(image, grid, *options, implementation)
 
 
-def grid_sample_core(image, grid, mode, padding_mode, align_corners):
-  """`grid_sample` of checked arguments, unjitted (`warp` inlines it)."""
+def compute_dtype(image, grid):
+  """What the sampler computes in: the promoted type of image and grid, at least float32."""
+  return jnp.promote_types(jnp.promote_types(jnp.result_type(image), jnp.result_type(grid)), jnp.float32)
+
+
+def grid_sample_core(image, grid, mode, padding_mode, align_corners, implementation="xla"):
+  """`grid_sample` of checked arguments and a resolved implementation, unjitted (`warp` inlines it)."""
   batched = image.ndim == 4
   if not batched:
     image, grid = image[None], grid[None]
   n, _h, _w, c = image.shape
   _, h_out, w_out, _ = grid.shape
-  compute_dtype = jnp.promote_types(jnp.promote_types(image.dtype, grid.dtype), jnp.float32)
-  x = image.astype(compute_dtype)
-  points = grid.astype(compute_dtype).reshape(n, h_out * w_out, 2)
-  if mode == "bilinear":
+  dtype = compute_dtype(image, grid)
+  x = image.astype(dtype)
+  points = grid.astype(dtype).reshape(n, h_out * w_out, 2)
+  if mode == "bilinear" and implementation == "cpu_kernel":  # on the (N, H_out, W_out) points: no reshape copy
+    out = _bilinear_kernel(padding_mode, align_corners, x, grid.astype(dtype))
+  elif mode == "bilinear":
     out = _bilinear(padding_mode, align_corners, x, points)
   elif mode == "nearest":
     out = _nearest(x, *_source_coords(points, x.shape, padding_mode, align_corners))
@@ -394,7 +488,7 @@ def grid_sample_core(image, grid, mode, padding_mode, align_corners):
   return out if batched else out[0]
 
 
-_grid_sample_jit = jax.jit(grid_sample_core, static_argnums=(2, 3, 4))
+_grid_sample_jit = jax.jit(grid_sample_core, static_argnums=(2, 3, 4, 5))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -264,6 +264,7 @@ def warp(
   mode: str = "bilinear",
   padding_mode: str = "zeros",
   align_corners: bool = False,
+  implementation: str | None = None,
 ) -> jax.Array:
   """Warps `image` by transform parameters: `grid_sample(image, params_to_grid(params, size, kind=kind))`.
 
@@ -278,7 +279,7 @@ def warp(
     size: output (H_out, W_out), static: any sequence of two positive ints; defaults to the input's (H, W) (None
       for a flow). A volume (N, D, H, W, C) warps with kind='affine' and theta (N, 3, 4), its size
       (D_out, H_out, W_out).
-    mode, padding_mode, align_corners: as `grid_sample`.
+    mode, padding_mode, align_corners, implementation: as `grid_sample`.
 
   Returns:
     (N, H_out, W_out, C) or (H_out, W_out, C), dtype of `image`.
@@ -297,7 +298,9 @@ def warp(
         f"(3, 4); got image {image_shape} and theta {params_shape}."
       )
     grid = grids.affine_grid(params, image_shape[-4:-1] if size is None else size, align_corners=options[2])
-    return sampling.grid_sample(image, grid, mode=options[0], padding_mode=options[1], align_corners=options[2])
+    return sampling.grid_sample(
+      image, grid, mode=options[0], padding_mode=options[1], align_corners=options[2], implementation=implementation
+    )
   if kind == "flow":  # (N, [D,] H, W, C) with a flow (N, [D,] H, W, k) of the image's spatial shape
     k = params_shape[-1] if params_shape else 0
     want = (*image_shape[:-1], k)
@@ -307,7 +310,9 @@ def warp(
         f"got image {image_shape}, flow {params_shape} and size {size}."
       )
     grid = flows.flow_grid(params, align_corners=options[2])
-    return sampling.grid_sample(image, grid, mode=options[0], padding_mode=options[1], align_corners=options[2])
+    return sampling.grid_sample(
+      image, grid, mode=options[0], padding_mode=options[1], align_corners=options[2], implementation=implementation
+    )
   size = None if size is None else v.check_size(func, "size", size)
   sampling.check_image(func, image)
   per_image = param_shape(kind, num_control_points=params_shape[-2] if kind == "tps" and len(params_shape) >= 2 else 16)
@@ -319,12 +324,15 @@ def warp(
     )
   _check_params(func, params, kind)
   v.warn_if_channels_first(func, image, stacklevel=3)  # the caller, past this function and `keyword_only`'s wrapper
-  return _warp_jit(image, params, kind, image_shape[-3:-1] if size is None else size, *options)
+  implementation = sampling.resolve_implementation(
+    func, implementation, options[0], sampling.compute_dtype(image, params)
+  )
+  return _warp_jit(image, params, kind, image_shape[-3:-1] if size is None else size, *options, implementation)
 
 
-def _warp_core(image, params, kind, size, mode, padding_mode, align_corners):
+def _warp_core(image, params, kind, size, mode, padding_mode, align_corners, implementation):
   grid = _params_to_grid_core(params, size, kind, align_corners)
-  return sampling.grid_sample_core(image, grid.astype(params.dtype), mode, padding_mode, align_corners)
+  return sampling.grid_sample_core(image, grid.astype(params.dtype), mode, padding_mode, align_corners, implementation)
 
 
-_warp_jit = jax.jit(_warp_core, static_argnums=(2, 3, 4, 5, 6))
+_warp_jit = jax.jit(_warp_core, static_argnums=(2, 3, 4, 5, 6, 7))

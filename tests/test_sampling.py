@@ -12,9 +12,23 @@ from jax.test_util import check_grads
 from scipy import ndimage
 
 import stn_jax
+from stn_jax import cpu_kernels
 from tests import helpers
 
 COMBOS = list(itertools.product(stn_jax.MODES, stn_jax.PADDING_MODES, (False, True)))
+# Bilinear sampling of images runs on XLA or on the CPU kernel (stn_jax.cpu_kernels): both are held to torch.
+KERNEL = pytest.param(
+  "cpu_kernel", marks=pytest.mark.skipif(not cpu_kernels.available(), reason="the CPU kernel is not built")
+)
+IMPLEMENTATIONS = ["xla", KERNEL]
+COMBOS_BY_IMPLEMENTATION = [(*c, "xla") for c in COMBOS] + [
+  (*c, KERNEL.values[0]) for c in COMBOS if c[0] == "bilinear"
+]
+
+
+def _implementation(mode, implementation):
+  """The implementation to ask for: the CPU kernel samples bilinearly only."""
+  return implementation if mode == "bilinear" else "xla"
 
 
 def _value_and_grads(image, grid, cotangent, **options):
@@ -23,15 +37,15 @@ def _value_and_grads(image, grid, cotangent, **options):
   return np.asarray(out), np.asarray(g_image), np.asarray(g_grid)
 
 
-@pytest.mark.parametrize(("mode", "padding_mode", "align_corners"), COMBOS)
-def test_matches_torch_values_and_gradients(mode, padding_mode, align_corners):
+@pytest.mark.parametrize(("mode", "padding_mode", "align_corners", "implementation"), COMBOS_BY_IMPLEMENTATION)
+def test_matches_torch_values_and_gradients(mode, padding_mode, align_corners, implementation):
   helpers.torch_or_skip()
   rng = np.random.default_rng(zlib.crc32(f"{mode}-{padding_mode}-{align_corners}".encode()))
   image = helpers.random_image(rng, (3, 7, 9, 2))
   grid = helpers.random_grid(rng, (3,), (6, 5), (7, 9), align_corners=align_corners)
   cotangent = helpers.random_image(rng, (3, 6, 5, 2))
   options = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-  ours = _value_and_grads(image, grid, cotangent, **options)
+  ours = _value_and_grads(image, grid, cotangent, **options, implementation=implementation)
   reference = helpers.torch_grid_sample(image, grid, cotangent, **options)
   # float32 rounding: bicubic sums 16 weighted taps (and their weights' derivatives), bilinear and nearest 4 or 1.
   atol = 1e-5 if mode == "bicubic" else 2e-6
@@ -42,12 +56,13 @@ def test_matches_torch_values_and_gradients(mode, padding_mode, align_corners):
     assert np.abs(reference[2]).max() > 0.1
 
 
-@pytest.mark.parametrize(("mode", "padding_mode", "align_corners"), COMBOS)
-def test_identity_grid_reproduces_input_exactly(mode, padding_mode, align_corners):
+@pytest.mark.parametrize(("mode", "padding_mode", "align_corners", "implementation"), COMBOS_BY_IMPLEMENTATION)
+def test_identity_grid_reproduces_input_exactly(mode, padding_mode, align_corners, implementation):
   rng = np.random.default_rng(1)
   image = helpers.random_image(rng, (2, 11, 13, 3))
   grid = jnp.broadcast_to(stn_jax.identity_grid((11, 13), align_corners=align_corners), (2, 11, 13, 2))
-  out = stn_jax.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+  options = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners, implementation=implementation)
+  out = stn_jax.grid_sample(image, grid, **options)
   np.testing.assert_array_equal(np.asarray(out), image)
 
 
@@ -99,26 +114,31 @@ def test_bilinear_check_grads_first_and_second_order(padding_mode):
     check_grads(fn, (image, grid), order=2, modes=["rev"], eps=1e-4, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("mode", stn_jax.MODES)
-def test_low_precision_runs_and_keeps_dtype(dtype, mode):
+def test_low_precision_runs_and_keeps_dtype(dtype, mode, implementation):
+  if implementation != "xla" and mode != "bilinear":
+    pytest.skip("the CPU kernel samples bilinearly")
   rng = np.random.default_rng(5)
   image = helpers.random_image(rng, (2, 6, 6, 3))
   grid = helpers.random_grid(rng, (2,), (4, 4), (6, 6), align_corners=False, spread=0.2)
-  out = stn_jax.grid_sample(jnp.asarray(image, dtype), jnp.asarray(grid, dtype), mode=mode)
+  options = dict(mode=mode, implementation=implementation)
+  out = stn_jax.grid_sample(jnp.asarray(image, dtype), jnp.asarray(grid, dtype), **options)
   assert out.dtype == dtype
   reference = stn_jax.grid_sample(
-    jnp.asarray(image, dtype).astype(jnp.float32), jnp.asarray(grid, dtype).astype(jnp.float32), mode=mode
+    jnp.asarray(image, dtype).astype(jnp.float32), jnp.asarray(grid, dtype).astype(jnp.float32), **options
   )
   np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(reference), atol=0.05 * np.abs(image).max())
-  g_image, g_grid = jax.grad(lambda i, g: stn_jax.grid_sample(i, g, mode=mode).astype(jnp.float32).sum(), (0, 1))(
+  g_image, g_grid = jax.grad(lambda i, g: stn_jax.grid_sample(i, g, **options).astype(jnp.float32).sum(), (0, 1))(
     jnp.asarray(image, dtype), jnp.asarray(grid, dtype)
   )
   assert g_image.dtype == dtype and g_grid.dtype == dtype
   assert np.isfinite(np.asarray(g_image, np.float32)).all()
 
 
-def test_gradients_finite_at_integer_positions_and_far_outside():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_gradients_finite_at_integer_positions_and_far_outside(implementation):
   rng = np.random.default_rng(6)
   image = jnp.asarray(helpers.random_image(rng, (1, 6, 6, 1)))
   centres = stn_jax.pixel_centers(6)
@@ -129,38 +149,44 @@ def test_gradients_finite_at_integer_positions_and_far_outside():
   )
   for padding_mode in stn_jax.PADDING_MODES:
     for mode in stn_jax.MODES:
-      g_image, g_grid = jax.grad(
-        lambda i, g, m=mode, p=padding_mode: (stn_jax.grid_sample(i, g, mode=m, padding_mode=p) ** 2).sum(), (0, 1)
-      )(image, grid)
+      options = dict(mode=mode, padding_mode=padding_mode, implementation=_implementation(mode, implementation))
+      g_image, g_grid = jax.grad(lambda i, g, o=options: (stn_jax.grid_sample(i, g, **o) ** 2).sum(), (0, 1))(
+        image, grid
+      )
       assert np.isfinite(np.asarray(g_grid)).all() and np.isfinite(np.asarray(g_image)).all(), (mode, padding_mode)
       if padding_mode == "zeros":
         np.testing.assert_array_equal(np.asarray(g_grid)[:, 6:], 0.0)
   # At integer positions the bilinear gradient is the one-sided (forward) difference, as torch's.
-  g_grid = jax.grad(lambda g: stn_jax.grid_sample(image, g).sum())(grid[:, :6])
+  g_grid = jax.grad(lambda g: stn_jax.grid_sample(image, g, implementation=implementation).sum())(grid[:, :6])
   step = np.asarray(image)[0, :, 1:, 0] - np.asarray(image)[0, :, :-1, 0]
   np.testing.assert_allclose(np.asarray(g_grid)[0, :, :-1, 0], step * 6 / 2, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("value", [np.inf, -np.inf, 1e30, -1e30])
-def test_huge_and_infinite_coordinates_follow_the_padding_mode(value):
+def test_huge_and_infinite_coordinates_follow_the_padding_mode(value, implementation):
   rng = np.random.default_rng(7)
   image = helpers.random_image(rng, (1, 4, 5, 1))
   grid = np.zeros((1, 1, 1, 2), np.float32)
   grid[..., 0] = value  # x far left or right, y at the centre
-  zeros = stn_jax.grid_sample(image, grid, padding_mode="zeros", mode="bilinear")
+  zeros = stn_jax.grid_sample(image, grid, padding_mode="zeros", mode="bilinear", implementation=implementation)
   np.testing.assert_array_equal(np.asarray(zeros), 0.0)
   border = stn_jax.grid_sample(image, grid, padding_mode="border", mode="nearest")
   column = 4 if value > 0 else 0
   np.testing.assert_array_equal(np.asarray(border)[0, 0, 0], image[0, 2, column])
   for mode in stn_jax.MODES:  # runs without error and stays within the image's range
-    out = np.asarray(stn_jax.grid_sample(image, grid, padding_mode="border", mode=mode))
+    options = dict(padding_mode="border", mode=mode, implementation=_implementation(mode, implementation))
+    out = np.asarray(stn_jax.grid_sample(image, grid, **options))
     assert np.isfinite(out).all()
 
 
-def test_nan_coordinates_give_nan_without_crashing():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_nan_coordinates_give_nan_without_crashing(implementation):
   image = jnp.ones((1, 4, 4, 1))
   grid = jnp.full((1, 2, 2, 2), jnp.nan)
-  assert np.isnan(np.asarray(stn_jax.grid_sample(image, grid))).all()
+  assert np.isnan(np.asarray(stn_jax.grid_sample(image, grid, implementation=implementation))).all()
+  g_grid = jax.grad(lambda g: stn_jax.grid_sample(image, g, implementation=implementation).sum())(grid)
+  assert g_grid.shape == grid.shape
   assert (np.asarray(stn_jax.grid_sample(image, grid, mode="nearest")) == 0).all()
 
 

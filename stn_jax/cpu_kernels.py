@@ -1,0 +1,356 @@
+"""The bilinear sampler's CPU kernel: C++ (stn_jax/csrc/bilinear.cc) registered through `jax.ffi`, as JAX primitives.
+
+`grid_sample(..., implementation='cpu_kernel')` and, on CPU, the default run on these. The C++ is compiled with the
+system's C++ compiler the first time it is needed (or by `python -m stn_jax.cpu_kernels`, which `make install` runs)
+into a cache folder ($STN_JAX_KERNEL_DIR, default ~/.cache/stn_jax/kernels), one library per source, jaxlib version
+and compiler; a machine without a compiler, or with STN_JAX_CPU_KERNEL=0, samples with the pure-JAX path instead.
+
+Three primitives, each on pixel-index coordinates (ix, iy) (N, *points) already mapped through the padding mode,
+clamped and snapped by stn_jax.sampling, and an image (N, H, W, C) float32 read as zero outside:
+
+  sample(image, ix, iy)      (N, *points, C): the bilinear interpolation; linear in the image, its transpose is
+                             `scatter`;
+  jacobian(image, ix, iy)    (out, d out / d ix, d out / d iy), each (N, *points, C): what the JVP of grid_sample
+                             needs;
+  scatter(g, ix, iy, shape)  (N, H, W, C): the transpose of `sample` in the image; its transpose is `sample`.
+
+They batch under `jax.vmap` (the mapped axis folded into N), transpose as above, and differentiate in every argument
+through `reference`, the same functions in pure JAX, so forward mode and higher derivatives work as on the pure path.
+On other backends the primitives lower to `reference`.
+
+`sample_grid` is the undifferentiated forward pass from a normalised grid: the coordinates computed in the kernel too
+(operation for operation as stn_jax.sampling computes them), so the forward pass is one loop over the points; it is
+what grid_sample's custom JVP calls as its primal function, never differentiated itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+SOURCE = pathlib.Path(__file__).with_name("csrc") / "bilinear.cc"
+# Handler symbols in the library, and the FFI target each is registered as.
+TARGETS = {
+  "stn_bilinear_sample": "StnBilinearSample",
+  "stn_bilinear_jacobian": "StnBilinearJacobian",
+  "stn_bilinear_scatter": "StnBilinearScatter",
+  "stn_bilinear_sample_grid": "StnBilinearSampleGrid",
+}
+PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}  # the kernel's Padding enum
+# -ffp-contract=off: no fused multiply-adds, so the roundings are those of the pure-JAX path; -fno-trapping-math lets
+# GCC turn the float selects into vector blends (no FP exceptions are looked at).
+CXXFLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-w")
+# Tried in order: the machine's vector units (AVX-512 or AVX2 gathers vectorise the taps; 512-bit vectors where the
+# CPU has them), then a portable build (compilers or CPUs that refuse the flags).
+ARCH_FLAGS = (("-march=native", "-mprefer-vector-width=512"), ("-march=native",), ())
+_DISABLE = "STN_JAX_CPU_KERNEL"
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("STN_JAX_KERNEL_DIR") or pathlib.Path.home() / ".cache" / "stn_jax" / "kernels")
+
+
+def _compiler() -> str | None:
+  return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def _cpu_flags() -> str:
+  """The CPU's feature flags (a -march=native library is only reused on a CPU with the same ones)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line for line in f if line.startswith(("flags", "Features"))), "")
+  except OSError:
+    return ""
+
+
+def library_path(compiler: str) -> pathlib.Path:
+  """Where the library built from this source with `compiler` for this jaxlib and CPU lives."""
+  import jaxlib
+
+  key = hashlib.sha256()
+  for part in (SOURCE.read_bytes(), jaxlib.__version__, compiler, " ".join(CXXFLAGS), repr(ARCH_FLAGS), _cpu_flags()):
+    key.update(part.encode() if isinstance(part, str) else part)
+  return cache_dir() / f"stn_bilinear-{key.hexdigest()[:16]}.so"
+
+
+def build(*, force: bool = False) -> pathlib.Path:
+  """Compiles the kernel (unless it is cached) and returns the library's path; raises RuntimeError saying why not."""
+  compiler = _compiler()
+  if compiler is None:
+    raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
+  path = library_path(compiler)
+  if path.exists() and not force:
+    return path
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # Built under a temporary name and renamed: concurrent builds (test workers) never load a half-written library.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+  os.close(fd)
+  try:
+    for arch in ARCH_FLAGS:
+      command = [compiler, *CXXFLAGS, *arch, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+      done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+      if done.returncode == 0:
+        break
+    else:
+      raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+def _load() -> str | None:
+  """Builds and registers the kernel once per process; returns None, or why it is unavailable."""
+  with _lock:
+    if "reason" in _state:
+      return _state["reason"]
+    reason = None
+    if os.environ.get(_DISABLE, "1").strip().lower() in ("0", "false", "no", "off"):
+      reason = f"{_DISABLE}={os.environ[_DISABLE]}"
+    else:
+      try:
+        library = ctypes.cdll.LoadLibrary(str(build()))
+        for target, symbol in TARGETS.items():
+          jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+      except (RuntimeError, OSError, AttributeError, subprocess.SubprocessError) as e:
+        reason = str(e)
+        logging.warning("stn_jax: the bilinear CPU kernel is unavailable, sampling with XLA instead: %s", reason)
+    _state["reason"] = reason
+    return reason
+
+
+def available() -> bool:
+  """Whether the CPU kernel is built and registered (building it on first call)."""
+  return _load() is None
+
+
+def unavailable_reason() -> str | None:
+  """None when the kernel is available, else why not (no compiler, a build error, STN_JAX_CPU_KERNEL=0)."""
+  return _load()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The reference: the kernels' functions in pure JAX.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _taps(shape, ix, iy):
+  """Per tap (top-left, top-right, bottom-left, bottom-right): its (N, P) flat pixel index and in-image mask."""
+  n, h, w, _ = shape
+  x0 = jnp.floor(ix)
+  y0 = jnp.floor(iy)
+  x0 = jnp.where(jnp.isnan(x0), -2.0, x0).astype(jnp.int32)
+  y0 = jnp.where(jnp.isnan(y0), -2.0, y0).astype(jnp.int32)
+  taps = []
+  for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+    x, y = x0 + dx, y0 + dy
+    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    rows = jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * (ix.ndim - 1)) * (h * w)
+    taps.append((jnp.where(inside, rows + y * w + x, 0), inside))
+  return taps, ix - jnp.floor(ix), iy - jnp.floor(iy)
+
+
+def _values(image, taps):
+  n, h, w, c = image.shape
+  flat = image.reshape(n * h * w, c)
+  return [jnp.where(inside[..., None], flat[index], 0.0) for index, inside in taps]
+
+
+def _reference_sample(image, ix, iy):
+  taps, fx, fy = _taps(image.shape, ix, iy)
+  v00, v01, v10, v11 = _values(image, taps)
+  fx, fy = fx[..., None], fy[..., None]
+  top = v00 + (v01 - v00) * fx
+  bottom = v10 + (v11 - v10) * fx
+  return top + (bottom - top) * fy
+
+
+def _reference_jacobian(image, ix, iy):
+  taps, fx, fy = _taps(image.shape, ix, iy)
+  v00, v01, v10, v11 = _values(image, taps)
+  fx, fy = fx[..., None], fy[..., None]
+  top = v00 + (v01 - v00) * fx
+  bottom = v10 + (v11 - v10) * fx
+  d_top, d_bottom = v01 - v00, v11 - v10
+  d_left, d_right = v10 - v00, v11 - v01
+  return top + (bottom - top) * fy, d_top + (d_bottom - d_top) * fy, d_left + (d_right - d_left) * fx
+
+
+def _reference_scatter(g, ix, iy, *, shape):
+  # The transpose of the (linear in the image) sample, as JAX derives it.
+  zeros = jnp.zeros(shape, g.dtype)
+  return jax.linear_transpose(lambda image: _reference_sample(image, ix, iy), zeros)(g)[0]
+
+
+reference = {"sample": _reference_sample, "jacobian": _reference_jacobian, "scatter": _reference_scatter}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The primitives.
+# ----------------------------------------------------------------------------------------------------------------------
+
+sample_p = Primitive("stn_bilinear_sample")
+jacobian_p = Primitive("stn_bilinear_jacobian")
+jacobian_p.multiple_results = True
+scatter_p = Primitive("stn_bilinear_scatter")
+
+
+def sample(image: jax.Array, ix: jax.Array, iy: jax.Array) -> jax.Array:
+  """(N, P, C): `image` (N, H, W, C) float32 at the pixel-index points (ix, iy), each (N, P)."""
+  return sample_p.bind(image, ix, iy)
+
+
+def jacobian(image: jax.Array, ix: jax.Array, iy: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(`sample(image, ix, iy)`, its derivatives with respect to ix and to iy), each (N, P, C)."""
+  return tuple(jacobian_p.bind(image, ix, iy))
+
+
+def scatter(g: jax.Array, ix: jax.Array, iy: jax.Array, shape) -> jax.Array:
+  """The transpose of `sample` in the image: the (N, H, W, C) image whose sample's inner product with any image is
+  the inner product of `g` (N, P, C) with that image's sample."""
+  return scatter_p.bind(g, ix, iy, shape=tuple(shape))
+
+
+def sample_grid(image: jax.Array, grid: jax.Array, padding_mode: str, align_corners: bool, fallback) -> jax.Array:
+  """(N, *points, C): `image` (N, H, W, C) float32 sampled at the normalised grid (N, *points, 2) with the padding mode,
+  in the kernel on CPU; `fallback(image, grid)`, the same function in JAX, on other backends. Not differentiable
+  (grid_sample's custom JVP differentiates it); batches under `jax.vmap`."""
+  out = jax.ShapeDtypeStruct((*grid.shape[:-1], image.shape[-1]), image.dtype)
+
+  def kernel(image, grid):
+    if not available():
+      return fallback(image, grid)
+    call = jax.ffi.ffi_call("stn_bilinear_sample_grid", out, vmap_method="broadcast_all")
+    return call(image, grid, padding=np.int32(PADDING_CODES[padding_mode]), align_corners=bool(align_corners))
+
+  return jax.lax.platform_dependent(image, grid, cpu=kernel, default=fallback)
+
+
+def _out_shape(image_or_g, ix):
+  return (*ix.shape, image_or_g.shape[-1])
+
+
+sample_p.def_abstract_eval(lambda image, ix, iy: jax.core.ShapedArray(_out_shape(image, ix), image.dtype))
+jacobian_p.def_abstract_eval(lambda image, ix, iy: [jax.core.ShapedArray(_out_shape(image, ix), image.dtype)] * 3)
+scatter_p.def_abstract_eval(lambda g, ix, iy, *, shape: jax.core.ShapedArray(shape, g.dtype))
+
+
+def _ffi(target, results):
+  return jax.ffi.ffi_call(target, results)
+
+
+def _cpu_sample(image, ix, iy):
+  if not available():
+    return _reference_sample(image, ix, iy)
+  return _ffi("stn_bilinear_sample", jax.ShapeDtypeStruct(_out_shape(image, ix), image.dtype))(image, ix, iy)
+
+
+def _cpu_jacobian(image, ix, iy):
+  if not available():
+    return _reference_jacobian(image, ix, iy)
+  out = jax.ShapeDtypeStruct(_out_shape(image, ix), image.dtype)
+  return _ffi("stn_bilinear_jacobian", (out, out, out))(image, ix, iy)
+
+
+def _cpu_scatter(g, ix, iy, *, shape):
+  if not available():
+    return _reference_scatter(g, ix, iy, shape=shape)
+  return _ffi("stn_bilinear_scatter", jax.ShapeDtypeStruct(shape, g.dtype))(g, ix, iy)
+
+
+def _eager(cpu, ref, *args, **params):
+  """An eager call: the CPU function (the kernel, if available) on the CPU backend, else the reference."""
+  return (cpu if jax.default_backend() == "cpu" else ref)(*args, **params)
+
+
+for _prim, _cpu, _ref, _multiple in (
+  (sample_p, _cpu_sample, _reference_sample, False),
+  (jacobian_p, _cpu_jacobian, _reference_jacobian, True),
+  (scatter_p, _cpu_scatter, _reference_scatter, False),
+):
+  mlir.register_lowering(_prim, mlir.lower_fun(_cpu, multiple_results=_multiple), platform="cpu")
+  mlir.register_lowering(_prim, mlir.lower_fun(_ref, multiple_results=_multiple))
+  _prim.def_impl(functools.partial(_eager, _cpu, _ref))
+
+  def _jvp(primals, tangents, _ref=_ref, **params):
+    tangents = [ad.instantiate_zeros(t) for t in tangents]
+    return jax.jvp(functools.partial(_ref, **params), tuple(primals), tuple(tangents))
+
+  ad.primitive_jvps[_prim] = _jvp
+
+
+def _sample_transpose(ct, image, ix, iy):
+  if ad.is_undefined_primal(ix) or ad.is_undefined_primal(iy):
+    raise NotImplementedError("stn_bilinear_sample is linear in the image only")
+  if type(ct) is ad.Zero:
+    return ad.Zero(image.aval), None, None
+  return scatter(ct, ix, iy, image.aval.shape), None, None
+
+
+def _scatter_transpose(ct, g, ix, iy, *, shape):
+  if ad.is_undefined_primal(ix) or ad.is_undefined_primal(iy):
+    raise NotImplementedError("stn_bilinear_scatter is linear in the cotangent only")
+  if type(ct) is ad.Zero:
+    return ad.Zero(g.aval), None, None
+  return sample(ct, ix, iy), None, None
+
+
+ad.primitive_transposes[sample_p] = _sample_transpose
+ad.primitive_transposes[scatter_p] = _scatter_transpose
+
+
+def _batch(prim, args, dims, **params):
+  """vmap: the mapped axis moved to the front, unmapped operands broadcast along it, and folded into N."""
+  size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+  moved = [
+    jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
+    for a, d in zip(args, dims, strict=True)
+  ]
+  folded = [a.reshape((-1, *a.shape[2:])) for a in moved]
+  if "shape" in params:
+    params = {**params, "shape": (size * params["shape"][0], *params["shape"][1:])}
+  out = prim.bind(*folded, **params)
+
+  def unfold(x):
+    return x.reshape((size, -1, *x.shape[1:]))
+
+  if prim.multiple_results:
+    return [unfold(x) for x in out], [0] * len(out)
+  return unfold(out), 0
+
+
+for _prim in (sample_p, jacobian_p, scatter_p):
+  batching.primitive_batchers[_prim] = functools.partial(_batch, _prim)
+
+
+def main() -> int:
+  """`python -m stn_jax.cpu_kernels [--force]`: builds the kernel (as `make install` does) and says where it is."""
+  try:
+    path = build(force="--force" in sys.argv[1:])
+  except RuntimeError as e:
+    print(f"stn_jax: the bilinear CPU kernel was not built ({e}); grid_sample will use XLA's gathers on CPU.")
+    return 0
+  print(f"stn_jax: the bilinear CPU kernel is at {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,240 @@
+"""The bilinear CPU kernel (stn_jax.cpu_kernels) against the pure-JAX path (implementation='xla') and its own
+reference: values and derivatives of every order, under jit / vmap / eagerly, every padding mode, and the fallbacks.
+
+torch parity of both implementations is in tests/test_sampling.py (test_matches_torch_values_and_gradients).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import stn_jax
+from stn_jax import cpu_kernels, sampling
+from tests import helpers
+
+pytestmark = pytest.mark.skipif(
+  not cpu_kernels.available(), reason=f"no CPU kernel: {cpu_kernels.unavailable_reason()}"
+)
+OPTIONS = [(p, a) for p in stn_jax.PADDING_MODES for a in (False, True)]
+
+
+def _inputs(rng, n, in_hw, out_hw, c, *, align_corners, spread=0.7):
+  image = jnp.asarray(helpers.random_image(rng, (n, *in_hw, c)))
+  grid = jnp.asarray(helpers.random_grid(rng, (n,), out_hw, in_hw, align_corners=align_corners, spread=spread))
+  # a few points far outside, and some exactly at pixel centres (where the snap and the one-sided derivatives act)
+  grid = grid.at[:, 0, 0].set(5.0).at[:, 0, 1].set(-3.0)
+  centres = stn_jax.identity_grid(out_hw, align_corners=align_corners) if out_hw == in_hw else None
+  if centres is not None:
+    grid = grid.at[:, -1].set(centres[-1])
+  return image, grid
+
+
+def _sample(implementation, padding_mode, align_corners):
+  return lambda i, g: stn_jax.grid_sample(
+    i, g, padding_mode=padding_mode, align_corners=align_corners, implementation=implementation
+  )
+
+
+def _close(a, b, what, rtol=1e-5, atol=2e-5):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    scale = max(1.0, float(np.abs(np.asarray(y)).max()))
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol * scale, err_msg=what)
+
+
+@pytest.mark.parametrize(("padding_mode", "align_corners"), OPTIONS)
+@pytest.mark.parametrize("c", [1, 3])
+def test_values_and_gradients_equal_the_xla_path(padding_mode, align_corners, c):
+  rng = np.random.default_rng(zlib.crc32(f"{padding_mode}{align_corners}{c}".encode()))
+  image, grid = _inputs(rng, 3, (7, 9), (7, 9), c, align_corners=align_corners, spread=1.2)
+  cotangent = jnp.asarray(rng.standard_normal((3, 7, 9, c)), jnp.float32)
+  results = {}
+  for implementation in ("xla", "cpu_kernel"):
+    fn = _sample(implementation, padding_mode, align_corners)
+
+    @jax.jit
+    def run(i, g, ct, fn=fn):
+      out, vjp = jax.vjp(fn, i, g)
+      return out, vjp(ct), fn(i, g)  # the last: the primal pass alone (the kernel's grid entry point)
+
+    results[implementation] = run(image, grid, cotangent)
+  out, (g_image, g_grid), primal = results["cpu_kernel"]
+  expected_out, (expected_image, expected_grid), _ = results["xla"]
+  _close(out, expected_out, "value (differentiated)")
+  _close(primal, expected_out, "value (primal only)")
+  _close(g_image, expected_image, "image gradient")
+  _close(g_grid, expected_grid, "grid gradient", atol=1e-4)
+  assert np.abs(np.asarray(expected_grid)).max() > 0.1  # the grid gradient is really exercised
+
+
+@pytest.mark.parametrize(("padding_mode", "align_corners"), OPTIONS)
+def test_forward_mode_and_second_order_equal_the_xla_path(padding_mode, align_corners):
+  rng = np.random.default_rng(zlib.crc32(f"second {padding_mode}{align_corners}".encode()))
+  image, grid = _inputs(rng, 2, (6, 7), (4, 5), 2, align_corners=align_corners, spread=0.4)
+  t_image, t_grid = (jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in (image, grid))
+  results = {}
+  for implementation in ("xla", "cpu_kernel"):
+    fn = _sample(implementation, padding_mode, align_corners)
+    loss = lambda i, g, fn=fn: jnp.sum(jnp.sin(fn(i, g)))
+
+    @jax.jit
+    def run(i, g, ti, tg, fn=fn, loss=loss):
+      grad = jax.grad(loss, argnums=(0, 1))
+      return dict(
+        jvp=jax.jvp(fn, (i, g), (ti, tg)),
+        jacfwd=jax.jacfwd(fn, argnums=1)(i[:1], g[:1]),
+        # forward over reverse and reverse over reverse: the primitives' JVP and transpose rules
+        hvp=jax.jvp(grad, (i, g), (ti, tg))[1],
+        rev_rev=jax.grad(lambda i, g: jnp.vdot(grad(i, g)[1], tg), argnums=(0, 1))(i, g),
+      )
+
+    results[implementation] = run(image, grid, t_image, t_grid)
+  for name in ("jvp", "jacfwd", "hvp", "rev_rev"):
+    _close(results["cpu_kernel"][name], results["xla"][name], name, rtol=1e-4, atol=1e-4)
+  assert np.abs(np.asarray(results["xla"]["hvp"][1])).max() > 0.1
+
+
+def test_vmap_eager_and_unbatched_calls_equal_the_batched_jit():
+  rng = np.random.default_rng(11)
+  image, grid = _inputs(rng, 4, (8, 10), (5, 6), 3, align_corners=False)
+  fn = _sample("cpu_kernel", "zeros", False)
+  expected = jax.jit(fn)(image, grid)
+  with jax.disable_jit():
+    eager = fn(image, grid)
+  vmapped = jax.vmap(fn)(image, grid)  # unbatched calls, vmapped
+  nested = jax.vmap(jax.vmap(fn))(image.reshape(2, 2, 8, 10, 3), grid.reshape(2, 2, 5, 6, 2)).reshape(expected.shape)
+  grads = jax.vmap(jax.grad(lambda i, g: fn(i, g).sum(), argnums=(0, 1)))(image, grid)
+  expected_grads = jax.grad(lambda i, g: fn(i, g).sum(), argnums=(0, 1))(image, grid)
+  for name, value in (("eager", eager), ("vmap", vmapped), ("vmap of vmap", nested)):
+    _close(value, expected, name, rtol=0, atol=1e-6)
+  _close(grads, expected_grads, "vmap of grad", rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [1, 2, 5])
+def test_primitives_equal_their_reference_and_scatter_is_the_transpose_of_sample(c):
+  rng = np.random.default_rng(c)
+  n, h, w = 3, 6, 7
+  image = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
+  # (N, 4, 5) points: -2 .. size + 1 as grid_sample passes them, integers among them, one NaN
+  ix = jnp.asarray(rng.uniform(-2, w + 1, (n, 4, 5)), jnp.float32).at[:, 0].set(jnp.arange(5.0) - 1)
+  iy = jnp.asarray(rng.uniform(-2, h + 1, (n, 4, 5)), jnp.float32).at[0, 1, 1].set(jnp.nan)
+  g = jnp.asarray(rng.standard_normal((n, 4, 5, c)), jnp.float32)
+  sample = jax.jit(cpu_kernels.sample)(image, ix, iy)
+  _close(sample, cpu_kernels.reference["sample"](image, ix, iy), "sample", rtol=0, atol=1e-6)
+  nan = np.zeros(sample.shape[:-1], bool)
+  nan[0, 1, 1] = True
+  assert np.isnan(np.asarray(sample)[nan]).all() and np.isfinite(np.asarray(sample)[~nan]).all()
+  kernel, reference = jax.jit(cpu_kernels.jacobian)(image, ix, iy), cpu_kernels.reference["jacobian"](image, ix, iy)
+  for a, b in zip(kernel, reference, strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+  finite = ~jnp.isnan(iy)
+  ix, iy = jnp.where(finite, ix, 0.0), jnp.where(finite, iy, 0.0)
+  scatter = jax.jit(cpu_kernels.scatter, static_argnums=3)(g, ix, iy, image.shape)
+  _close(scatter, cpu_kernels.reference["scatter"](g, ix, iy, shape=image.shape), "scatter", rtol=0, atol=1e-5)
+  # <sample(x), g> = <x, scatter(g)>: scatter is the adjoint
+  lhs = jnp.vdot(cpu_kernels.sample(image, ix, iy), g)
+  np.testing.assert_allclose(float(lhs), float(jnp.vdot(image, scatter)), rtol=1e-5)
+
+
+def test_concurrent_kernel_calls_do_not_deadlock():
+  # Eight independent samples in one program: XLA may run them at once on its thread pool, each splitting its rows
+  # over the same pool. The caller takes chunks itself and waits only for started ones; a hang fails at the timeout.
+  code = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np, stn_jax
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.random((8, 64, 40, 40, 1), np.float32))
+    grids = jnp.asarray(rng.uniform(-1.2, 1.2, (8, 64, 40, 40, 2)).astype(np.float32))
+    f = jax.jit(lambda i, g: [stn_jax.grid_sample(i[k], g[k], implementation="cpu_kernel").sum() for k in range(8)])
+    for _ in range(20):
+      out = f(images, grids)
+    want = [float(stn_jax.grid_sample(images[k], grids[k], implementation="xla").sum()) for k in range(8)]
+    np.testing.assert_allclose([float(o) for o in out], want, rtol=1e-4)
+    print("ok")
+    """
+  )
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+  assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def _python(code: str, **env):
+  return subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(code)],
+    capture_output=True,
+    text=True,
+    timeout=240,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+  )
+
+
+FALLBACK = """
+  import jax.numpy as jnp, numpy as np, stn_jax
+  from stn_jax import cpu_kernels, sampling
+  print("reason:", cpu_kernels.unavailable_reason())
+  print("default:", sampling.resolve_implementation("grid_sample", None, "bilinear", jnp.float32))
+  out = stn_jax.grid_sample(jnp.ones((1, 4, 4, 1)), jnp.zeros((1, 2, 2, 2)))
+  np.testing.assert_allclose(np.asarray(out), 1.0)
+  try:
+    stn_jax.grid_sample(jnp.ones((1, 4, 4, 1)), jnp.zeros((1, 2, 2, 2)), implementation="cpu_kernel")
+  except RuntimeError as e:
+    print("error:", e)
+"""
+
+
+def test_disabled_kernel_falls_back_to_xla_and_an_explicit_request_says_why(tmp_path):
+  result = _python(FALLBACK, STN_JAX_CPU_KERNEL="0", STN_JAX_KERNEL_DIR=str(tmp_path))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "default: xla" in result.stdout
+  assert "error: grid_sample: implementation='cpu_kernel' is not available: STN_JAX_CPU_KERNEL=0." in result.stdout
+  assert not list(tmp_path.iterdir())  # nothing built
+
+
+def test_a_failed_build_warns_once_and_falls_back_to_xla(tmp_path):
+  result = _python(FALLBACK, CXX="/bin/false", STN_JAX_KERNEL_DIR=str(tmp_path))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "default: xla" in result.stdout and "/bin/false" in result.stdout
+  assert result.stderr.count("the bilinear CPU kernel is unavailable") == 1
+  assert not list(tmp_path.glob("*.so"))  # no half-built library left behind
+
+
+def test_the_build_is_cached_per_source_and_compiler(tmp_path, monkeypatch):
+  monkeypatch.setenv("STN_JAX_KERNEL_DIR", str(tmp_path))
+  path = cpu_kernels.build()
+  assert path.parent == tmp_path and path.exists()
+  mtime = path.stat().st_mtime_ns
+  assert cpu_kernels.build() == path and path.stat().st_mtime_ns == mtime  # reused, not rebuilt
+  assert cpu_kernels.library_path("another-c++") != path
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "error", "words"),
+  [
+    (dict(implementation="cuda"), ValueError, ["implementation must be None or one of 'xla', 'cpu_kernel'", "'cuda'"]),
+    (dict(implementation="cpu_kernel", mode="bicubic"), ValueError, ["bilinearly", "mode='bicubic'"]),
+  ],
+)
+def test_bad_implementation_is_a_one_line_error(kwargs, error, words):
+  with pytest.raises(error) as info:
+    stn_jax.grid_sample(jnp.ones((1, 4, 4, 1)), jnp.zeros((1, 2, 2, 2)), **kwargs)
+  message = str(info.value)
+  assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_a_volume_cannot_ask_for_the_image_kernel():
+  with pytest.raises(ValueError, match="a volume"):
+    stn_jax.grid_sample(jnp.ones((1, 3, 4, 4, 1)), jnp.zeros((1, 2, 2, 2, 3)), implementation="cpu_kernel")
+
+
+def test_the_default_is_the_kernel_on_cpu_for_float32_bilinear_images_only():
+  resolve = sampling.resolve_implementation
+  assert resolve("f", None, "bilinear", jnp.float32) == "cpu_kernel"
+  assert resolve("f", None, "nearest", jnp.float32) == "xla"
+  assert resolve("f", None, "bilinear", jnp.float32, volume=True) == "xla"
+  assert resolve("f", None, "bilinear", jnp.float64) == "xla"
+  assert resolve("f", "xla", "bilinear", jnp.float32) == "xla"
