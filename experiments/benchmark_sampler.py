@@ -1,4 +1,5 @@
-r"""Times stn_jax's jitted affine warp against torch's affine_grid + grid_sample, in one process, interleaved.
+r"""Times stn_jax's jitted affine warp (`stn_jax.warp`) against torch's affine_grid + grid_sample, in one process,
+interleaved.
 
 For each case (batch x H x W x C -> H_out x W_out) and each pass it reports the median wall time of both and their
 ratio (jax / torch; below 1 means stn_jax is faster):
@@ -68,7 +69,7 @@ def synchronize(torch, device: str) -> None:
 
 def _jax_passes(size, mode, implementation):
   def warp(image, theta):
-    return stn_jax.grid_sample(image, stn_jax.affine_grid(theta, size), mode=mode, implementation=implementation)
+    return stn_jax.warp(image, theta, size=size, mode=mode, implementation=implementation)
 
   def loss(image, theta, weight):
     return jnp.sum(warp(image, theta) * weight)

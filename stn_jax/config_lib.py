@@ -56,6 +56,9 @@ FREE_FIELDS = (
   "eval_every_epochs",
   "checkpoint_every_steps",
   "checkpoint_every_epochs",
+  # the sampler's implementation: the same function to float32 rounding (a workdir keeps its recorded one under
+  # 'auto'; naming the other, e.g. xla where the kernel cannot be built, continues the run with it)
+  "model.sampler",
   "checkpoints_to_keep",
   "dataset.data_dir",
   "dataset.mnist_path",
@@ -382,6 +385,8 @@ PER_LAYER_OPTIONS = ("kernel_size", "strides", "pool")
 # (conv's default is now 'auto'; a config.json that predates the option ran lax.conv.)
 EARLIER_OPTION_DEFAULTS = {"conv": "xla"}
 CONV_FIELDS = ("model.localization.cnn.conv", "model.classifier.cnn.conv")
+# model.sampler's default is 'auto'; a config.json that predates it sampled with XLA.
+EARLIER_SAMPLER = "xla"
 
 
 def with_defaults(config: dict) -> dict:
@@ -395,6 +400,8 @@ def with_defaults(config: dict) -> dict:
       config[key] = {**value, **config[key]}
   defaults = to_dict(models.default_config())
   model = config.get("model", {})
+  if isinstance(model, dict):
+    model.setdefault("sampler", EARLIER_SAMPLER)
   for section in ("localization", "classifier"):
     for kind, options in defaults[section].items():
       if isinstance(options, dict) and isinstance(model.get(section, {}).get(kind), dict):
@@ -441,9 +448,10 @@ def in_use(config: dict) -> dict:
 
 
 def resolve_auto(config, stored=None, backend: str | None = None):
-  """`config` with every conv option 'auto' replaced by a concrete choice, so that config.json records what the run
-  computes: the stored run's value where `stored` (a workdir's config.json, any version) has one (existing workdirs
-  keep theirs), else the backend's (models.resolve_conv). Returns a new ConfigDict."""
+  """`config` with every conv option and the sampler 'auto' replaced by a concrete choice, so that config.json records
+  what the run computes: the stored run's value where `stored` (a workdir's config.json, any version) has one
+  (existing workdirs keep theirs), else the backend's (models.resolve_conv, models.resolve_sampler). Returns a new
+  ConfigDict."""
   data = to_dict(config)
   previous = flatten(migrate(to_dict(stored))) if stored is not None else {}
   for field in CONV_FIELDS:
@@ -452,6 +460,10 @@ def resolve_auto(config, stored=None, backend: str | None = None):
     if options.get(name) == "auto":
       recorded = previous.get(field)
       options[name] = recorded if recorded in models.CONV_IMPLS else models.resolve_conv("auto", backend)
+  if data.get("model", {}).get("sampler") == "auto":
+    recorded = previous.get("model.sampler")
+    chosen = recorded if recorded in models.SAMPLERS and recorded != "auto" else None
+    data["model"]["sampler"] = chosen or models.resolve_sampler("auto", backend)
   return from_dict(data)
 
 

@@ -20,7 +20,8 @@ On other backends the primitives lower to `reference`.
 
 `sample_grid` is the undifferentiated forward pass from a normalised grid: the coordinates computed in the kernel too
 (operation for operation as stn_jax.sampling computes them), so the forward pass is one loop over the points; it is
-what grid_sample's custom JVP calls as its primal function, never differentiated itself.
+what grid_sample's custom JVP calls as its primal function, never differentiated itself. `sample_affine` is the same
+for an affine warp, the grid's points computed in the kernel from theta (the primal function of warp(kind='affine')).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ TARGETS = {
   "stn_bilinear_jacobian": "StnBilinearJacobian",
   "stn_bilinear_scatter": "StnBilinearScatter",
   "stn_bilinear_sample_grid": "StnBilinearSampleGrid",
+  "stn_bilinear_sample_affine": "StnBilinearSampleAffine",
 }
 PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}  # the kernel's Padding enum
 # -ffp-contract=off: no fused multiply-adds, so the roundings are those of the pure-JAX path; -fno-trapping-math lets
@@ -242,6 +244,22 @@ def sample_grid(image: jax.Array, grid: jax.Array, padding_mode: str, align_corn
     return call(image, grid, padding=np.int32(PADDING_CODES[padding_mode]), align_corners=bool(align_corners))
 
   return jax.lax.platform_dependent(image, grid, cpu=kernel, default=fallback)
+
+
+def sample_affine(image, theta, xs, ys, padding_mode: str, align_corners: bool, fallback) -> jax.Array:
+  """(N, H_out, W_out, C): `image` (N, H, W, C) float32 sampled at the affine grid of theta (N, 2, 3) over the output
+  pixel centres `xs` (W_out,) and `ys` (H_out,) (float32 numpy), with the padding mode, in the kernel on CPU;
+  `fallback(image, theta)` elsewhere. Not differentiable (warp's custom JVP differentiates it); batches under vmap."""
+  out = jax.ShapeDtypeStruct((*image.shape[:-3], len(ys), len(xs), image.shape[-1]), image.dtype)
+
+  def kernel(image, theta):
+    if not available():
+      return fallback(image, theta)
+    call = jax.ffi.ffi_call("stn_bilinear_sample_affine", out, vmap_method="broadcast_all")
+    attrs = dict(padding=np.int32(PADDING_CODES[padding_mode]), align_corners=bool(align_corners))
+    return call(image, theta, xs=np.asarray(xs, np.float32), ys=np.asarray(ys, np.float32), **attrs)
+
+  return jax.lax.platform_dependent(image, theta, cpu=kernel, default=fallback)
 
 
 def _out_shape(image_or_g, ix):

@@ -13,12 +13,14 @@ Kinds and their parameters (per image):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from stn_jax import _validation as v
-from stn_jax import flows, grids, sampling
+from stn_jax import cpu_kernels, flows, grids, sampling
 
 KINDS = ("affine", "projective", "tps", "attention")
 WARP_KINDS = (*KINDS, "flow")  # warp also takes dense displacement fields (stn_jax.flows)
@@ -330,7 +332,41 @@ def warp(
   return _warp_jit(image, params, kind, image_shape[-3:-1] if size is None else size, *options, implementation)
 
 
+def _affine_reference(size, padding_mode, align_corners, image, theta):
+  """A bilinear affine warp on the kernel's grid_sample: what `_affine_kernel` computes, and how it differentiates."""
+  grid = grids.affine_grid_core(theta, size, align_corners)
+  return sampling.grid_sample_core(image, grid, "bilinear", padding_mode, align_corners, "cpu_kernel")
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _affine_kernel(size, padding_mode, align_corners, image, theta):
+  # The primal pass alone: the grid's points computed inside the kernel's loop (no (N, H_out, W_out, 2) grid).
+  xs, ys = (grids.pixel_centers(n, align_corners=align_corners).astype(np.float32) for n in size[::-1])
+  fallback = functools.partial(_affine_reference, size, padding_mode, align_corners)
+  return cpu_kernels.sample_affine(image, theta, xs, ys, padding_mode, align_corners, fallback)
+
+
+@functools.partial(_affine_kernel.defjvp, symbolic_zeros=True)
+def _affine_kernel_jvp(size, padding_mode, align_corners, primals, tangents):
+  # Differentiated, the warp is affine_grid then grid_sample, each with its own custom JVP.
+  reference = functools.partial(_affine_reference, size, padding_mode, align_corners)
+  (image, theta), (d_image, d_theta) = primals, tangents
+  zero = (
+    isinstance(d_image, jax.custom_derivatives.SymbolicZero),
+    isinstance(d_theta, jax.custom_derivatives.SymbolicZero),
+  )
+  if zero[1]:
+    return jax.jvp(lambda i: reference(i, theta), (image,), (d_image,))
+  if zero[0]:
+    return jax.jvp(lambda t: reference(image, t), (theta,), (d_theta,))
+  return jax.jvp(reference, (image, theta), (d_image, d_theta))
+
+
 def _warp_core(image, params, kind, size, mode, padding_mode, align_corners, implementation):
+  if kind == "affine" and mode == "bilinear" and implementation == "cpu_kernel":
+    dtype = sampling.compute_dtype(image, params)  # float32 (the kernel's)
+    out = _affine_kernel(tuple(size), padding_mode, align_corners, image.astype(dtype), params.astype(dtype))
+    return out.astype(image.dtype)
   grid = _params_to_grid_core(params, size, kind, align_corners)
   return sampling.grid_sample_core(image, grid.astype(params.dtype), mode, padding_mode, align_corners, implementation)
 

@@ -238,3 +238,35 @@ def test_the_default_is_the_kernel_on_cpu_for_float32_bilinear_images_only():
   assert resolve("f", None, "bilinear", jnp.float32, volume=True) == "xla"
   assert resolve("f", None, "bilinear", jnp.float64) == "xla"
   assert resolve("f", "xla", "bilinear", jnp.float32) == "xla"
+
+
+@pytest.mark.parametrize(("padding_mode", "align_corners"), OPTIONS)
+@pytest.mark.parametrize("c", [1, 3, 6])
+def test_affine_warp_equals_the_xla_path_in_value_and_every_derivative(padding_mode, align_corners, c):
+  # warp(kind='affine') on the kernel computes the grid's points in the kernel's loop when nothing is differentiated,
+  # and differentiates as affine_grid then grid_sample.
+  rng = np.random.default_rng(zlib.crc32(f"affine {padding_mode}{align_corners}{c}".encode()))
+  image = jnp.asarray(helpers.random_image(rng, (3, 9, 8, c)))
+  theta = jnp.asarray(np.eye(2, 3) + 0.4 * rng.standard_normal((3, 2, 3)), jnp.float32)
+  t_image, t_theta = (jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in (image, theta))
+  results = {}
+  for implementation in ("xla", "cpu_kernel"):
+    options = dict(size=(6, 7), padding_mode=padding_mode, align_corners=align_corners, implementation=implementation)
+    fn = lambda i, t, o=options: stn_jax.warp(i, t, **o)
+    loss = lambda i, t, fn=fn: jnp.sum(jnp.sin(fn(i, t)))
+
+    @jax.jit
+    def run(i, t, ti, tt, fn=fn, loss=loss):
+      return dict(
+        value=fn(i, t),
+        vmap=jax.vmap(fn)(i, t),
+        grads=jax.grad(loss, argnums=(0, 1))(i, t),
+        jvp=jax.jvp(fn, (i, t), (ti, tt)),
+        hessian_theta=jax.hessian(lambda t: loss(i, t))(t),
+      )
+
+    results[implementation] = run(image, theta, t_image, t_theta)
+  for name in ("value", "vmap", "grads", "jvp"):
+    _close(results["cpu_kernel"][name], results["xla"][name], name, atol=1e-4)
+  _close(results["cpu_kernel"]["hessian_theta"], results["xla"]["hessian_theta"], "hessian", rtol=1e-3, atol=1e-3)
+  assert np.abs(np.asarray(results["xla"]["grads"][1])).max() > 0.1

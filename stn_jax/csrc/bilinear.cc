@@ -188,11 +188,12 @@ struct Dims {
   int64_t rows, h, w, c, p;
 };
 
-// One image's points, one channel: taps, reads and the lerp fused into one vectorised loop (the common case).
-template <bool kJacobian>
-__attribute__((noinline)) void RowOneChannel(const float* __restrict im, const float* __restrict xs,
-                                             const float* __restrict ys, float* __restrict o, float* __restrict gx,
-                                             float* __restrict gy, int64_t p, int32_t h, int32_t w) {
+// One image's points with kC channels (1 to 4): taps, reads and the lerp fused into one loop over the points that
+// the compiler vectorises (the channels unrolled).
+template <int kC, bool kJacobian>
+__attribute__((noinline)) void RowFixed(const float* __restrict im, const float* __restrict xs,
+                                        const float* __restrict ys, float* __restrict o, float* __restrict gx,
+                                        float* __restrict gy, int64_t p, int32_t h, int32_t w) {
   for (int64_t i = 0; i < p; ++i) {
     const float x = xs[i], y = ys[i];
     const int32_t x0 = Floor(x), y0 = Floor(y);
@@ -203,23 +204,27 @@ __attribute__((noinline)) void RowOneChannel(const float* __restrict im, const f
     const bool y1_in = static_cast<uint32_t>(y0 + 1) < static_cast<uint32_t>(h);
     const int32_t xa = std::min(std::max(x0, 0), w - 1), xb = std::min(std::max(x0 + 1, 0), w - 1);
     const int32_t ya = std::min(std::max(y0, 0), h - 1) * w, yb = std::min(std::max(y0 + 1, 0), h - 1) * w;
-    float v00 = im[ya + xa], v01 = im[ya + xb], v10 = im[yb + xa], v11 = im[yb + xb];
-    v00 = (x0_in & y0_in) ? v00 : 0.0f;
-    v01 = (x1_in & y0_in) ? v01 : 0.0f;
-    v10 = (x0_in & y1_in) ? v10 : 0.0f;
-    v11 = (x1_in & y1_in) ? v11 : 0.0f;
-    const float top = v00 + (v01 - v00) * fx;
-    const float bottom = v10 + (v11 - v10) * fx;
-    o[i] = top + (bottom - top) * fy;
-    if (kJacobian) {
-      const float d_top = v01 - v00, d_bottom = v11 - v10, d_left = v10 - v00, d_right = v11 - v01;
-      gx[i] = d_top + (d_bottom - d_top) * fy;
-      gy[i] = d_left + (d_right - d_left) * fx;
+    const int32_t o00 = (ya + xa) * kC, o01 = (ya + xb) * kC, o10 = (yb + xa) * kC, o11 = (yb + xb) * kC;
+    const bool in00 = x0_in & y0_in, in01 = x1_in & y0_in, in10 = x0_in & y1_in, in11 = x1_in & y1_in;
+    for (int ch = 0; ch < kC; ++ch) {
+      float v00 = im[o00 + ch], v01 = im[o01 + ch], v10 = im[o10 + ch], v11 = im[o11 + ch];
+      v00 = in00 ? v00 : 0.0f;
+      v01 = in01 ? v01 : 0.0f;
+      v10 = in10 ? v10 : 0.0f;
+      v11 = in11 ? v11 : 0.0f;
+      const float top = v00 + (v01 - v00) * fx;
+      const float bottom = v10 + (v11 - v10) * fx;
+      o[i * kC + ch] = top + (bottom - top) * fy;
+      if (kJacobian) {
+        const float d_top = v01 - v00, d_bottom = v11 - v10, d_left = v10 - v00, d_right = v11 - v01;
+        gx[i * kC + ch] = d_top + (d_bottom - d_top) * fy;
+        gy[i * kC + ch] = d_left + (d_right - d_left) * fx;
+      }
     }
   }
 }
 
-// One image's points, C channels: the taps of a block of points, then each point's channels.
+// One image's points, any number of channels: the taps of a block of points, then each point's channels.
 template <bool kJacobian>
 void RowChannels(const float* __restrict im, const float* __restrict xs, const float* __restrict ys,
                  float* __restrict o, float* __restrict gx, float* __restrict gy, int64_t p, const Dims& d) {
@@ -254,10 +259,13 @@ void RowChannels(const float* __restrict im, const float* __restrict xs, const f
 template <bool kJacobian>
 inline void SampleRow(const float* im, const float* xs, const float* ys, float* o, float* gx, float* gy, int64_t p,
                       const Dims& d) {
-  if (d.c == 1) {
-    RowOneChannel<kJacobian>(im, xs, ys, o, gx, gy, p, static_cast<int32_t>(d.h), static_cast<int32_t>(d.w));
-  } else {
-    RowChannels<kJacobian>(im, xs, ys, o, gx, gy, p, d);
+  const int32_t h = static_cast<int32_t>(d.h), w = static_cast<int32_t>(d.w);
+  switch (d.c) {
+    case 1: return RowFixed<1, kJacobian>(im, xs, ys, o, gx, gy, p, h, w);
+    case 2: return RowFixed<2, kJacobian>(im, xs, ys, o, gx, gy, p, h, w);
+    case 3: return RowFixed<3, kJacobian>(im, xs, ys, o, gx, gy, p, h, w);
+    case 4: return RowFixed<4, kJacobian>(im, xs, ys, o, gx, gy, p, h, w);
+    default: return RowChannels<kJacobian>(im, xs, ys, o, gx, gy, p, d);
   }
 }
 
@@ -348,6 +356,49 @@ ffi::Error SampleGrid(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> image, ffi::Bu
   return ffi::Error::Success();
 }
 
+// The sample at the affine grid of theta (..., 2, 3) over output pixel centres xs (W_out) and ys (H_out): each point
+// (t00 x + t01 y + t02, t10 x + t11 y + t12), as stn_jax.grids.affine_grid computes it, then as SampleGrid.
+ffi::Error SampleAffine(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> image, ffi::Buffer<ffi::F32> theta,
+                        ffi::ResultBuffer<ffi::F32> out, ffi::Span<const float> xs, ffi::Span<const float> ys,
+                        int32_t padding, bool align_corners) {
+  Dims d;
+  const auto t_dims = theta.dimensions();
+  const int64_t w_out = static_cast<int64_t>(xs.size()), h_out = static_cast<int64_t>(ys.size());
+  if (t_dims.size() < 2 || t_dims[t_dims.size() - 2] != 2 || t_dims.back() != 3) {
+    return ffi::Error::InvalidArgument("stn_bilinear: theta must be (..., 2, 3)");
+  }
+  if (padding < kZeros || padding > kReflection) return ffi::Error::InvalidArgument("stn_bilinear: padding 0, 1 or 2");
+  if (auto e = DimsOf(image.dimensions(), t_dims, 2, &d); e.failure()) return e;
+  if (d.p != 1 || t_dims.size() != image.dimensions().size() - 1) {
+    return ffi::Error::InvalidArgument("stn_bilinear: theta must have the image's leading dimensions");
+  }
+  d.p = h_out * w_out;
+  const float* img = image.typed_data();
+  const float* th = theta.typed_data();
+  float* o = out->typed_data();
+  ForRows(pool, d.rows, 2 * d.p * d.c, [&](int64_t begin, int64_t end) {
+    float grid[2 * kBlock], cx[kBlock], cy[kBlock];
+    for (int64_t b = begin; b < end; ++b) {
+      const float* t = th + 6 * b;
+      for (int64_t r = 0; r < h_out; ++r) {
+        const float y = ys[r];
+        for (int64_t c0 = 0; c0 < w_out; c0 += kBlock) {
+          const int m = static_cast<int>(std::min<int64_t>(kBlock, w_out - c0));
+          for (int j = 0; j < m; ++j) {
+            const float x = xs[c0 + j];
+            grid[2 * j] = t[0] * x + t[1] * y + t[2];
+            grid[2 * j + 1] = t[3] * x + t[4] * y + t[5];
+          }
+          Coordinates(grid, m, d.h, d.w, padding, align_corners, cx, cy);
+          const int64_t at = b * d.p + r * w_out + c0;
+          SampleRow<false>(img + b * d.h * d.w * d.c, cx, cy, o + at * d.c, nullptr, nullptr, m, d);
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 // The transpose of the sample in the image: each point adds g times its four bilinear weights to its taps (in the
 // order top-left, top-right, bottom-left, bottom-right, point after point). Rows are independent images, so threads
 // split rows; within a row the taps are computed a block at a time (vectorised) and added serially.
@@ -418,6 +469,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearSampleGrid, SampleGrid,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("padding")
+                                  .Attr<bool>("align_corners"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearSampleAffine, SampleAffine,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const float>>("xs")
+                                  .Attr<ffi::Span<const float>>("ys")
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners"));
 

@@ -5,6 +5,7 @@ from stn_jax.models.layers import CONV_CHOICES, CONV_IMPLS, resolve_conv
 from stn_jax.models.stn import (
   ACTIVATIONS,
   LOCALIZATIONS,
+  SAMPLERS,
   TRANSFORMS,
   CNNLocalization,
   FCNLocalization,
@@ -17,6 +18,7 @@ from stn_jax.models.stn import (
   default_config,
   has_xla_convolutions,
   param_count,
+  resolve_sampler,
 )
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
   "CONV_CHOICES",
   "CONV_IMPLS",
   "LOCALIZATIONS",
+  "SAMPLERS",
   "TRANSFORMS",
   "CNNClassifier",
   "CNNLocalization",
@@ -40,4 +43,5 @@ __all__ = [
   "has_xla_convolutions",
   "param_count",
   "resolve_conv",
+  "resolve_sampler",
 ]

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 import stn_jax
-from stn_jax import transforms
+from stn_jax import cpu_kernels, transforms
 from stn_jax.models import options
 from stn_jax.models.classifiers import CLASSIFIERS, dense_stack
 from stn_jax.models.layers import apply_conv_stack, conv_stack, resolve_conv
@@ -168,6 +168,17 @@ class CNNLocalization(nnx.Module):
 
 
 LOCALIZATIONS = {"fcn": FCNLocalization, "cnn": CNNLocalization}
+SAMPLERS = ("auto", "xla", "cpu_kernel")
+
+
+def resolve_sampler(sampler: str, backend: str | None = None) -> str:
+  """'auto' -> what grid_sample's default runs on `backend` (default: JAX's): 'cpu_kernel' on CPU when the kernel is
+  built (stn_jax.cpu_kernels), else 'xla'. 'xla' and 'cpu_kernel' stay as they are."""
+  if sampler not in SAMPLERS:
+    raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}.")
+  if sampler != "auto":
+    return sampler
+  return "cpu_kernel" if (backend or jax.default_backend()) == "cpu" and cpu_kernels.available() else "xla"
 
 
 class SpatialTransformer(nnx.Module):
@@ -181,6 +192,9 @@ class SpatialTransformer(nnx.Module):
     localization_options: keyword arguments of that localisation net (see FCNLocalization, CNNLocalization).
     num_control_points: TPS control points, a perfect square.
     align_corners: the grid and sampler convention.
+    sampler: how the bilinear sampling runs (SAMPLERS): 'auto' (grid_sample's implementation=None: the CPU kernel
+      on CPU when it is built, else XLA), 'xla' or 'cpu_kernel' (see stn_jax.grid_sample). A trainer records what
+      'auto' chose (resolve_sampler) in the run's config.
     dtype: what the localisation net's convolutions and hidden layers compute in (None = float32). The transform
       parameters, the grid and the sampling are float32 whatever it is (the sampler computes in at least float32).
     rngs: parameter initialisation.
@@ -196,9 +210,12 @@ class SpatialTransformer(nnx.Module):
     localization_options: dict | None = None,
     num_control_points: int = 16,
     align_corners: bool = False,
+    sampler: str = "auto",
     dtype=None,
     rngs: nnx.Rngs,
   ):
+    if sampler not in SAMPLERS:
+      raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}.")
     if transform not in stn_jax.KINDS:
       raise ValueError(f"transform must be one of {', '.join(map(repr, stn_jax.KINDS))}; got {transform!r}.")
     if localization not in LOCALIZATIONS:
@@ -206,6 +223,7 @@ class SpatialTransformer(nnx.Module):
     self.transform = transform
     self.out_size = tuple(out_size or in_shape[:2])
     self.align_corners = align_corners
+    self.implementation = None if sampler == "auto" else sampler
     identity = transforms.identity_array(transform, num_control_points=num_control_points)
     self.localization = LOCALIZATIONS[localization](
       in_shape, identity, **(localization_options or {}), dtype=dtype, rngs=rngs
@@ -218,8 +236,9 @@ class SpatialTransformer(nnx.Module):
     return params, grid
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
-    _, grid = self.params_and_grid(x, train=train, rngs=rngs)
-    return stn_jax.grid_sample(x, grid, align_corners=self.align_corners)  # a float32 grid, whatever x is
+    params = self.localization(x, train=train, rngs=rngs)  # float32, whatever x is, so the grid is too
+    options = dict(kind=self.transform, size=self.out_size, align_corners=self.align_corners)
+    return stn_jax.warp(x, params, **options, implementation=self.implementation)
 
 
 class STNClassifier(nnx.Module):
@@ -252,6 +271,7 @@ def default_config() -> ml_collections.ConfigDict:
   m.num_control_points = 16  # tps only: a perfect square
   m.stn_output_size = ()  # () = the input's size
   m.match_params_of = ""  # baselines only: widen the classifier to this transform's parameter count
+  m.sampler = "auto"  # SAMPLERS: how the bilinear sampling runs
   m.localization = ml_collections.ConfigDict({"kind": "fcn"})
   for kind, cls in LOCALIZATIONS.items():
     m.localization[kind] = options.default_options(cls)
@@ -269,6 +289,8 @@ def config_docs() -> dict[str, str]:
     "stn_output_size": "the transformer's output (H, W); () = the input's",
     "match_params_of": "baselines only: widen the classifier's first hidden layer (a CNN without one: its last "
     "convolution) to the parameter count of this transform's model ('' = off)",
+    "sampler": "how the transformer's bilinear sampling runs: auto (the C++ CPU kernel on CPU when it is built, "
+    "else xla; a run records its choice), xla or cpu_kernel (the same function to float32 rounding)",
     "localization.kind": f"the localisation net: {', '.join(LOCALIZATIONS)}",
     "classifier.kind": f"the classifier: {', '.join(CLASSIFIERS)}",
   }
@@ -298,6 +320,7 @@ def _build(m, in_shape, seed, *, transform, first_width=None, dtype=None) -> STN
       localization=m.localization.kind,
       localization_options=_options(m.localization),
       num_control_points=m.num_control_points,
+      sampler=m.get("sampler", "xla"),
       dtype=dtype,
       rngs=rngs,
     )
