@@ -9,8 +9,8 @@ ratio (jax / torch; below 1 means stn_jax is faster):
 The backward passes differentiate sum(warp * w) for a fixed random w. Both libraries use all the cores they see. The
 libraries alternate in blocks of --block calls, the first call of each block untimed. stn_jax runs each of
 --implementations: `default` (grid_sample's implementation=None: the CPU kernel on CPU where it applies, which the
-table names) and `xla` (XLA's gathers and scatters); a case the kernel does not apply to (volumes, other modes) runs
-the default only.
+table names; for volumes the kernel runs the backward pass to the volume) and `xla` (XLA's gathers and scatters); in
+another mode than bilinear the default only.
 
   python experiments/benchmark_sampler.py [--repeats=60] [--block=6] [--cases=256x40x40x1:40x40,...] [--json=FILE]
       [--implementations=default,xla]
@@ -120,7 +120,7 @@ def main(argv):
     implementations = {}
     for name in _IMPLEMENTATIONS.value:
       implementation = None if name == "default" else name
-      if k == 3 or _MODE.value != "bilinear":  # the kernel samples images bilinearly: the default is xla
+      if _MODE.value != "bilinear":  # the kernel samples bilinearly (trilinearly): the default is xla
         if name != "default":
           continue
         resolved = "xla"

@@ -24,6 +24,7 @@ import os
 import sys
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from stn_jax import data as data_lib
@@ -463,7 +464,8 @@ def resolve_auto(config, stored=None, backend: str | None = None):
   if data.get("model", {}).get("sampler") == "auto":
     recorded = previous.get("model.sampler")
     chosen = recorded if recorded in models.SAMPLERS and recorded != "auto" else None
-    data["model"]["sampler"] = chosen or models.resolve_sampler("auto", backend)
+    devices = data.get("num_devices") or jax.device_count()  # 0: all (of every process)
+    data["model"]["sampler"] = chosen or models.resolve_sampler("auto", backend, devices)
   return from_dict(data)
 
 

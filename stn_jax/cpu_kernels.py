@@ -18,6 +18,9 @@ They batch under `jax.vmap` (the mapped axis folded into N), transpose as above,
 through `reference`, the same functions in pure JAX, so forward mode and higher derivatives work as on the pure path.
 On other backends the primitives lower to `reference`.
 
+For volumes (N, D, H, W, C) at voxel-index points (ix, iy, iz), `sample3` and `scatter3` are the same pair for
+trilinear sampling (the volume's tangent and its transpose, the backward pass to the volume).
+
 `sample_grid` is the undifferentiated forward pass from a normalised grid: the coordinates computed in the kernel too
 (operation for operation as stn_jax.sampling computes them), so the forward pass is one loop over the points; it is
 what grid_sample's custom JVP calls as its primal function, never differentiated itself. `sample_affine` is the same
@@ -52,6 +55,8 @@ TARGETS = {
   "stn_bilinear_scatter": "StnBilinearScatter",
   "stn_bilinear_sample_grid": "StnBilinearSampleGrid",
   "stn_bilinear_sample_affine": "StnBilinearSampleAffine",
+  "stn_trilinear_sample": "StnTrilinearSample",
+  "stn_trilinear_scatter": "StnTrilinearScatter",
 }
 PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}  # the kernel's Padding enum
 # -ffp-contract=off: no fused multiply-adds, so the roundings are those of the pure-JAX path; -fno-trapping-math lets
@@ -202,7 +207,38 @@ def _reference_scatter(g, ix, iy, *, shape):
   return jax.linear_transpose(lambda image: _reference_sample(image, ix, iy), zeros)(g)[0]
 
 
-reference = {"sample": _reference_sample, "jacobian": _reference_jacobian, "scatter": _reference_scatter}
+def _reference_sample3(volume, ix, iy, iz):
+  n, d, h, w, _ = volume.shape
+  lows = [jnp.where(jnp.isnan(jnp.floor(t)), -2.0, jnp.floor(t)).astype(jnp.int32) for t in (ix, iy, iz)]
+  fracs = [(t - jnp.floor(t))[..., None] for t in (ix, iy, iz)]
+  flat = volume.reshape(n * d * h * w, -1)
+  rows = jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * (ix.ndim - 1)) * (d * h * w)
+  out = 0.0
+  for dz in (0, 1):
+    for dy in (0, 1):
+      for dx in (0, 1):
+        x, y, z = lows[0] + dx, lows[1] + dy, lows[2] + dz
+        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h) & (z >= 0) & (z < d)
+        value = jnp.where(inside[..., None], flat[jnp.where(inside, rows + (z * h + y) * w + x, 0)], 0.0)
+        weight = 1.0
+        for frac, step in zip(fracs, (dx, dy, dz), strict=True):
+          weight = weight * (frac if step else 1.0 - frac)
+        out = out + weight * value
+  return out
+
+
+def _reference_scatter3(g, ix, iy, iz, *, shape):
+  zeros = jnp.zeros(shape, g.dtype)
+  return jax.linear_transpose(lambda volume: _reference_sample3(volume, ix, iy, iz), zeros)(g)[0]
+
+
+reference = {
+  "sample": _reference_sample,
+  "jacobian": _reference_jacobian,
+  "scatter": _reference_scatter,
+  "sample3": _reference_sample3,
+  "scatter3": _reference_scatter3,
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -213,6 +249,8 @@ sample_p = Primitive("stn_bilinear_sample")
 jacobian_p = Primitive("stn_bilinear_jacobian")
 jacobian_p.multiple_results = True
 scatter_p = Primitive("stn_bilinear_scatter")
+sample3_p = Primitive("stn_trilinear_sample")
+scatter3_p = Primitive("stn_trilinear_scatter")
 
 
 def sample(image: jax.Array, ix: jax.Array, iy: jax.Array) -> jax.Array:
@@ -229,6 +267,16 @@ def scatter(g: jax.Array, ix: jax.Array, iy: jax.Array, shape) -> jax.Array:
   """The transpose of `sample` in the image: the (N, H, W, C) image whose sample's inner product with any image is
   the inner product of `g` (N, P, C) with that image's sample."""
   return scatter_p.bind(g, ix, iy, shape=tuple(shape))
+
+
+def sample3(volume: jax.Array, ix: jax.Array, iy: jax.Array, iz: jax.Array) -> jax.Array:
+  """(N, *points, C): `volume` (N, D, H, W, C) float32 trilinearly at the voxel-index points (ix, iy, iz)."""
+  return sample3_p.bind(volume, ix, iy, iz)
+
+
+def scatter3(g: jax.Array, ix: jax.Array, iy: jax.Array, iz: jax.Array, shape) -> jax.Array:
+  """The transpose of `sample3` in the volume."""
+  return scatter3_p.bind(g, ix, iy, iz, shape=tuple(shape))
 
 
 def sample_grid(image: jax.Array, grid: jax.Array, padding_mode: str, align_corners: bool, fallback) -> jax.Array:
@@ -269,6 +317,8 @@ def _out_shape(image_or_g, ix):
 sample_p.def_abstract_eval(lambda image, ix, iy: jax.core.ShapedArray(_out_shape(image, ix), image.dtype))
 jacobian_p.def_abstract_eval(lambda image, ix, iy: [jax.core.ShapedArray(_out_shape(image, ix), image.dtype)] * 3)
 scatter_p.def_abstract_eval(lambda g, ix, iy, *, shape: jax.core.ShapedArray(shape, g.dtype))
+sample3_p.def_abstract_eval(lambda volume, ix, iy, iz: jax.core.ShapedArray(_out_shape(volume, ix), volume.dtype))
+scatter3_p.def_abstract_eval(lambda g, ix, iy, iz, *, shape: jax.core.ShapedArray(shape, g.dtype))
 
 
 def _ffi(target, results):
@@ -294,6 +344,18 @@ def _cpu_scatter(g, ix, iy, *, shape):
   return _ffi("stn_bilinear_scatter", jax.ShapeDtypeStruct(shape, g.dtype))(g, ix, iy)
 
 
+def _cpu_sample3(volume, ix, iy, iz):
+  if not available():
+    return _reference_sample3(volume, ix, iy, iz)
+  return _ffi("stn_trilinear_sample", jax.ShapeDtypeStruct(_out_shape(volume, ix), volume.dtype))(volume, ix, iy, iz)
+
+
+def _cpu_scatter3(g, ix, iy, iz, *, shape):
+  if not available():
+    return _reference_scatter3(g, ix, iy, iz, shape=shape)
+  return _ffi("stn_trilinear_scatter", jax.ShapeDtypeStruct(shape, g.dtype))(g, ix, iy, iz)
+
+
 def _eager(cpu, ref, *args, **params):
   """An eager call: the CPU function (the kernel, if available) on the CPU backend, else the reference."""
   return (cpu if jax.default_backend() == "cpu" else ref)(*args, **params)
@@ -303,6 +365,8 @@ for _prim, _cpu, _ref, _multiple in (
   (sample_p, _cpu_sample, _reference_sample, False),
   (jacobian_p, _cpu_jacobian, _reference_jacobian, True),
   (scatter_p, _cpu_scatter, _reference_scatter, False),
+  (sample3_p, _cpu_sample3, _reference_sample3, False),
+  (scatter3_p, _cpu_scatter3, _reference_scatter3, False),
 ):
   mlir.register_lowering(_prim, mlir.lower_fun(_cpu, multiple_results=_multiple), platform="cpu")
   mlir.register_lowering(_prim, mlir.lower_fun(_ref, multiple_results=_multiple))
@@ -315,24 +379,23 @@ for _prim, _cpu, _ref, _multiple in (
   ad.primitive_jvps[_prim] = _jvp
 
 
-def _sample_transpose(ct, image, ix, iy):
-  if ad.is_undefined_primal(ix) or ad.is_undefined_primal(iy):
-    raise NotImplementedError("stn_bilinear_sample is linear in the image only")
+def _linear_transpose(name, transpose, ct, x, *coords, **params):
+  """The transpose rule of a primitive linear in its first operand, given the primitive that transposes it."""
+  if any(ad.is_undefined_primal(c) for c in coords):
+    raise NotImplementedError(f"{name} is linear in its first operand only")
   if type(ct) is ad.Zero:
-    return ad.Zero(image.aval), None, None
-  return scatter(ct, ix, iy, image.aval.shape), None, None
+    return ad.Zero(x.aval), *([None] * len(coords))
+  out = transpose(ct, *coords, **({} if "shape" in params else {"shape": x.aval.shape}))
+  return out, *([None] * len(coords))
 
 
-def _scatter_transpose(ct, g, ix, iy, *, shape):
-  if ad.is_undefined_primal(ix) or ad.is_undefined_primal(iy):
-    raise NotImplementedError("stn_bilinear_scatter is linear in the cotangent only")
-  if type(ct) is ad.Zero:
-    return ad.Zero(g.aval), None, None
-  return sample(ct, ix, iy), None, None
-
-
-ad.primitive_transposes[sample_p] = _sample_transpose
-ad.primitive_transposes[scatter_p] = _scatter_transpose
+for _prim, _transpose in (
+  (sample_p, scatter_p.bind),
+  (scatter_p, sample_p.bind),
+  (sample3_p, scatter3_p.bind),
+  (scatter3_p, sample3_p.bind),
+):
+  ad.primitive_transposes[_prim] = functools.partial(_linear_transpose, _prim.name, _transpose)
 
 
 def _batch(prim, args, dims, **params):
@@ -355,7 +418,7 @@ def _batch(prim, args, dims, **params):
   return unfold(out), 0
 
 
-for _prim in (sample_p, jacobian_p, scatter_p):
+for _prim in (sample_p, jacobian_p, scatter_p, sample3_p, scatter3_p):
   batching.primitive_batchers[_prim] = functools.partial(_batch, _prim)
 
 

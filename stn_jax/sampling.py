@@ -282,24 +282,23 @@ def _bilinear_kernel_jvp(padding_mode, align_corners, primals, tangents):
   return out, functools.reduce(jnp.add, tangent_out)
 
 
-def resolve_implementation(func: str, implementation, mode: str, dtype, volume: bool = False) -> str:
+def resolve_implementation(func: str, implementation, mode: str, dtype) -> str:
   """'xla' or 'cpu_kernel': what `implementation` (None, 'xla' or 'cpu_kernel') means for this call. None is the
-  CPU kernel where it applies (bilinear sampling of images computed in float32, JAX's default backend the CPU, the
+  CPU kernel where it applies (bilinear or trilinear sampling computed in float32, JAX's default backend the CPU, the
   kernel built) and XLA otherwise; 'cpu_kernel' where it cannot apply is a ValueError, and where it is not built a
   RuntimeError saying why."""
   if implementation is not None and implementation not in IMPLEMENTATIONS:
     raise ValueError(
       f"{func}: implementation must be None or one of {', '.join(map(repr, IMPLEMENTATIONS))}; got {implementation!r}."
     )
-  applies = mode == "bilinear" and not volume and jnp.dtype(dtype) == jnp.float32
+  applies = mode == "bilinear" and jnp.dtype(dtype) == jnp.float32
   if implementation is None:
     return "cpu_kernel" if applies and jax.default_backend() == "cpu" and cpu_kernels.available() else "xla"
   if implementation == "cpu_kernel":
     if not applies:
       raise ValueError(
-        f"{func}: implementation='cpu_kernel' samples images bilinearly in float32 (bfloat16 and float16 images "
-        f"are computed in float32); got mode={mode!r}, {'a volume' if volume else 'an image'}, compute dtype "
-        f"{jnp.dtype(dtype).name}."
+        f"{func}: implementation='cpu_kernel' samples bilinearly (trilinearly for volumes) in float32 (bfloat16 and "
+        f"float16 inputs are computed in float32); got mode={mode!r}, compute dtype {jnp.dtype(dtype).name}."
       )
     if not cpu_kernels.available():
       raise RuntimeError(f"{func}: implementation='cpu_kernel' is not available: {cpu_kernels.unavailable_reason()}.")
@@ -436,9 +435,10 @@ def grid_sample(
     padding_mode: what lies outside the image: 'zeros', 'border' (the edge pixels repeated) or 'reflection' (the
       image mirrored about its edges: the outer pixel edges, or the corner pixel centres with `align_corners`).
     align_corners: whether -1 and 1 are the centres (True) or the outer edges (False) of the corner pixels.
-    implementation: how bilinear sampling of images runs: 'xla' (gathers and scatters, every backend), 'cpu_kernel'
-      (stn_jax.cpu_kernels: a C++ kernel through jax.ffi, CPU only, float32 compute), or None (the default): the
-      CPU kernel when JAX's default backend is the CPU and the kernel is built, else 'xla'. Both are the same
+    implementation: how bilinear sampling runs: 'xla' (gathers and scatters, every backend), 'cpu_kernel'
+      (stn_jax.cpu_kernels: a C++ kernel through jax.ffi, float32 compute; for volumes the kernel takes the
+      backward pass to the volume and XLA the rest), or None (the default): the CPU kernel when JAX's default
+      backend is the CPU and the kernel is built, else 'xla'. Both are the same
       function (equal to float32 rounding; the tests hold both to torch) with the same derivatives in every mode
       of autodiff. Resolved when the call is traced.
 
@@ -453,8 +453,8 @@ def grid_sample(
   options = check_sample_options(func, mode, padding_mode, align_corners)
   if jnp.ndim(grid) >= 1 and jnp.shape(grid)[-1] == 3:  # a volume
     _check_volume_args(func, image, grid, options[0])
-    resolve_implementation(func, implementation, options[0], jnp.float32, volume=True)
-    return _grid_sample_3d_jit(image, grid, *options)
+    implementation = resolve_implementation(func, implementation, options[0], compute_dtype(image, grid))
+    return _grid_sample_3d_jit(image, grid, *options, implementation)
   _check_grid_sample_args(func, image, grid)
   v.warn_if_channels_first(func, image, stacklevel=3)  # the caller, past this function and `keyword_only`'s wrapper
   implementation = resolve_implementation(func, implementation, options[0], compute_dtype(image, grid))
@@ -544,11 +544,16 @@ def _volume_index(xi, yi, zi, shape) -> jax.Array:
   return batch_offset + (zp * (h + 2) + yp) * (w + 2) + xp
 
 
+def _clamped3(shape, coords):
+  """As `_clamped`, for the three coordinates of a volume's points."""
+  _, d, h, w, _ = shape
+  return [_snap(jnp.clip(coord, -2.0, size + 1.0), size) for coord, size in zip(coords, (w, h, d), strict=True)]
+
+
 def _trilinear_taps(shape, coords):
   """Fractional parts (fx, fy, fz), each (N, P), and the eight flat tap indices, x fastest, then y, then z."""
-  _, d, h, w, _ = shape
   # As in `_bilinear_taps`: the clamp changes no tap's in/out status and keeps the indices in int32.
-  snapped = [_snap(jnp.clip(coord, -2.0, size + 1.0), size) for coord, size in zip(coords, (w, h, d), strict=True)]
+  snapped = _clamped3(shape, coords)
   lows = [jnp.floor(coord) for coord in snapped]
   fracs = tuple(coord - low for coord, low in zip(snapped, lows, strict=True))
   lows = [low.astype(jnp.int32) for low in lows]
@@ -573,8 +578,8 @@ def _trilinear_combine(values, fracs):
   return out
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _trilinear(padding_mode, align_corners, volume, points):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _trilinear(padding_mode, align_corners, kernel, volume, points):
   fracs, taps = _trilinear_taps(volume.shape, _volume_coords(points, volume.shape, padding_mode, align_corners))
   flat = _volume_flat(volume)
   return _trilinear_combine([_take(flat, t) for t in taps], fracs)
@@ -587,7 +592,7 @@ def _split(fracs, tangent):
 
 
 @functools.partial(_trilinear.defjvp, symbolic_zeros=True)
-def _trilinear_jvp(padding_mode, align_corners, primals, tangents):
+def _trilinear_jvp(padding_mode, align_corners, kernel, primals, tangents):
   # As `_bilinear_jvp`, with eight taps: what involves no tangent runs in the forward pass, and the tangent, linear in
   # (d_volume, d_points), transposes to the backward pass a hand-written VJP would do.
   volume, points = primals
@@ -646,7 +651,10 @@ def _trilinear_jvp(padding_mode, align_corners, primals, tangents):
           weights.append(signed[0] + signed[1] + signed[2])
     products = (v * _broadcast_channels(a, c) for v, a in zip(values, weights, strict=True))
     tangent_out.append(functools.reduce(jnp.add, products))
-  if not _is_zero(d_volume):
+  if not _is_zero(d_volume) and kernel:
+    # The CPU kernel's trilinear sample of d_volume, transposed to its scatter (one pass over the points).
+    tangent_out.append(cpu_kernels.sample3(d_volume, *_clamped3(shape, ixyz)))
+  elif not _is_zero(d_volume):
     # Eight gathers as the primal's, transposed to eight scatter-adds: for volumes faster than one scatter of all
     # eight taps together (1.7x for 2x64^3x4, 1.6x for 8x32^3x1).
     d_flat = _volume_flat(d_volume)
@@ -654,7 +662,7 @@ def _trilinear_jvp(padding_mode, align_corners, primals, tangents):
   return out, functools.reduce(jnp.add, tangent_out)
 
 
-def _grid_sample_3d(image, grid, mode, padding_mode, align_corners):
+def _grid_sample_3d(image, grid, mode, padding_mode, align_corners, implementation="xla"):
   batched = image.ndim == 5
   if not batched:
     image, grid = image[None], grid[None]
@@ -668,9 +676,9 @@ def _grid_sample_3d(image, grid, mode, padding_mode, align_corners):
     xi, yi, zi = (_nearest_index(coord, size) for coord, size in zip(coords, (w, h, d), strict=True))
     out = _take(_volume_flat(x), _volume_index(xi, yi, zi, x.shape))
   else:
-    out = _trilinear(padding_mode, align_corners, x, points)
+    out = _trilinear(padding_mode, align_corners, implementation == "cpu_kernel", x, points)
   out = out.reshape(n, *out_shape, c).astype(image.dtype)
   return out if batched else out[0]
 
 
-_grid_sample_3d_jit = jax.jit(_grid_sample_3d, static_argnums=(2, 3, 4))
+_grid_sample_3d_jit = jax.jit(_grid_sample_3d, static_argnums=(2, 3, 4, 5))

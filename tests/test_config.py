@@ -4,6 +4,7 @@ import json
 import time
 from pathlib import Path
 
+import jax
 import pytest
 
 from stn_jax import checkpoints, cli, config_lib, models, utils
@@ -238,21 +239,25 @@ def test_the_sampler_auto_is_recorded_old_workdirs_sampled_with_xla_and_a_run_ma
   from tests.helpers import synthetic_datasets, tiny_config
 
   kernel = "cpu_kernel" if cpu_kernels.available() else "xla"
-  assert config_lib.resolve_auto(_default(), backend="cpu").model.sampler == kernel
-  assert config_lib.resolve_auto(_default(), backend="gpu").model.sampler == "xla"
+  one = _default()
+  one.num_devices = 1
+  assert config_lib.resolve_auto(one, backend="cpu").model.sampler == kernel
+  assert config_lib.resolve_auto(one, backend="gpu").model.sampler == "xla"
+  # data parallel over the 8 forced CPU devices: XLA would gather each kernel call's batch onto every device
+  assert jax.device_count() > 1 and config_lib.resolve_auto(_default(), backend="cpu").model.sampler == "xla"
   # a config.json from before the option sampled with XLA, and 'auto' keeps that for it
   early = config_lib.to_dict(_default())
   del early["model"]["sampler"]
   assert config_lib.migrate(early)["model"]["sampler"] == "xla"
   assert config_lib.resolve_auto(_default(), early, backend="cpu").model.sampler == "xla"
   datasets = synthetic_datasets()
-  train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path / "run", datasets=datasets)
+  train.train_and_evaluate(tiny_config(num_epochs=1, num_devices=1), tmp_path / "run", datasets=datasets)
   assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["sampler"] == kernel
   # the other implementation continues the run (the same function to float32 rounding), recorded in its history
   other = "xla" if kernel == "cpu_kernel" else "cpu_kernel"
   if other == "cpu_kernel" and not cpu_kernels.available():
     return
-  more = tiny_config(num_epochs=1, num_train_steps=8, **{"model.sampler": other})
+  more = tiny_config(num_epochs=1, num_train_steps=8, num_devices=1, **{"model.sampler": other})
   train.train_and_evaluate(more, tmp_path / "run", datasets=datasets, continue_run=True)
   assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["sampler"] == other
   history = (tmp_path / "run" / "config_history.jsonl").read_text()

@@ -1,5 +1,5 @@
-// Bilinear sampling of channels-last images on the CPU, as XLA FFI handlers: the kernels behind
-// stn_jax.grid_sample(..., implementation='cpu_kernel').
+// Bilinear sampling of channels-last images (and the volume-gradient half of trilinear sampling) on the CPU, as XLA
+// FFI handlers: the kernels behind stn_jax.grid_sample(..., implementation='cpu_kernel').
 //
 // Every handler takes pixel-index coordinates (ix, iy), each (N, P) float32, already mapped through the padding mode,
 // clamped to [-2, size + 1] and snapped onto pixel centres by stn_jax.sampling (so the arithmetic here is only the
@@ -399,6 +399,104 @@ ffi::Error SampleAffine(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> image, ffi::
   return ffi::Error::Success();
 }
 
+// Volumes (..., D, H, W, C) at voxel-index points (ix, iy, iz), each (..., P): trilinear sampling with zeros outside
+// and its transpose in the volume, in the arithmetic of stn_jax.sampling's _trilinear_combine (the weight of a tap
+// is ((1 * wx) * wy) * wz, w the fraction or 1 minus it; taps summed x fastest, then y, then z).
+struct Taps3 {
+  int64_t offset[8];
+  bool inside[8];
+  float weight[8];
+};
+
+inline Taps3 TapsOf3(float x, float y, float z, int64_t d, int64_t h, int64_t w, int64_t c) {
+  Taps3 t;
+  const int32_t x0 = Floor(x), y0 = Floor(y), z0 = Floor(z);
+  const float f[3] = {x - static_cast<float>(x0), y - static_cast<float>(y0), z - static_cast<float>(z0)};
+  int k = 0;
+  for (int dz = 0; dz < 2; ++dz) {
+    for (int dy = 0; dy < 2; ++dy) {
+      for (int dx = 0; dx < 2; ++dx, ++k) {
+        const int64_t xi = x0 + dx, yi = y0 + dy, zi = z0 + dz;
+        t.inside[k] = xi >= 0 && xi < w && yi >= 0 && yi < h && zi >= 0 && zi < d;
+        t.offset[k] = t.inside[k] ? ((zi * h + yi) * w + xi) * c : 0;
+        float weight = 1.0f;
+        weight = weight * (dx ? f[0] : 1.0f - f[0]);
+        weight = weight * (dy ? f[1] : 1.0f - f[1]);
+        weight = weight * (dz ? f[2] : 1.0f - f[2]);
+        t.weight[k] = weight;
+      }
+    }
+  }
+  return t;
+}
+
+struct Dims3 {
+  int64_t rows, d, h, w, c, p;
+};
+
+ffi::Error DimsOf3(ffi::Span<const int64_t> volume, ffi::Span<const int64_t> points, Dims3* out) {
+  if (volume.size() < 4 || points.size() < volume.size() - 4) {
+    return ffi::Error::InvalidArgument("stn_trilinear: volume must be (..., D, H, W, C), points (..., P...)");
+  }
+  const size_t lead = volume.size() - 4;
+  for (size_t k = 0; k < lead; ++k) {
+    if (volume[k] != points[k]) return ffi::Error::InvalidArgument("stn_trilinear: leading dimensions differ");
+  }
+  *out = Dims3{Product(volume, 0, lead), volume[lead],     volume[lead + 1],
+               volume[lead + 2],         volume[lead + 3], Product(points, lead, points.size())};
+  return ffi::Error::Success();
+}
+
+ffi::Error Sample3(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> volume, ffi::Buffer<ffi::F32> ix,
+                   ffi::Buffer<ffi::F32> iy, ffi::Buffer<ffi::F32> iz, ffi::ResultBuffer<ffi::F32> out) {
+  Dims3 d;
+  if (auto e = SameShape(ix.dimensions(), iy.dimensions()); e.failure()) return e;
+  if (auto e = SameShape(ix.dimensions(), iz.dimensions()); e.failure()) return e;
+  if (auto e = DimsOf3(volume.dimensions(), ix.dimensions(), &d); e.failure()) return e;
+  const float *vol = volume.typed_data(), *xs = ix.typed_data(), *ys = iy.typed_data(), *zs = iz.typed_data();
+  float* o = out->typed_data();
+  const int64_t size = d.d * d.h * d.w * d.c;
+  ForRows(pool, d.rows, 8 * d.p * d.c, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const float* v = vol + b * size;
+      for (int64_t i = b * d.p; i < (b + 1) * d.p; ++i) {
+        const Taps3 t = TapsOf3(xs[i], ys[i], zs[i], d.d, d.h, d.w, d.c);
+        for (int64_t ch = 0; ch < d.c; ++ch) {
+          float acc = 0.0f;
+          for (int k = 0; k < 8; ++k) acc = acc + t.weight[k] * (t.inside[k] ? v[t.offset[k] + ch] : 0.0f);
+          o[i * d.c + ch] = acc;
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Scatter3(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cotangent, ffi::Buffer<ffi::F32> ix,
+                    ffi::Buffer<ffi::F32> iy, ffi::Buffer<ffi::F32> iz, ffi::ResultBuffer<ffi::F32> d_volume) {
+  Dims3 d;
+  if (auto e = SameShape(ix.dimensions(), iy.dimensions()); e.failure()) return e;
+  if (auto e = SameShape(ix.dimensions(), iz.dimensions()); e.failure()) return e;
+  if (auto e = DimsOf3(d_volume->dimensions(), ix.dimensions(), &d); e.failure()) return e;
+  const float *g = cotangent.typed_data(), *xs = ix.typed_data(), *ys = iy.typed_data(), *zs = iz.typed_data();
+  float* out = d_volume->typed_data();
+  const int64_t size = d.d * d.h * d.w * d.c;
+  ForRows(pool, d.rows, 8 * d.p * d.c + size, [&](int64_t begin, int64_t end) {
+    std::memset(out + begin * size, 0, sizeof(float) * (end - begin) * size);
+    for (int64_t b = begin; b < end; ++b) {
+      float* v = out + b * size;
+      for (int64_t i = b * d.p; i < (b + 1) * d.p; ++i) {
+        const Taps3 t = TapsOf3(xs[i], ys[i], zs[i], d.d, d.h, d.w, d.c);
+        for (int k = 0; k < 8; ++k) {
+          if (!t.inside[k]) continue;
+          for (int64_t ch = 0; ch < d.c; ++ch) v[t.offset[k] + ch] += t.weight[k] * g[i * d.c + ch];
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 // The transpose of the sample in the image: each point adds g times its four bilinear weights to its taps (in the
 // order top-left, top-right, bottom-left, bottom-right, point after point). Rows are independent images, so threads
 // split rows; within a row the taps are computed a block at a time (vectorised) and added serially.
@@ -482,6 +580,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearSampleAffine, SampleAffine,
                                   .Attr<ffi::Span<const float>>("ys")
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StnTrilinearSample, Sample3,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StnTrilinearScatter, Scatter3,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearScatter, Scatter,
                               ffi::Ffi::Bind()

@@ -171,14 +171,18 @@ LOCALIZATIONS = {"fcn": FCNLocalization, "cnn": CNNLocalization}
 SAMPLERS = ("auto", "xla", "cpu_kernel")
 
 
-def resolve_sampler(sampler: str, backend: str | None = None) -> str:
-  """'auto' -> what grid_sample's default runs on `backend` (default: JAX's): 'cpu_kernel' on CPU when the kernel is
-  built (stn_jax.cpu_kernels), else 'xla'. 'xla' and 'cpu_kernel' stay as they are."""
+def resolve_sampler(sampler: str, backend: str | None = None, num_devices: int = 1) -> str:
+  """'auto' -> 'cpu_kernel' on the CPU `backend` (default: JAX's) when the kernel is built (stn_jax.cpu_kernels) and
+  the run uses one device, else 'xla': XLA does not partition the kernel's custom calls, so under a data-parallel jit
+  over several (CPU) devices it would gather the whole batch onto each. 'xla' and 'cpu_kernel' stay as they are."""
   if sampler not in SAMPLERS:
     raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}.")
   if sampler != "auto":
     return sampler
-  return "cpu_kernel" if (backend or jax.default_backend()) == "cpu" and cpu_kernels.available() else "xla"
+  one_device = num_devices == 1
+  return (
+    "cpu_kernel" if (backend or jax.default_backend()) == "cpu" and one_device and cpu_kernels.available() else "xla"
+  )
 
 
 class SpatialTransformer(nnx.Module):
