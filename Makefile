@@ -15,7 +15,7 @@ $(INSTALLED): $(BIN)/python setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" "$(TORCH)"
 	# The bilinear CPU kernel (C++ through jax.ffi) with the system compiler; without one, XLA samples instead.
-	$(BIN)/python -m stn_jax.cpu_kernels
+	$(BIN)/python -c "from stn_jax import cpu_kernels; raise SystemExit(cpu_kernels.main())"
 	touch $@
 
 install: $(INSTALLED)

@@ -111,6 +111,7 @@ def get_config(budget: str = "full"):
     return paper_recipe(config)
   config.num_epochs, interval, config.num_seeds = BUDGETS[budget]
   config.eval_every_epochs = config.checkpoint_every_epochs = interval
+  config.learning_rate = 1e-3  # the default config's until 2026-12-03 (now 2e-3): these budgets' results used it
   config.model.classifier.cnn.hidden = (256,)
   config.model.classifier.fcn.hidden = (256, 256)
   config.model.localization.fcn.hidden = (32,)

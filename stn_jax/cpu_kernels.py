@@ -1,7 +1,7 @@
 """The bilinear sampler's CPU kernel: C++ (stn_jax/csrc/bilinear.cc) registered through `jax.ffi`, as JAX primitives.
 
 `grid_sample(..., implementation='cpu_kernel')` and, on CPU, the default run on these. The C++ is compiled with the
-system's C++ compiler the first time it is needed (or by `python -m stn_jax.cpu_kernels`, which `make install` runs)
+system's C++ compiler the first time it is needed (or by `build()`, which `make install` runs through `main()`)
 into a cache folder ($STN_JAX_KERNEL_DIR, default ~/.cache/stn_jax/kernels), one library per source, jaxlib version
 and compiler; a machine without a compiler, or with STN_JAX_CPU_KERNEL=0, samples with the pure-JAX path instead.
 
@@ -423,7 +423,7 @@ for _prim in (sample_p, jacobian_p, scatter_p, sample3_p, scatter3_p):
 
 
 def main() -> int:
-  """`python -m stn_jax.cpu_kernels [--force]`: builds the kernel (as `make install` does) and says where it is."""
+  """Builds the kernel (`make install` runs this; `--force` rebuilds) and says where it is, or why it was not built."""
   try:
     path = build(force="--force" in sys.argv[1:])
   except RuntimeError as e:

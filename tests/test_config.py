@@ -30,9 +30,9 @@ def test_every_config_file_validates_and_has_a_doc_for_every_field():
 def test_budgets_are_epochs_converted_once_and_steps_override_them():
   config = _default()
   budget = config_lib.budget(config, 50_000 // 128)
-  assert (budget.num_train_steps, budget.eval_every_steps, budget.checkpoint_every_steps) == (11_700, 1_170, 1_170)
+  assert (budget.num_train_steps, budget.eval_every_steps, budget.checkpoint_every_steps) == (9_360, 1_170, 1_170)
   config.batch_size = 256  # the same epochs are half the steps
-  assert config_lib.budget(config, 50_000 // 256).num_train_steps == 30 * 195
+  assert config_lib.budget(config, 50_000 // 256).num_train_steps == 24 * 195
   config.num_epochs, config.eval_every_epochs = 0.5, 0.01
   assert config_lib.budget(config, 195).num_train_steps == 98 and config_lib.budget(config, 195).eval_every_steps == 2
   config.num_train_steps, config.eval_every_steps = 60, 20
@@ -112,26 +112,26 @@ def test_what_a_resume_may_change():
   old = _default()
   spe = 390
   same_total = _default()
-  same_total.num_train_steps = 11_700  # 30 epochs in steps: the same total
+  same_total.num_train_steps = 9_360  # 24 epochs in steps: the same total
   same_total.log_every_steps, same_total.eval_batch_size, same_total.checkpoints_to_keep = 7, 500, 1
   same_total.dataset.data_dir = "/elsewhere"
   problems, totals = config_lib.resume_differences(config_lib.to_dict(old), same_total, spe)
-  assert problems == [] and totals == (11_700, 11_700)
+  assert problems == [] and totals == (9_360, 9_360)
   longer = _default()
   longer.num_epochs = 40.0
-  assert config_lib.resume_differences(config_lib.to_dict(old), longer, spe) == ([], (11_700, 15_600))
+  assert config_lib.resume_differences(config_lib.to_dict(old), longer, spe) == ([], (9_360, 15_600))
   shorter = _default()
   shorter.num_train_steps = 100
   problems, _ = config_lib.resume_differences(config_lib.to_dict(old), shorter, spe)
-  assert problems == ["the total steps: 11700 -> 100 (a run can be continued, not shortened)"]
+  assert problems == ["the total steps: 9360 -> 100 (a run can be continued, not shortened)"]
   elsewhere = _default()  # another process of a multi-host run, the options of kinds the model does not use
   elsewhere.distributed.process_id, elsewhere.distributed.coordinator_address = 1, "host0:1234"
   elsewhere.model.localization.cnn.hidden, elsewhere.model.classifier.fcn.hidden = (99,), (7, 7)
-  assert config_lib.resume_differences(config_lib.to_dict(old), elsewhere, spe) == ([], (11_700, 11_700))
+  assert config_lib.resume_differences(config_lib.to_dict(old), elsewhere, spe) == ([], (9_360, 9_360))
   other = _default()
   other.learning_rate, other.model.classifier.cnn.hidden = 3e-4, (64,)
   problems, _ = config_lib.resume_differences(config_lib.to_dict(old), other, spe)
-  assert problems == ["learning_rate: 0.001 -> 0.0003", "model.classifier.cnn.hidden: [1024] -> [64]"]
+  assert problems == ["learning_rate: 0.002 -> 0.0003", "model.classifier.cnn.hidden: [1024] -> [64]"]
 
 
 def test_describe_lists_every_field_with_value_and_meaning():
@@ -193,7 +193,7 @@ def test_a_workdir_without_a_checkpoint_takes_any_config(tmp_path):
   assert checkpoints.open_run(tmp_path, second, 781) == checkpoints.RunPlan()
   assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 64
   (tmp_path / "checkpoints" / "10").mkdir(parents=True)  # once there is one, the run is refused
-  with pytest.raises(checkpoints.WorkdirConflictError, match=r"batch_size: 64 -> 128.*learning_rate: 0.5 -> 0.001"):
+  with pytest.raises(checkpoints.WorkdirConflictError, match=r"batch_size: 64 -> 128.*learning_rate: 0.5 -> 0.002"):
     checkpoints.open_run(tmp_path, first, 390)
 
 
@@ -208,7 +208,7 @@ def test_a_config_written_before_fields_were_added_to_version_2_keeps_its_meanin
   ran["model"]["classifier"]["cnn"]["conv"] = ran["model"]["localization"]["cnn"]["conv"] = "xla"
   assert config_lib.migrate(early) == ran
   # and today's config, conv='auto', resumes it: 'auto' takes the run's recorded choice
-  assert config_lib.resume_differences(early, _default(), 390) == ([], (11_700, 11_700))
+  assert config_lib.resume_differences(early, _default(), 390) == ([], (9_360, 9_360))
   assert config_lib.resolve_auto(_default(), early).model.classifier.cnn.conv == "xla"
 
 

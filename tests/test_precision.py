@@ -149,12 +149,12 @@ def test_bfloat16_runs_the_layers_in_bfloat16_and_keeps_the_grid_and_the_state_f
     "image": jnp.asarray(rng.random((16, 32, 32, 1)), jnp.float32),
     "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
   }
-  seen = []  # what reaches the sampler inside the train step
-  sample = stn_jax.grid_sample
-  monkeypatch.setattr(stn_jax, "grid_sample", lambda x, g, **kw: seen.append((x.dtype, g.dtype)) or sample(x, g, **kw))
+  seen = []  # what reaches the warp (grid and sampler) inside the train step
+  warp = stn_jax.warp
+  monkeypatch.setattr(stn_jax, "warp", lambda x, p, **kw: seen.append((x.dtype, p.dtype)) or warp(x, p, **kw))
   train_step = steps.make_train_step(graphdef, tx, 0)
   found = products(train_step.lower(*state, batch, 0).as_text())
-  assert seen == [(jnp.float32, jnp.float32)]  # the input image and the grid
+  assert seen == [(jnp.float32, jnp.float32)]  # the input image and the transform (so its grid is float32 too)
   convolutions = [p for p in found if p["op"] == "convolution"]
   dots = [p for p in found if p["op"] == "dot_general"]
   if conv == "xla":  # 4 convolutions, each forward and backward (the first layers' data gradients included)

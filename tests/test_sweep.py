@@ -141,12 +141,12 @@ def test_a_run_is_skipped_only_when_its_workdir_holds_the_same_finished_config(t
   longer = config_lib.from_dict(config_lib.to_dict(config))
   longer.num_epochs = 40.0
   assert sweep.run_state(tmp_path / "same", longer) == "resume"  # no checkpoint: nothing trained to continue
-  (tmp_path / "same" / "checkpoints" / "11700").mkdir(parents=True)
-  assert sweep.run_state(tmp_path / "same", longer) == "continue from 11,700 to 15,600 steps"
+  (tmp_path / "same" / "checkpoints" / "9360").mkdir(parents=True)
+  assert sweep.run_state(tmp_path / "same", longer) == "continue from 9,360 to 15,600 steps"
   other = config_lib.from_dict(config_lib.to_dict(config))
   other.learning_rate = 0.5
   state = sweep.run_state(tmp_path / "same", other)
-  assert state.startswith("conflict") and "learning_rate: 0.001 -> 0.5" in state
+  assert state.startswith("conflict") and "learning_rate: 0.002 -> 0.5" in state
 
 
 def test_finished_runs_are_skipped_failures_reported_and_tables_merged(tmp_path):

@@ -199,7 +199,7 @@ def test_a_finished_run_continues_with_more_steps_and_free_fields_may_change(fin
   with caplog.at_level(logging.INFO):
     continued = train.train_and_evaluate(longer, copy, datasets=datasets, continue_run=True)
   assert "resumed from the checkpoint at step 12" in caplog.text and "from 12 to 16 steps" in caplog.text
-  assert "learning_rate: 0.001" in caplog.text  # the resolved config is logged at the start
+  assert "learning_rate: 0.002" in caplog.text  # the resolved config is logged at the start
   rows = _metrics(copy)
   assert [r["step"] for r in rows] == [4, 8, 12, 16]
   assert _without_timing(rows[:3]) == _without_timing(_metrics(workdir))  # the first 12 steps are kept as they were
@@ -273,7 +273,7 @@ def test_a_finished_run_is_reported_and_left_as_it_is(finished_run, tmp_path, da
 def test_a_workdir_of_another_config_is_never_clobbered(finished_run, datasets):
   workdir, _ = finished_run
   before = (workdir / "metrics.jsonl").read_text()
-  with pytest.raises(checkpoints.WorkdirConflictError, match=r"learning_rate: 0\.001 -> 0\.5"):
+  with pytest.raises(checkpoints.WorkdirConflictError, match=r"learning_rate: 0\.002 -> 0\.5"):
     train.train_and_evaluate(tiny_config(learning_rate=0.5), workdir, datasets=datasets)
   # the compute dtype is part of what a run computes: a float32 run is not continued in bfloat16
   with pytest.raises(checkpoints.WorkdirConflictError, match=r"compute_dtype: 'float32' -> 'bfloat16'"):
