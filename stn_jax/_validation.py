@@ -80,7 +80,11 @@ def as_array(func: str, name: str, x):
 def check_floating(func: str, name: str, x) -> None:
   dtype = jnp.result_type(x)
   if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"{func}: {name} must have a floating dtype (float16, bfloat16, float32 or float64); got {dtype}.")
+    hint = " (Python ints or an integer array: write floats, e.g. 1.0, or cast with .astype(jnp.float32))"
+    raise TypeError(
+      f"{func}: {name} must have a floating dtype (float16, bfloat16, float32 or float64); got {dtype}"
+      f"{hint if jnp.issubdtype(dtype, jnp.integer) else ''}."
+    )
 
 
 def check_trailing_shape(func: str, name: str, x, trailing: Sequence[int | None], *, what: str) -> None:
@@ -155,6 +159,7 @@ def _raise_positional_option(func, positional, options, choices, extra):
   example = shown if shown == " ".join(repr(value).split()) and len(shown) <= 40 else "..."
   raise TypeError(
     f"{func}: {name} is keyword-only; got {shown} as positional argument {index}. "
-    f"Write {func}({head}{', ' if head else ''}{name}={example}); only {head or 'nothing'} may be positional "
-    f"(keyword-only: {', '.join(options)})."
+    f"Write {func}({head}{', ' if head else ''}{name}={example}); "
+    + (f"only {head} may be positional " if head else "every argument is keyword-only ")
+    + f"(keyword-only: {', '.join(options)})."
   )

@@ -21,7 +21,27 @@ def one_line(error: BaseException) -> str:
     text = [line for line in text.splitlines() if line.strip()][-1]
   if match := re.search(r"'([\w.]+)'.*Did you mean \"([\w.]+)\"", text, re.S):
     return f"--config: no field {match.group(1)!r} (did you mean {match.group(2)!r}?)"
+  if match := re.match(r"(?:ValueError|TypeError|KeyError|ConfigError): (.*)", text.strip(), re.S):
+    text = match.group(1)  # a config file's own error, its class name left off
   return re.sub(r"\s+", " ", text).strip()
+
+
+def unknown_key(error: BaseException, argv: list[str]) -> str | None:
+  """For a --config.a.b=v flag naming no field (ml_collections raises KeyError('b') when nothing is close to it): the
+  flag, the key, and the section it was looked for in."""
+  key = str(error).strip("'\"")
+  if not isinstance(error, KeyError) and not re.fullmatch(r"'[\w]+'", str(error).strip('"')):
+    return None
+  for arg in argv:
+    if arg.startswith("--config.") and "=" in arg:
+      path = arg[len("--config.") : arg.index("=")].split(".")
+      if key in path:
+        section = ".".join(["config", *path[: path.index(key)]])
+        return (
+          f"--config.{'.'.join(path)}: {section} has no field {key!r} (every field: python -m stn_jax.main "
+          "--config=... --list)"
+        )
+  return None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -37,11 +57,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     if config_path and not Path(config_path).is_file():
       sys.stderr.write(f"error: --config: no such file {config_path!r}\n")
     else:
-      sys.stderr.write(f"error: {one_line(e)}\n")
+      sys.stderr.write(f"error: {unknown_key(e, argv) or one_line(e)}\n")
     sys.exit(USAGE_ERROR)
 
 
 def quiet_orbax() -> None:
-  """orbax logs every step of every save and restore at INFO; keep its warnings only."""
+  """orbax logs every step of every save and restore at INFO; keep its warnings only. JAX logs its probing of absent
+  backends ("Unable to initialize backend 'tpu'") at INFO too, which a newcomer reads as an error: keep that out of
+  the default log as well."""
   for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     handler.addFilter(lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)

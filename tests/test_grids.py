@@ -135,9 +135,18 @@ def test_nested_lists_are_converted_like_arrays():
   ]
   for got, expected in pairs:
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-6)
-  # A list of ints becomes an int32 array, which is not a transform.
-  with pytest.raises(TypeError, match=r"^affine_grid: theta must have a floating dtype .*; got int32\.$"):
+  # A list of ints becomes an int32 array, which is not a transform: the error says to write floats.
+  with pytest.raises(TypeError, match=r"^affine_grid: theta must have a floating dtype .*; got int32 \(Python ints"):
     stn_jax.affine_grid([[1, 0, 0], [0, 1, 0]], (4, 4))
+  with pytest.raises(TypeError, match=r"write floats, e\.g\. 1\.0"):
+    stn_jax.affine_grid([[1, 0, 0], [0, 1, 0]], (4, 4))
+
+
+def test_a_positional_option_of_a_function_without_positional_arguments_says_so():
+  with pytest.raises(TypeError) as info:
+    stn_jax.affine_theta(0.5)
+  message = str(info.value)
+  assert "Write affine_theta(rotation=0.5); every argument is keyword-only" in message and "nothing" not in message
 
 
 @pytest.mark.parametrize(

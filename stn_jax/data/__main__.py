@@ -50,6 +50,7 @@ def preview_figure(images: np.ndarray, labels: np.ndarray, path: str, *, title: 
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # JAX's probing of absent backends
   if not _OUT.value and not _PREVIEW.value:
     sys.exit("error: give --out=FILE.npz and/or --preview=FILE.png")
   for target in (_OUT.value, _PREVIEW.value):
