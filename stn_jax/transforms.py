@@ -71,11 +71,18 @@ def identity_array(kind: str, *, num_control_points: int = 16, spatial_dims: int
 
 
 @v.keyword_only()
-def affine_theta(*, rotation=0.0, shear=0.0, scale=1.0, scale_xy=None, translation=(0.0, 0.0), dtype=jnp.float32):
+def affine_theta(
+  *, rotation=0.0, shear=0.0, scale=1.0, scale_xy=None, translation=(0.0, 0.0), aspect=None, dtype=jnp.float32
+):
   """theta = [R(rotation) @ Shear(shear) @ diag(scale * scale_xy) | translation], broadcast over batch shapes.
 
   R(a) = [[cos a, -sin a], [sin a, cos a]] and Shear(s) = [[1, -sin s], [0, cos s]] (the seed project's shear) act
   on normalised (x, y). Every argument broadcasts against the others' batch shape.
+
+  Normalised coordinates run over [-1, 1] along both axes whatever the image's shape (torch's convention too), so on a
+  non-square image a rotation in them is not rigid: squares become parallelograms. `aspect` = W / H of the image
+  (input and output of one shape) makes the linear part act in pixels instead, rigid as kornia's `rotate`:
+  theta's linear part is diag(1 / aspect, 1) @ A @ diag(aspect, 1) for the A above; the translation stays normalised.
 
   Args:
     rotation: (...) radians.
@@ -83,11 +90,15 @@ def affine_theta(*, rotation=0.0, shear=0.0, scale=1.0, scale_xy=None, translati
     scale: (...) isotropic factor.
     scale_xy: optional (..., 2) per-axis factors (x, y), multiplied into `scale`.
     translation: (..., 2) normalised (tx, ty).
+    aspect: None (the linear part acts on normalised coordinates) or a positive width / height of the image (it acts
+      on pixels).
     dtype: floating dtype of the result.
 
   Returns:
     (..., 2, 3) theta mapping output to input coordinates.
   """
+  if aspect is not None and not (isinstance(aspect, (int, float)) and not isinstance(aspect, bool) and aspect > 0):
+    raise ValueError(f"affine_theta: aspect must be None or a positive width / height; got {aspect!r}.")
   rotation, shear, scale = (jnp.asarray(a, dtype) for a in (rotation, shear, scale))
   translation = jnp.asarray(translation, dtype)
   v.check_trailing_shape("affine_theta", "translation", translation, (2,), what="(..., 2)")
@@ -100,6 +111,8 @@ def affine_theta(*, rotation=0.0, shear=0.0, scale=1.0, scale_xy=None, translati
   # R @ Shear = [[cos, -cos sin_s - sin cos_s], [sin, -sin sin_s + cos cos_s]] = [[cos, -sin(a + s)], [sin, cos(a + s)]]
   a00, a01 = cos * sx, -jnp.sin(rotation + shear) * sy
   a10, a11 = sin * sx, jnp.cos(rotation + shear) * sy
+  if aspect is not None:  # diag(1 / r, 1) @ A @ diag(r, 1): the linear map in pixels, seen in normalised coordinates
+    a01, a10 = a01 / aspect, a10 * aspect
   a00, a01, a10, a11, tx, ty = jnp.broadcast_arrays(a00, a01, a10, a11, translation[..., 0], translation[..., 1])
   return jnp.stack([jnp.stack([a00, a01, tx], -1), jnp.stack([a10, a11, ty], -1)], -2)
 

@@ -228,3 +228,36 @@ def test_forward_mode_through_warp_of_every_kind_and_mode():
   )
   np.testing.assert_allclose(np.asarray(affine_tangent), np.asarray(projective_tangent), rtol=1e-4, atol=1e-4)
   assert np.abs(np.asarray(affine_tangent)).max() > 0
+
+
+def _run_lengths(line: np.ndarray) -> list[int]:
+  """Lengths of the runs of equal values along a 1-D array, the first and last (cut by the edges) left off."""
+  edges = np.flatnonzero(np.diff(line) != 0)
+  return list(np.diff(edges))
+
+
+@pytest.mark.parametrize("angle", [np.pi / 2, np.pi / 6])
+def test_a_rotation_with_the_aspect_keeps_a_non_square_checkerboards_cells_square(angle):
+  # 48 x 64 checkerboard of 8-pixel cells, rotated about its centre: with aspect = W / H the cells stay 8 x 8 squares
+  # (along rows and columns alike, runs of 8 / (|cos| + |sin|) on average: a line crosses both families of cell
+  # edges); in normalised coordinates they do not.
+  h, w, cell = 48, 64, 8
+  y, x = np.mgrid[:h, :w]
+  board = (((x // cell) + (y // cell)) % 2).astype(np.float32)[None, ..., None]
+  runs = {}
+  for aspect in (None, w / h):
+    theta = stn_jax.affine_theta(rotation=angle, aspect=aspect)[None]
+    out = np.asarray(stn_jax.warp(board, theta, mode="nearest"))[0, ..., 0]
+    rows = [r for k in range(16, 32) for r in _run_lengths(out[k, 8:-8])]
+    cols = [r for k in range(24, 40) for r in _run_lengths(out[8:-8, k])]
+    runs[aspect] = (np.mean(rows), np.mean(cols))
+  rows, cols = runs[w / h]
+  step = cell / (abs(np.cos(angle)) + abs(np.sin(angle)))
+  assert abs(rows - cols) <= 0.5 and abs(rows - step) <= 0.5, runs
+  rows, cols = runs[None]
+  assert abs(rows - cols) >= 1, runs  # not rigid without it
+
+
+def test_a_bad_aspect_is_a_one_line_error():
+  with pytest.raises(ValueError, match=r"^affine_theta: aspect must be None or a positive width / height; got -1\.$"):
+    stn_jax.affine_theta(rotation=0.3, aspect=-1)
