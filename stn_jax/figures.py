@@ -72,6 +72,20 @@ def save_grid_overlay(inputs: np.ndarray, grids: np.ndarray, path: str | Path, *
   plt.close(fig)
 
 
+def log_ticks(low: float, high: float, count: int = 4) -> list[float]:
+  """Between `count` and about 2 * `count` readable labels for a log axis over [low, high] (low > 0), at any range:
+  1-2-5 steps per decade over wide ranges, every 1..9 within a decade, and evenly spaced 2-significant-digit values
+  over a range too narrow for those (a short run's 50-87 %)."""
+  decades = np.arange(np.floor(np.log10(low)), np.ceil(np.log10(high)) + 1)
+  for subs in ((1.0,), (1.0, 2.0, 5.0), tuple(range(1, 10))):
+    ticks = [float(f"{s * 10**d:.6g}") for d in decades for s in subs]
+    ticks = [t for t in ticks if low <= t <= high]
+    if len(ticks) >= count:
+      return ticks
+  spaced = np.geomspace(low, high, count + 2)[1:-1]
+  return sorted({float(f"{t:.2g}") for t in spaced})
+
+
 def save_curves(metrics: list[dict], path: str | Path, *, steps_per_epoch: int | None = None) -> None:
   """Loss and error % of train and validation against the step (and the epoch, on the top axis), both on log axes
   with plain-number labels: late in training the interesting differences are fractions of a percent."""
@@ -88,8 +102,9 @@ def save_curves(metrics: list[dict], path: str | Path, *, steps_per_epoch: int |
         values = [100 * (1 - m[f"{split}_accuracy"]) for m in metrics]
       ax.plot(steps, values, marker=".", label=name)
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    ax.yaxis.set_major_locator(ticker.FixedLocator(log_ticks(*ax.get_ylim())))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("step")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3, which="both")

@@ -554,3 +554,16 @@ def test_an_absurd_budget_is_refused_at_once_in_one_line(flag, words, tmp_path):
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert result.returncode == 2 and len(errors) == 1 and words in errors[0], result.stderr[-2000:]
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("low_high", [(50.0, 87.0), (0.6, 45.0), (0.95, 0.99), (0.8, 1.2), (0.011, 230.0), (2.0, 9.0)])
+def test_the_curves_log_axis_has_several_readable_ticks_at_any_range(low_high):
+  # A short run's error axis spans 50-87 %: it was labelled with one tick ("50").
+  from stn_jax.figures import log_ticks
+
+  low, high = low_high
+  ticks = log_ticks(low, high)
+  labels = [f"{t:.3g}" for t in ticks]
+  assert len(ticks) >= 3 and all(low <= t <= high for t in ticks), ticks
+  assert len(set(labels)) == len(labels) and all(len(label) <= 5 for label in labels), labels
+  assert ticks == sorted(ticks)
