@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import copy
 import csv
-import inspect
 import itertools
 import json
 import logging
@@ -85,12 +84,7 @@ def load_sweep(config_spec: str | Path) -> tuple[ml_collections.ConfigDict, list
   `config_spec` may end in ':arg' (ml_collections' convention), passed to get_config and to a sweep that takes it.
   """
   module, arg = config_lib.load_module(config_spec)
-  runs: list[dict] = []
-  if hasattr(module, "sweep"):
-    add = lambda **overrides: runs.append({_strip(k): v for k, v in overrides.items()})
-    takes_arg = len(inspect.signature(module.sweep).parameters) > 1
-    module.sweep(add, *arg) if takes_arg else module.sweep(add)
-  return module.get_config(*arg), runs or [{}]
+  return module.get_config(*arg), config_lib.sweep_overrides(config_spec) or [{}]
 
 
 def split_values(text: str) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -151,6 +152,18 @@ def load_module(spec: str | os.PathLike):
   if not Path(path).is_file():
     raise ConfigError(f"--config: no config file {path!r}.")
   return _import_file(Path(path), f"_stn_config_{Path(path).stem}"), arg
+
+
+def sweep_overrides(config_spec: str | os.PathLike) -> list[dict]:
+  """The override dicts (dotted fields, without the 'config.' prefix) that the config file's `sweep(add[, arg])`
+  produces, one per run; [] for a file without a sweep."""
+  module, arg = load_module(config_spec)
+  runs: list[dict] = []
+  if hasattr(module, "sweep"):
+    add = lambda **overrides: runs.append({k.removeprefix("config."): v for k, v in overrides.items()})
+    takes_arg = len(inspect.signature(module.sweep).parameters) > 1
+    module.sweep(add, *arg) if takes_arg else module.sweep(add)
+  return runs
 
 
 def load(spec: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -495,16 +508,34 @@ def field_docs() -> dict[str, str]:
   return {**DOCS, **{f"model.{k}": v for k, v in models.config_docs().items()}}
 
 
-def describe(config, *, markdown: bool = False) -> str:
-  """Every field of `config` with its value and documentation: a markdown table or aligned text."""
+def describe(config, *, markdown: bool = False, sweep: list[dict] | None = None) -> str:
+  """Every field of `config` with its value and documentation: a markdown table or aligned text. With `sweep` (the
+  override dicts of the file's sweep, `sweep_overrides`), a field a run sets shows the values the runs give it."""
+
+  def show(value):
+    value = list(value) if isinstance(value, tuple) else value
+    return "None" if value is None else json.dumps(value) if isinstance(value, (str, list)) else str(value)
+
   docs = field_docs()
+  swept: dict[str, list[str]] = {}
+  for run in sweep or []:
+    for field, value in run.items():
+      swept.setdefault(field, [])
+      if show(value) not in swept[field]:
+        swept[field].append(show(value))
   rows = []
   for field, value in flatten(to_dict(config)).items():
-    shown = "None" if value is None else json.dumps(value) if isinstance(value, (str, list)) else str(value)
-    rows.append((field, shown, docs.get(field, "")))
+    shown = show(value)
+    rows.append((field, "sweep: " + " | ".join(swept[field]) if field in swept else shown, docs.get(field, "")))
+  head = []
+  if swept:
+    head = [
+      f"This file's sweep(add) defines {len(sweep)} runs: a field shown as 'sweep: a | b' takes one of those values "
+      "in each run (python experiments/sweep.py --config=... --dry_run lists them); the others are as shown."
+    ]
   if markdown:
     lines = ["| field | value | meaning |", "|---|---|---|"]
-    return "\n".join([*lines, *(f"| `{f}` | `{v}` | {d} |" for f, v, d in rows)])
+    return "\n".join([*head, *lines, *(f"| `{f}` | `{v}` | {d} |" for f, v, d in rows)])
   width = max(len(f) for f, _, _ in rows)
   value_width = min(24, max(len(v) for _, v, _ in rows))
-  return "\n".join(f"{f:<{width}}  {v:<{value_width}}  {d}" for f, v, d in rows)
+  return "\n".join([*head, *(f"{f:<{width}}  {v:<{value_width}}  {d}" for f, v, d in rows)])

@@ -38,7 +38,8 @@ def main(argv):
     sys.stderr.write("error: --config is required (e.g. --config=configs/default.py)\n")
     sys.exit(USAGE_ERROR)
   if _LIST.value:
-    print(config_lib.describe(config, markdown=_MARKDOWN.value))
+    sweep = config_lib.sweep_overrides(config_flags.get_config_filename(flags.FLAGS["config"]))  # 'path.py[:arg]'
+    print(config_lib.describe(config, markdown=_MARKDOWN.value, sweep=sweep))
     return
   if not _WORKDIR.value:
     sys.stderr.write("error: --workdir is required (the run's directory; an existing run there is resumed)\n")

@@ -373,6 +373,15 @@ def test_list_prints_every_field_with_its_meaning_from_any_directory(tmp_path):
   assert '"TC"' in lines["dataset.name"] and "[40, 40]" in lines["model.stn_output_size"]
   assert "6.0" in lines["num_epochs"] and "training budget in epochs" in lines["num_epochs"]
   assert "2x2 max-pooling" in lines["model.classifier.cnn.pool"]  # from CNNClassifier's docstring
+  # a sweep config says which fields its runs set, and to what (the defaults it shows for them are not what runs)
+  command = [sys.executable, "-m", "stn_jax.main", f"--config={ROOT / 'configs' / 'paper_table1.py'}:cpu", "--list"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+  assert result.stdout.startswith("This file's sweep(add) defines 32 runs")
+  assert 'sweep: "R" | "RTS" | "P" | "E"' in lines["dataset.name"] and "seed40" not in lines["dataset.name"].split()[1]
+  assert 'sweep: "none" | "affine" | "projective" | "tps"' in lines["model.transform"]
+  assert "sweep" not in lines["learning_rate"]
 
 
 def test_data_parallel_over_8_devices_matches_one_device(finished_run, tmp_path, datasets):
