@@ -461,6 +461,13 @@ def in_use(config: dict) -> dict:
   return config
 
 
+def summary(config) -> str:
+  """The config as the trainer logs it: one `field: value` line per field in use (JSON values; the options of model
+  kinds it does not use left out: config.json has everything)."""
+  fields = flatten(in_use(config))
+  return "\n".join(f"  {field}: {json.dumps(value)}" for field, value in fields.items())
+
+
 def resolve_auto(config, stored=None, backend: str | None = None):
   """`config` with every conv option and the sampler 'auto' replaced by a concrete choice, so that config.json records
   what the run computes: the stored run's value where `stored` (a workdir's config.json, any version) has one

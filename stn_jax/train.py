@@ -215,7 +215,7 @@ def train_and_evaluate(
              {k: v for k, v in results.items() if not isinstance(v, (list, dict))})  # fmt: skip
     return results
   total, num_seeds = budget.num_train_steps, config.num_seeds
-  log.info("config (%s):\n%s", workdir / "config.json", config)
+  log.info("config (all of it in %s):\n%s", workdir / "config.json", config_lib.summary(config))
   log.info(
     "budget: %d steps of %d = %.4g epochs of %d; evaluation every %d steps, checkpoints every %d",
     total,

@@ -199,7 +199,8 @@ def test_a_finished_run_continues_with_more_steps_and_free_fields_may_change(fin
   with caplog.at_level(logging.INFO):
     continued = train.train_and_evaluate(longer, copy, datasets=datasets, continue_run=True)
   assert "resumed from the checkpoint at step 12" in caplog.text and "from 12 to 16 steps" in caplog.text
-  assert "learning_rate: 0.002" in caplog.text  # the resolved config is logged at the start
+  assert "learning_rate: 0.002" in caplog.text  # the resolved config is logged at the start, one field a line
+  assert "!!python" not in caplog.text and "model.classifier.cnn.features: " in caplog.text
   rows = _metrics(copy)
   assert [r["step"] for r in rows] == [4, 8, 12, 16]
   assert _without_timing(rows[:3]) == _without_timing(_metrics(workdir))  # the first 12 steps are kept as they were
