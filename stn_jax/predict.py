@@ -232,7 +232,7 @@ def read_images(path: str | Path, *, size: int | None = None, fit: str | None = 
     raise PredictError(f"{path}: not an .npz, an image ({', '.join(IMAGE_SUFFIXES)}) or a directory of images.")
   else:
     raise PredictError(f"{path}: no such file or directory.")
-  images = []
+  images, problems = [], []
   for f in files:
     try:
       array = read_image_file(f)
@@ -240,7 +240,17 @@ def read_images(path: str | Path, *, size: int | None = None, fit: str | None = 
       raise
     except Exception as e:
       raise PredictError(f"{f}: cannot read it as an image ({type(e).__name__}: {one_line(e)}).") from None
-    images.append(prepare_images(array[None], size=size, fit=fit, grey=grey, source=str(f)))
+    try:
+      images.append(prepare_images(array[None], size=size, fit=fit, grey=grey, source=str(f)))
+    except PredictError as e:  # a wrong size: every such file is counted, the first few named
+      problems.append(str(e))
+  if len(problems) == 1:
+    raise PredictError(problems[0])
+  if problems:
+    shown = "; ".join(p.rstrip(".") for p in problems[:3]) + (
+      f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    )
+    raise PredictError(f"{len(problems)} of {len(files)} images do not fit the model's input: {shown}.")
   for f, image in zip(files, images, strict=True):
     if image.shape != images[0].shape:
       raise PredictError(

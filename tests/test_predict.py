@@ -274,7 +274,11 @@ def test_cli_prints_or_writes_exactly_the_given_file(current_run, test_npz, tmp_
   for name in ("b10.png", "b2.png"):
     _save(directory / name, np.zeros((28, 28), np.uint8))
   status, out, err = cli(f"--workdir={workdir}", f"--input={directory}")
-  expected = f"error: {directory / 'b2.png'}: 28x28, the model takes 32x32x1; pass --pad or --resize.\n"
+  # every wrong-sized file is counted, the first few named (in natural order)
+  expected = (
+    f"error: 2 of 2 images do not fit the model's input: {directory / 'b2.png'}: 28x28, the model takes 32x32x1; "
+    f"pass --pad or --resize; {directory / 'b10.png'}: 28x28, the model takes 32x32x1; pass --pad or --resize.\n"
+  )
   assert status == 2 and err == expected
   status, out, _ = cli(f"--workdir={workdir}", f"--input={directory}", "--pad")
   assert status == 0 and [line.split()[0] for line in out.splitlines()] == ["name", "b2.png", "b10.png"]
