@@ -52,9 +52,10 @@ def check_size(func: str, name: str, size) -> tuple[int, int]:
     items = tuple(size)
   except TypeError:
     raise TypeError(message) from None
-  if len(items) != 2 or not all(
-    isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) for s in items
-  ):
+  ints = all(isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) for s in items)
+  if len(items) == 4 and ints:  # torch's affine_grid takes the output's (N, C, H, W)
+    raise TypeError(f"{message[:-1]}: torch's (N, C, H, W) size is (H, W) here, size[-2:] = {tuple(items[-2:])}.")
+  if len(items) != 2 or not ints:
     raise TypeError(message)
   if min(items) < 1:
     raise ValueError(message)

@@ -1,5 +1,7 @@
 """Grid generators: torch parity for affine_grid, projective == affine, the TPS identity and affine properties."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,3 +202,10 @@ def test_tps_grid_takes_a_batch_of_target_point_sets():
   np.testing.assert_allclose(np.asarray(points), np.asarray(source), atol=1e-5)
   with pytest.raises(ValueError, match=r"target_points must have shape .*broadcasting.*got shape \(2, 9, 2\)"):
     stn_jax.tps_grid(source, (5, 6), target_points=target[:2])
+
+
+def test_a_torch_style_size_is_refused_with_the_size_to_pass():
+  theta = jnp.broadcast_to(jnp.eye(2, 3), (2, 2, 3))
+  with pytest.raises(TypeError, match=re.escape("torch's (N, C, H, W) size is (H, W) here, size[-2:] = (48, 64).")):
+    stn_jax.affine_grid(theta, (2, 3, 48, 64))
+  assert stn_jax.affine_grid(theta, (48, 64)).shape == (2, 48, 64, 2)
