@@ -177,6 +177,18 @@ def _broadcast_channels(x: jax.Array, c: int) -> jax.Array:
   return jnp.stack([x] * c, -1)
 
 
+def _coords_and_tangents(grid, d_grid, shape, padding_mode, align_corners):
+  """(ix, iy, d_ix, d_iy): the pixel-index coordinates of the grid's points and their tangents (None without one)."""
+
+  def coords(gr):
+    return _source_coords(gr, shape, padding_mode, align_corners)
+
+  if _is_zero(d_grid):
+    return (*coords(grid), None, None)
+  (ix, iy), (d_ix, d_iy) = jax.jvp(coords, (grid,), (d_grid,))
+  return ix, iy, d_ix, d_iy
+
+
 @functools.partial(_bilinear.defjvp, symbolic_zeros=True)
 def _bilinear_jvp(padding_mode, align_corners, primals, tangents):
   # Reverse mode is this rule linearised and transposed: what involves no tangent runs in the forward pass, and the
@@ -189,14 +201,7 @@ def _bilinear_jvp(padding_mode, align_corners, primals, tangents):
   d_image, d_grid = tangents
   shape = image.shape
   c = shape[-1]
-
-  def coords(gr):
-    return _source_coords(gr, shape, padding_mode, align_corners)
-
-  if _is_zero(d_grid):
-    ix, iy = coords(grid)
-  else:
-    (ix, iy), (d_ix, d_iy) = jax.jvp(coords, (grid,), (d_grid,))
+  ix, iy, d_ix, d_iy = _coords_and_tangents(grid, d_grid, shape, padding_mode, align_corners)
   # XLA:CPU fuses whatever it can into per-element loops and then recomputes shared inputs for every element; the
   # optimization barrier materialises the small (N, P) intermediates once instead.
   fx, fy, taps = lax.optimization_barrier(_bilinear_taps(shape, ix, iy))
@@ -262,14 +267,7 @@ def _bilinear_kernel_jvp(padding_mode, align_corners, primals, tangents):
   d_image, d_grid = tangents
   shape = image.shape
   c = shape[-1]
-
-  def coords(gr):
-    return _source_coords(gr, shape, padding_mode, align_corners)
-
-  if _is_zero(d_grid):
-    ix, iy = coords(grid)
-  else:
-    (ix, iy), (d_ix, d_iy) = jax.jvp(coords, (grid,), (d_grid,))
+  ix, iy, d_ix, d_iy = _coords_and_tangents(grid, d_grid, shape, padding_mode, align_corners)
   x, y = _clamped(shape, ix, iy)
   tangent_out = []
   if _is_zero(d_grid):
