@@ -170,8 +170,8 @@ def _is_zero(tangent) -> bool:
 
 def _broadcast_channels(x: jax.Array, c: int) -> jax.Array:
   """(N, P) -> (N, P, C). Reverse mode transposes this to a sum over channels; for a few channels it is written as
-  copies, so that the sum is unrolled adds: XLA:CPU reduces a short minor axis very slowly (a sum over C=3 costs ~10x
-  the unrolled adds)."""
+  copies, so that the sum is unrolled adds: XLA:CPU reduces a short minor axis far more slowly than it adds (the
+  README's sampler section has the measurements)."""
   if c == 1 or c > 8:
     return jnp.broadcast_to(x[..., None], (*x.shape, c))
   return jnp.stack([x] * c, -1)
@@ -223,8 +223,8 @@ def _bilinear_jvp(padding_mode, align_corners, primals, tangents):
     tangent_out.append(functools.reduce(jnp.add, taps_times_weights))
   if not _is_zero(d_image):
     d_flat = _padded_flat(d_image)
-    # Reverse mode transposes this gather to a scatter-add, which XLA:CPU runs as one serial loop costing ~2.5 ns per
-    # value; one gather of all four taps keeps it to one scatter. With one channel the taps go one after another
+    # Reverse mode transposes this gather to a scatter-add, which XLA:CPU runs as one serial loop over the values;
+    # one gather of all four taps keeps it to one scatter. With one channel the taps go one after another
     # (the order of four chained scatters, the fastest there); with several, each point's four taps together (fewer
     # passes over the buffer).
     if c == 1:
@@ -609,7 +609,8 @@ def _trilinear_jvp(padding_mode, align_corners, kernel, primals, tangents):
     # Per axis (each coordinate depends on its own axis alone), on a split of the tangent rather than an index of it:
     # reverse mode then assembles the three components of the points' cotangent with one concatenate, one loop with
     # the gathers fused in, instead of three loops that each redo the eight taps times the channels and add into
-    # zero-padded copies (2x faster for 2x64^3x4; with one channel the gathers, fused, would run three times).
+    # zero-padded copies (measured in the README's volume section; with one channel the gathers, fused, would run
+    # three times).
     _, d, h, w, _ = shape
     per_axis = [
       jax.jvp(
@@ -654,7 +655,7 @@ def _trilinear_jvp(padding_mode, align_corners, kernel, primals, tangents):
     tangent_out.append(cpu_kernels.sample3(d_volume, *_clamped3(shape, ixyz)))
   elif not _is_zero(d_volume):
     # Eight gathers as the primal's, transposed to eight scatter-adds: for volumes faster than one scatter of all
-    # eight taps together (1.7x for 2x64^3x4, 1.6x for 8x32^3x1).
+    # eight taps together (measured: the README's volume section).
     d_flat = _volume_flat(d_volume)
     tangent_out.append(_trilinear_combine([_take(d_flat, t) for t in taps], fracs))
   return out, functools.reduce(jnp.add, tangent_out)

@@ -92,7 +92,8 @@ def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str =
   With `num_seeds` = K > 1, params, opt_state, sums and the batch carry a leading axis of K independent models (model
   k's dropout is that of a run with seed + k, or with seed[k] when `seed` is a list), updated together, vmapped over
   the seed axis (`seed_mapping='vmap'`) or as K copies of the step side by side in the program ('unroll': on XLA:CPU a
-  vmapped convolution with per-seed weights becomes a grouped convolution about 5x slower than K plain ones). The
+  vmapped convolution with per-seed weights becomes a grouped convolution, much slower than K plain ones: the README's
+  seeds section). The
   model's products run at `precision` (MATMUL_PRECISIONS).
   """
 

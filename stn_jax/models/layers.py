@@ -16,8 +16,8 @@ PADDINGS = ("SAME", "VALID")
 
 def resolve_conv(impl: str, backend: str | None = None) -> str:
   """'auto' -> the faster way on `backend` (default: JAX's): 'patches' on CPU, where XLA:CPU's convolutions are slow
-  for every shape the seed's and the paper's networks have (a training step of the paper's ST-CNN: 1.34 s with 'xla',
-  0.35 s with 'patches', 2-core Intel Xeon, experiments/benchmark_train.py, README), and 'xla' elsewhere (cuDNN and
+  for every shape the seed's and the paper's networks have (experiments/benchmark_train.py; the README's train-step
+  section has the figures), and 'xla' elsewhere (cuDNN and
   TPU convolutions). 'xla' and 'patches' stay as they are."""
   if impl not in CONV_CHOICES:
     raise ValueError(f"conv must be one of {', '.join(map(repr, CONV_CHOICES))}; got {impl!r}.")
