@@ -135,8 +135,9 @@ def make_train_step(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: s
 _UINT8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
-def to_float(images: jax.Array) -> jax.Array:
-  """uint8 (..., H, W) -> float32 (..., H, W, 1) in [0, 1]: bitwise what stn_jax.data.to_float gives on the host."""
+def device_to_float(images: jax.Array) -> jax.Array:
+  """uint8 (..., H, W) -> float32 (..., H, W, 1) in [0, 1] on the device: bitwise what stn_jax.data.to_float gives on
+  the host."""
   return jnp.asarray(_UINT8_TO_FLOAT)[images.astype(jnp.int32)][..., None]
 
 
@@ -162,7 +163,7 @@ def make_train_loop(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: s
     state = (params, opt_state, sums)
     for i in range(num_steps):
       row = {k: jax.lax.dynamic_index_in_dim(v, start + i, axis, keepdims=False) for k, v in data.items()}
-      state = update(*state, {"image": to_float(row["image"]), "label": row["label"]}, step + i)
+      state = update(*state, {"image": device_to_float(row["image"]), "label": row["label"]}, step + i)
     return (*state, state[2]["count"] + 0)
 
   return run
