@@ -159,18 +159,26 @@ def unavailable_reason() -> str | None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _low(t):
+  """floor(t) as int32, NaN sent outside (to -2), where it reads a zero, as the kernel does."""
+  low = jnp.floor(t)
+  return jnp.where(jnp.isnan(low), -2.0, low).astype(jnp.int32)
+
+
+def _row_offsets(n: int, size: int, ndim: int):
+  """(N, 1, ...) flat offsets of each batch row's first value, for indices of rank `ndim`."""
+  return jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * (ndim - 1)) * size
+
+
 def _taps(shape, ix, iy):
   """Per tap (top-left, top-right, bottom-left, bottom-right): its (N, P) flat pixel index and in-image mask."""
   n, h, w, _ = shape
-  x0 = jnp.floor(ix)
-  y0 = jnp.floor(iy)
-  x0 = jnp.where(jnp.isnan(x0), -2.0, x0).astype(jnp.int32)
-  y0 = jnp.where(jnp.isnan(y0), -2.0, y0).astype(jnp.int32)
+  x0, y0 = _low(ix), _low(iy)
+  rows = _row_offsets(n, h * w, ix.ndim)
   taps = []
   for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
     x, y = x0 + dx, y0 + dy
     inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-    rows = jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * (ix.ndim - 1)) * (h * w)
     taps.append((jnp.where(inside, rows + y * w + x, 0), inside))
   return taps, ix - jnp.floor(ix), iy - jnp.floor(iy)
 
@@ -209,10 +217,10 @@ def _reference_scatter(g, ix, iy, *, shape):
 
 def _reference_sample3(volume, ix, iy, iz):
   n, d, h, w, _ = volume.shape
-  lows = [jnp.where(jnp.isnan(jnp.floor(t)), -2.0, jnp.floor(t)).astype(jnp.int32) for t in (ix, iy, iz)]
+  lows = [_low(t) for t in (ix, iy, iz)]
   fracs = [(t - jnp.floor(t))[..., None] for t in (ix, iy, iz)]
   flat = volume.reshape(n * d * h * w, -1)
-  rows = jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * (ix.ndim - 1)) * (d * h * w)
+  rows = _row_offsets(n, d * h * w, ix.ndim)
   out = 0.0
   for dz in (0, 1):
     for dy in (0, 1):
@@ -279,19 +287,25 @@ def scatter3(g: jax.Array, ix: jax.Array, iy: jax.Array, iz: jax.Array, shape) -
   return scatter3_p.bind(g, ix, iy, iz, shape=tuple(shape))
 
 
+def _primal(target: str, out, fallback, args, **attrs):
+  """The kernel `target` on `args` with `attrs` on CPU (`fallback(*args)` where it is not built), `fallback(*args)`
+  on other backends; batched under vmap with every operand given the mapped axis (the kernels fold it into N)."""
+
+  def kernel(*args):
+    if not available():
+      return fallback(*args)
+    return jax.ffi.ffi_call(target, out, vmap_method="broadcast_all")(*args, **attrs)
+
+  return jax.lax.platform_dependent(*args, cpu=kernel, default=fallback)
+
+
 def sample_grid(image: jax.Array, grid: jax.Array, padding_mode: str, align_corners: bool, fallback) -> jax.Array:
   """(N, *points, C): `image` (N, H, W, C) float32 sampled at the normalised grid (N, *points, 2) with the padding mode,
   in the kernel on CPU; `fallback(image, grid)`, the same function in JAX, on other backends. Not differentiable
   (grid_sample's custom JVP differentiates it); batches under `jax.vmap`."""
   out = jax.ShapeDtypeStruct((*grid.shape[:-1], image.shape[-1]), image.dtype)
-
-  def kernel(image, grid):
-    if not available():
-      return fallback(image, grid)
-    call = jax.ffi.ffi_call("stn_bilinear_sample_grid", out, vmap_method="broadcast_all")
-    return call(image, grid, padding=np.int32(PADDING_CODES[padding_mode]), align_corners=bool(align_corners))
-
-  return jax.lax.platform_dependent(image, grid, cpu=kernel, default=fallback)
+  attrs = dict(padding=np.int32(PADDING_CODES[padding_mode]), align_corners=bool(align_corners))
+  return _primal("stn_bilinear_sample_grid", out, fallback, (image, grid), **attrs)
 
 
 def sample_affine(image, theta, xs, ys, padding_mode: str, align_corners: bool, fallback) -> jax.Array:
@@ -299,61 +313,36 @@ def sample_affine(image, theta, xs, ys, padding_mode: str, align_corners: bool, 
   pixel centres `xs` (W_out,) and `ys` (H_out,) (float32 numpy), with the padding mode, in the kernel on CPU;
   `fallback(image, theta)` elsewhere. Not differentiable (warp's custom JVP differentiates it); batches under vmap."""
   out = jax.ShapeDtypeStruct((*image.shape[:-3], len(ys), len(xs), image.shape[-1]), image.dtype)
-
-  def kernel(image, theta):
-    if not available():
-      return fallback(image, theta)
-    call = jax.ffi.ffi_call("stn_bilinear_sample_affine", out, vmap_method="broadcast_all")
-    attrs = dict(padding=np.int32(PADDING_CODES[padding_mode]), align_corners=bool(align_corners))
-    return call(image, theta, xs=np.asarray(xs, np.float32), ys=np.asarray(ys, np.float32), **attrs)
-
-  return jax.lax.platform_dependent(image, theta, cpu=kernel, default=fallback)
+  attrs = dict(padding=np.int32(PADDING_CODES[padding_mode]), align_corners=bool(align_corners))
+  xs, ys = np.asarray(xs, np.float32), np.asarray(ys, np.float32)
+  return _primal("stn_bilinear_sample_affine", out, fallback, (image, theta), xs=xs, ys=ys, **attrs)
 
 
-def _out_shape(image_or_g, ix):
-  return (*ix.shape, image_or_g.shape[-1])
+def _sampled(x, *coords, **params):
+  """A sample's result: the points' shape (N, *points) and the channels of `x`, in its dtype."""
+  return jax.core.ShapedArray((*coords[0].shape, x.shape[-1]), x.dtype)
 
 
-sample_p.def_abstract_eval(lambda image, ix, iy: jax.core.ShapedArray(_out_shape(image, ix), image.dtype))
-jacobian_p.def_abstract_eval(lambda image, ix, iy: [jax.core.ShapedArray(_out_shape(image, ix), image.dtype)] * 3)
-scatter_p.def_abstract_eval(lambda g, ix, iy, *, shape: jax.core.ShapedArray(shape, g.dtype))
-sample3_p.def_abstract_eval(lambda volume, ix, iy, iz: jax.core.ShapedArray(_out_shape(volume, ix), volume.dtype))
-scatter3_p.def_abstract_eval(lambda g, ix, iy, iz, *, shape: jax.core.ShapedArray(shape, g.dtype))
+def _scattered(g, *coords, shape):
+  """A scatter's result: the image or volume `shape`, in the cotangent's dtype."""
+  return jax.core.ShapedArray(shape, g.dtype)
 
 
-def _ffi(target, results):
-  return jax.ffi.ffi_call(target, results)
+def _sampled_and_derivatives(x, *coords):
+  return [_sampled(x, *coords)] * 3
 
 
-def _cpu_sample(image, ix, iy):
+def _kernel_or_reference(target, reference_fn, abstract, *args, **params):
+  """A primitive's CPU lowering: its kernel (the results shaped as `abstract` gives them; `shape` is implied by the
+  result), or `reference_fn` where the kernel is not built."""
   if not available():
-    return _reference_sample(image, ix, iy)
-  return _ffi("stn_bilinear_sample", jax.ShapeDtypeStruct(_out_shape(image, ix), image.dtype))(image, ix, iy)
-
-
-def _cpu_jacobian(image, ix, iy):
-  if not available():
-    return _reference_jacobian(image, ix, iy)
-  out = jax.ShapeDtypeStruct(_out_shape(image, ix), image.dtype)
-  return _ffi("stn_bilinear_jacobian", (out, out, out))(image, ix, iy)
-
-
-def _cpu_scatter(g, ix, iy, *, shape):
-  if not available():
-    return _reference_scatter(g, ix, iy, shape=shape)
-  return _ffi("stn_bilinear_scatter", jax.ShapeDtypeStruct(shape, g.dtype))(g, ix, iy)
-
-
-def _cpu_sample3(volume, ix, iy, iz):
-  if not available():
-    return _reference_sample3(volume, ix, iy, iz)
-  return _ffi("stn_trilinear_sample", jax.ShapeDtypeStruct(_out_shape(volume, ix), volume.dtype))(volume, ix, iy, iz)
-
-
-def _cpu_scatter3(g, ix, iy, iz, *, shape):
-  if not available():
-    return _reference_scatter3(g, ix, iy, iz, shape=shape)
-  return _ffi("stn_trilinear_scatter", jax.ShapeDtypeStruct(shape, g.dtype))(g, ix, iy, iz)
+    return reference_fn(*args, **params)
+  out = abstract(*args, **params)
+  if isinstance(out, list):
+    results = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in out]
+  else:
+    results = jax.ShapeDtypeStruct(out.shape, out.dtype)
+  return jax.ffi.ffi_call(target, results)(*args)
 
 
 def _eager(cpu, ref, *args, **params):
@@ -361,15 +350,17 @@ def _eager(cpu, ref, *args, **params):
   return (cpu if jax.default_backend() == "cpu" else ref)(*args, **params)
 
 
-for _prim, _cpu, _ref, _multiple in (
-  (sample_p, _cpu_sample, _reference_sample, False),
-  (jacobian_p, _cpu_jacobian, _reference_jacobian, True),
-  (scatter_p, _cpu_scatter, _reference_scatter, False),
-  (sample3_p, _cpu_sample3, _reference_sample3, False),
-  (scatter3_p, _cpu_scatter3, _reference_scatter3, False),
+for _prim, _ref, _abstract in (
+  (sample_p, _reference_sample, _sampled),
+  (jacobian_p, _reference_jacobian, _sampled_and_derivatives),
+  (scatter_p, _reference_scatter, _scattered),
+  (sample3_p, _reference_sample3, _sampled),
+  (scatter3_p, _reference_scatter3, _scattered),
 ):
-  mlir.register_lowering(_prim, mlir.lower_fun(_cpu, multiple_results=_multiple), platform="cpu")
-  mlir.register_lowering(_prim, mlir.lower_fun(_ref, multiple_results=_multiple))
+  _prim.def_abstract_eval(_abstract)
+  _cpu = functools.partial(_kernel_or_reference, _prim.name, _ref, _abstract)  # the FFI target is the primitive's name
+  mlir.register_lowering(_prim, mlir.lower_fun(_cpu, multiple_results=_prim.multiple_results), platform="cpu")
+  mlir.register_lowering(_prim, mlir.lower_fun(_ref, multiple_results=_prim.multiple_results))
   _prim.def_impl(functools.partial(_eager, _cpu, _ref))
 
   def _jvp(primals, tangents, _ref=_ref, **params):
