@@ -188,6 +188,25 @@ struct Dims {
   int64_t rows, h, w, c, p;
 };
 
+// A point's interpolation of its four taps and the output's derivatives in x and y: the arithmetic of
+// stn_jax.sampling's _lerp and of its JVP, in the same order.
+struct Lerp {
+  float value, d_x, d_y;
+};
+
+template <bool kJacobian>
+inline Lerp Interpolate(float v00, float v01, float v10, float v11, float fx, float fy) {
+  const float top = v00 + (v01 - v00) * fx;
+  const float bottom = v10 + (v11 - v10) * fx;
+  Lerp r{top + (bottom - top) * fy, 0.0f, 0.0f};
+  if (kJacobian) {
+    const float d_top = v01 - v00, d_bottom = v11 - v10, d_left = v10 - v00, d_right = v11 - v01;
+    r.d_x = d_top + (d_bottom - d_top) * fy;
+    r.d_y = d_left + (d_right - d_left) * fx;
+  }
+  return r;
+}
+
 // One image's points with kC channels (1 to 4): taps, reads and the lerp fused into one loop over the points that
 // the compiler vectorises (the channels unrolled).
 template <int kC, bool kJacobian>
@@ -212,13 +231,11 @@ __attribute__((noinline)) void RowFixed(const float* __restrict im, const float*
       v01 = in01 ? v01 : 0.0f;
       v10 = in10 ? v10 : 0.0f;
       v11 = in11 ? v11 : 0.0f;
-      const float top = v00 + (v01 - v00) * fx;
-      const float bottom = v10 + (v11 - v10) * fx;
-      o[i * kC + ch] = top + (bottom - top) * fy;
+      const Lerp r = Interpolate<kJacobian>(v00, v01, v10, v11, fx, fy);
+      o[i * kC + ch] = r.value;
       if (kJacobian) {
-        const float d_top = v01 - v00, d_bottom = v11 - v10, d_left = v10 - v00, d_right = v11 - v01;
-        gx[i * kC + ch] = d_top + (d_bottom - d_top) * fy;
-        gy[i * kC + ch] = d_left + (d_right - d_left) * fx;
+        gx[i * kC + ch] = r.d_x;
+        gy[i * kC + ch] = r.d_y;
       }
     }
   }
@@ -243,13 +260,11 @@ void RowChannels(const float* __restrict im, const float* __restrict xs, const f
       for (int64_t ch = 0; ch < d.c; ++ch) {
         const float v00 = in00 ? p00[ch] : 0.0f, v01 = in01 ? p01[ch] : 0.0f;
         const float v10 = in10 ? p10[ch] : 0.0f, v11 = in11 ? p11[ch] : 0.0f;
-        const float top = v00 + (v01 - v00) * fx;
-        const float bottom = v10 + (v11 - v10) * fx;
-        o[base + ch] = top + (bottom - top) * fy;
+        const Lerp r = Interpolate<kJacobian>(v00, v01, v10, v11, fx, fy);
+        o[base + ch] = r.value;
         if (kJacobian) {
-          const float d_top = v01 - v00, d_bottom = v11 - v10, d_left = v10 - v00, d_right = v11 - v01;
-          gx[base + ch] = d_top + (d_bottom - d_top) * fy;
-          gy[base + ch] = d_left + (d_right - d_left) * fx;
+          gx[base + ch] = r.d_x;
+          gy[base + ch] = r.d_y;
         }
       }
     }
@@ -300,12 +315,17 @@ ffi::Error SameShape(ffi::Span<const int64_t> a, ffi::Span<const int64_t> b) {
   return ffi::Error::Success();
 }
 
+// An image (..., H, W, C) and its points' coordinates ix and iy (..., *points), of one shape: their Dims, or an error.
+ffi::Error PointDims(ffi::Span<const int64_t> image, ffi::Buffer<ffi::F32>& ix, ffi::Buffer<ffi::F32>& iy, Dims* d) {
+  if (auto e = SameShape(ix.dimensions(), iy.dimensions()); e.failure()) return e;
+  return DimsOf(image, ix.dimensions(), 0, d);
+}
+
 template <bool kJacobian>
 ffi::Error SampleImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& image, ffi::Buffer<ffi::F32>& ix,
                       ffi::Buffer<ffi::F32>& iy, float* o, float* gx, float* gy) {
   Dims d;
-  if (auto e = SameShape(ix.dimensions(), iy.dimensions()); e.failure()) return e;
-  if (auto e = DimsOf(image.dimensions(), ix.dimensions(), 0, &d); e.failure()) return e;
+  if (auto e = PointDims(image.dimensions(), ix, iy, &d); e.failure()) return e;
   const float* img = image.typed_data();
   const float* xs = ix.typed_data();
   const float* ys = iy.typed_data();
@@ -447,12 +467,17 @@ ffi::Error DimsOf3(ffi::Span<const int64_t> volume, ffi::Span<const int64_t> poi
   return ffi::Error::Success();
 }
 
+ffi::Error PointDims3(ffi::Span<const int64_t> volume, ffi::Buffer<ffi::F32>& ix, ffi::Buffer<ffi::F32>& iy,
+                      ffi::Buffer<ffi::F32>& iz, Dims3* d) {
+  if (auto e = SameShape(ix.dimensions(), iy.dimensions()); e.failure()) return e;
+  if (auto e = SameShape(ix.dimensions(), iz.dimensions()); e.failure()) return e;
+  return DimsOf3(volume, ix.dimensions(), d);
+}
+
 ffi::Error Sample3(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> volume, ffi::Buffer<ffi::F32> ix,
                    ffi::Buffer<ffi::F32> iy, ffi::Buffer<ffi::F32> iz, ffi::ResultBuffer<ffi::F32> out) {
   Dims3 d;
-  if (auto e = SameShape(ix.dimensions(), iy.dimensions()); e.failure()) return e;
-  if (auto e = SameShape(ix.dimensions(), iz.dimensions()); e.failure()) return e;
-  if (auto e = DimsOf3(volume.dimensions(), ix.dimensions(), &d); e.failure()) return e;
+  if (auto e = PointDims3(volume.dimensions(), ix, iy, iz, &d); e.failure()) return e;
   const float *vol = volume.typed_data(), *xs = ix.typed_data(), *ys = iy.typed_data(), *zs = iz.typed_data();
   float* o = out->typed_data();
   const int64_t size = d.d * d.h * d.w * d.c;
@@ -475,9 +500,7 @@ ffi::Error Sample3(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> volume, ffi::Buff
 ffi::Error Scatter3(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cotangent, ffi::Buffer<ffi::F32> ix,
                     ffi::Buffer<ffi::F32> iy, ffi::Buffer<ffi::F32> iz, ffi::ResultBuffer<ffi::F32> d_volume) {
   Dims3 d;
-  if (auto e = SameShape(ix.dimensions(), iy.dimensions()); e.failure()) return e;
-  if (auto e = SameShape(ix.dimensions(), iz.dimensions()); e.failure()) return e;
-  if (auto e = DimsOf3(d_volume->dimensions(), ix.dimensions(), &d); e.failure()) return e;
+  if (auto e = PointDims3(d_volume->dimensions(), ix, iy, iz, &d); e.failure()) return e;
   const float *g = cotangent.typed_data(), *xs = ix.typed_data(), *ys = iy.typed_data(), *zs = iz.typed_data();
   float* out = d_volume->typed_data();
   const int64_t size = d.d * d.h * d.w * d.c;
@@ -503,8 +526,7 @@ ffi::Error Scatter3(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cotangent, ffi::
 ffi::Error Scatter(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cotangent, ffi::Buffer<ffi::F32> ix,
                    ffi::Buffer<ffi::F32> iy, ffi::ResultBuffer<ffi::F32> d_image) {
   Dims d;
-  if (auto e = SameShape(ix.dimensions(), iy.dimensions()); e.failure()) return e;
-  if (auto e = DimsOf(d_image->dimensions(), ix.dimensions(), 0, &d); e.failure()) return e;
+  if (auto e = PointDims(d_image->dimensions(), ix, iy, &d); e.failure()) return e;
   const float* g = cotangent.typed_data();
   const float* xs = ix.typed_data();
   const float* ys = iy.typed_data();
