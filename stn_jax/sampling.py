@@ -110,11 +110,16 @@ def _take(flat: jax.Array, index: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _clamped(shape, ix: jax.Array, iy: jax.Array):
-  """Coordinates clamped to [-2, size + 1], which changes no tap's in/out status (so no value) and keeps huge or
+def _clamp_and_snap(coord: jax.Array, size: int) -> jax.Array:
+  """A coordinate clamped to [-2, size + 1], which changes no tap's in/out status (so no value) and keeps huge or
   infinite coordinates out of integer overflow, and snapped onto pixel centres (`_snap`). NaN stays NaN."""
+  return _snap(jnp.clip(coord, -2.0, size + 1.0), size)
+
+
+def _clamped(shape, ix: jax.Array, iy: jax.Array):
+  """`_clamp_and_snap` of an image's (N, H, W, C) coordinates."""
   _, h, w, _ = shape
-  return _snap(jnp.clip(ix, -2.0, w + 1.0), w), _snap(jnp.clip(iy, -2.0, h + 1.0), h)
+  return _clamp_and_snap(ix, w), _clamp_and_snap(iy, h)
 
 
 def _bilinear_taps(shape, ix: jax.Array, iy: jax.Array):
@@ -472,10 +477,10 @@ def grid_sample_core(image, grid, mode, padding_mode, align_corners, implementat
   n, _h, _w, c = image.shape
   _, h_out, w_out, _ = grid.shape
   dtype = compute_dtype(image, grid)
-  x = image.astype(dtype)
-  points = grid.astype(dtype).reshape(n, h_out * w_out, 2)
+  x, grid = image.astype(dtype), grid.astype(dtype)
+  points = grid.reshape(n, h_out * w_out, 2)
   if mode == "bilinear" and implementation == "cpu_kernel":  # on the (N, H_out, W_out) points: no reshape copy
-    out = _bilinear_kernel(padding_mode, align_corners, x, grid.astype(dtype))
+    out = _bilinear_kernel(padding_mode, align_corners, x, grid)
   elif mode == "bilinear":
     out = _bilinear(padding_mode, align_corners, x, points)
   elif mode == "nearest":
@@ -543,9 +548,9 @@ def _volume_index(xi, yi, zi, shape) -> jax.Array:
 
 
 def _clamped3(shape, coords):
-  """As `_clamped`, for the three coordinates of a volume's points."""
+  """`_clamp_and_snap` of a volume's (N, D, H, W, C) three coordinates."""
   _, d, h, w, _ = shape
-  return [_snap(jnp.clip(coord, -2.0, size + 1.0), size) for coord, size in zip(coords, (w, h, d), strict=True)]
+  return [_clamp_and_snap(coord, size) for coord, size in zip(coords, (w, h, d), strict=True)]
 
 
 def _trilinear_taps(shape, coords):
