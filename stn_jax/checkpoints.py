@@ -86,7 +86,7 @@ def open_run(
   stored = json.loads(path.read_text())
   problems, (old_total, new_total) = config_lib.resume_differences(stored, config, steps_per_epoch)
   if problems:
-    shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+    shown = utils.first_few(problems, 8)
     raise WorkdirConflictError(
       f"{workdir} holds a run of another config (differs in {shown}); use another --workdir, or the same config to "
       "resume it (log, evaluation and checkpoint intervals, eval_batch_size, checkpoints_to_keep and the MNIST "

@@ -483,9 +483,11 @@ def resolve_auto(config, stored=None, backend: str | None = None):
       options[name] = recorded if recorded in models.CONV_IMPLS else models.resolve_conv("auto", backend)
   if data.get("model", {}).get("sampler") == "auto":
     recorded = previous.get("model.sampler")
-    chosen = recorded if recorded in models.SAMPLERS and recorded != "auto" else None
-    devices = data.get("num_devices") or jax.device_count()  # 0: all (of every process)
-    data["model"]["sampler"] = chosen or models.resolve_sampler("auto", backend, devices)
+    if recorded in models.SAMPLERS and recorded != "auto":
+      data["model"]["sampler"] = recorded
+    else:
+      devices = data.get("num_devices") or jax.device_count()  # 0: all (of every process)
+      data["model"]["sampler"] = models.resolve_sampler("auto", backend, devices)
   return from_dict(data)
 
 

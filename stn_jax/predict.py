@@ -37,7 +37,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from stn_jax import checkpoints, config_lib, steps, train
+from stn_jax import checkpoints, config_lib, steps, train, utils
 from stn_jax.cli import USAGE_ERROR, one_line, quiet_orbax
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -247,9 +247,7 @@ def read_images(path: str | Path, *, size: int | None = None, fit: str | None = 
   if len(problems) == 1:
     raise PredictError(problems[0])
   if problems:
-    shown = "; ".join(p.rstrip(".") for p in problems[:3]) + (
-      f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-    )
+    shown = utils.first_few([p.rstrip(".") for p in problems], 3)
     raise PredictError(f"{len(problems)} of {len(files)} images do not fit the model's input: {shown}.")
   for f, image in zip(files, images, strict=True):
     if image.shape != images[0].shape:

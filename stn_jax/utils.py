@@ -19,6 +19,11 @@ def atomic_write(path: Path, text: str) -> None:
   os.replace(tmp, path)
 
 
+def first_few(items: list[str], limit: int) -> str:
+  """The first `limit` of `items` joined by '; ', and how many more there are: what a one-line error lists."""
+  return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def itstime(step: int, every: int, total: int) -> bool:
   """Whether a periodic action (every `every` steps, and at the last step) is due after `step` steps."""
   return step % every == 0 or step == total
