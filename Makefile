@@ -14,7 +14,7 @@ $(BIN)/python:
 $(INSTALLED): $(BIN)/python setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" "$(TORCH)"
-	# The bilinear CPU kernel (C++ through jax.ffi) with the system compiler; without one, XLA samples instead.
+	# The CPU kernels (sampler, convolutions; C++ through jax.ffi) with the system compiler; without one, XLA runs them.
 	$(BIN)/python -c "from stn_jax import cpu_kernels; raise SystemExit(cpu_kernels.main())"
 	touch $@
 

@@ -475,19 +475,22 @@ def resolve_auto(config, stored=None, backend: str | None = None):
   ConfigDict."""
   data = to_dict(config)
   previous = flatten(migrate(to_dict(stored))) if stored is not None else {}
+
+  def devices():  # 0: all (of every process); asked only when a choice depends on it
+    return data.get("num_devices") or jax.device_count()
+
   for field in CONV_FIELDS:
     section, name = field.rsplit(".", 1)
     options = get(data, section)
     if options.get(name) == "auto":
       recorded = previous.get(field)
-      options[name] = recorded if recorded in models.CONV_IMPLS else models.resolve_conv("auto", backend)
+      options[name] = recorded if recorded in models.CONV_IMPLS else models.resolve_conv("auto", backend, devices())
   if data.get("model", {}).get("sampler") == "auto":
     recorded = previous.get("model.sampler")
     if recorded in models.SAMPLERS and recorded != "auto":
       data["model"]["sampler"] = recorded
     else:
-      devices = data.get("num_devices") or jax.device_count()  # 0: all (of every process)
-      data["model"]["sampler"] = models.resolve_sampler("auto", backend, devices)
+      data["model"]["sampler"] = models.resolve_sampler("auto", backend, devices())
   return from_dict(data)
 
 

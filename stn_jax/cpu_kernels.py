@@ -1,12 +1,15 @@
-"""The bilinear sampler's CPU kernel: C++ (stn_jax/csrc/bilinear.cc) registered through `jax.ffi`, as JAX primitives.
+"""stn_jax's CPU kernels: C++ (stn_jax/csrc) registered through `jax.ffi`, as JAX primitives: the bilinear sampler
+(bilinear.cc) and the models' convolutions and 2x2 max-pooling (layers.cc; `conv`, `max_pool` at the end of this
+module, what the models' conv='cpu_kernel' runs).
 
-`grid_sample(..., implementation='cpu_kernel')` and, on CPU, the default run on these. The C++ is compiled with the
-system's C++ compiler the first time it is needed (or by `build()`, which `make install` runs through `main()`)
-into a cache folder ($STN_JAX_KERNEL_DIR, default ~/.cache/stn_jax/kernels), one library per source, jaxlib version
-and compiler; a machine without a compiler, or with STN_JAX_CPU_KERNEL=0, samples with the pure-JAX path instead.
+`grid_sample(..., implementation='cpu_kernel')` and, on CPU, the default run on the sampler's. The C++ is compiled
+with the system's C++ compiler the first time it is needed (or by `build()`, which `make install` runs through
+`main()`) into a cache folder ($STN_JAX_KERNEL_DIR, default ~/.cache/stn_jax/kernels), one library per source,
+jaxlib version and compiler; a machine without a compiler, or with STN_JAX_CPU_KERNEL=0, samples and convolves with
+the pure-JAX paths instead.
 
-Three primitives, each on pixel-index coordinates (ix, iy) (N, *points) already mapped through the padding mode,
-clamped and snapped by stn_jax.sampling, and an image (N, H, W, C) float32 read as zero outside:
+The sampler's three primitives, each on pixel-index coordinates (ix, iy) (N, *points) already mapped through the
+padding mode, clamped and snapped by stn_jax.sampling, and an image (N, H, W, C) float32 read as zero outside:
 
   sample(image, ix, iy)      (N, *points, C): the bilinear interpolation; linear in the image, its transpose is
                              `scatter`;
@@ -47,7 +50,9 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-SOURCE = pathlib.Path(__file__).with_name("csrc") / "bilinear.cc"
+CSRC = pathlib.Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "bilinear.cc", CSRC / "layers.cc")  # compiled into one library
+HEADERS = (CSRC / "parallel.h",)
 # Handler symbols in the library, and the FFI target each is registered as.
 TARGETS = {
   "stn_bilinear_sample": "StnBilinearSample",
@@ -57,6 +62,11 @@ TARGETS = {
   "stn_bilinear_sample_affine": "StnBilinearSampleAffine",
   "stn_trilinear_sample": "StnTrilinearSample",
   "stn_trilinear_scatter": "StnTrilinearScatter",
+  "stn_conv": "StnConv",
+  "stn_conv_kernel": "StnConvKernel",
+  "stn_max_pool": "StnMaxPool",
+  "stn_max_pool_select": "StnMaxPoolSelect",
+  "stn_max_pool_scatter": "StnMaxPoolScatter",
 }
 PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}  # the kernel's Padding enum
 # -ffp-contract=off: no fused multiply-adds, so the roundings are those of the pure-JAX path; -fno-trapping-math lets
@@ -92,7 +102,8 @@ def library_path(compiler: str) -> pathlib.Path:
   import jaxlib
 
   key = hashlib.sha256()
-  for part in (SOURCE.read_bytes(), jaxlib.__version__, compiler, " ".join(CXXFLAGS), repr(ARCH_FLAGS), _cpu_flags()):
+  sources = [f.read_bytes() for f in (*SOURCES, *HEADERS)]
+  for part in (*sources, jaxlib.__version__, compiler, " ".join(CXXFLAGS), repr(ARCH_FLAGS), _cpu_flags()):
     key.update(part.encode() if isinstance(part, str) else part)
   return cache_dir() / f"stn_bilinear-{key.hexdigest()[:16]}.so"
 
@@ -111,7 +122,7 @@ def build(*, force: bool = False) -> pathlib.Path:
   os.close(fd)
   try:
     for arch in ARCH_FLAGS:
-      command = [compiler, *CXXFLAGS, *arch, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+      command = [compiler, *CXXFLAGS, *arch, f"-I{jax.ffi.include_dir()}", *map(str, SOURCES), "-o", tmp]
       done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
       if done.returncode == 0:
         break
@@ -139,7 +150,9 @@ def _load() -> str | None:
           jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
       except (RuntimeError, OSError, AttributeError, subprocess.SubprocessError) as e:
         reason = str(e)
-        logging.warning("stn_jax: the bilinear CPU kernel is unavailable, sampling with XLA instead: %s", reason)
+        logging.warning(
+          "stn_jax: the CPU kernels are unavailable, sampling and convolving with XLA instead: %s", reason
+        )
     _state["reason"] = reason
     return reason
 
@@ -412,15 +425,295 @@ def _batch(prim, args, dims, **params):
 for _prim in (sample_p, jacobian_p, scatter_p, sample3_p, scatter3_p):
   batching.primitive_batchers[_prim] = functools.partial(_batch, _prim)
 
+# ----------------------------------------------------------------------------------------------------------------------
+# The convolutions: stride-1 'VALID' cross-correlations of grouped, channels-last images (csrc/layers.cc).
+# ----------------------------------------------------------------------------------------------------------------------
+
+LANES = 16  # the kernels' output channels come in vectors of 16 floats
+NO_BORDER = (0, 0, 0, 0)
+
+conv_p = Primitive("stn_conv")
+conv_kernel_p = Primitive("stn_conv_kernel")
+
+
+def conv(x: jax.Array, kernel: jax.Array, border=NO_BORDER) -> jax.Array:
+  """The stride-1 'VALID' cross-correlation of x (G, N, H, W, C) with kernel (G, KH, KW, C, CO) (group g of x with
+  kernel g; G = 1 for one model): (G, N, H - KH + 1, W - KW + 1, CO) float32. `border` (top, bottom, left, right) is a
+  promise that so many rows and columns at x's edges are zeros (a padded input), which the kernel skips. Bilinear:
+  differentiable to any order in both operands; batches under `jax.vmap`. In the kernel on CPU where it supports CO
+  (`kernel_supports`; the kernel's channels padded with zeros up to a multiple of 16), else (and on other backends)
+  `reference_conv`."""
+  border = tuple(int(b) for b in border)
+  c_out = kernel.shape[-1]
+  lanes = -(-c_out // LANES) * LANES
+  if lanes == c_out or not kernel_supports(c_out):
+    return conv_p.bind(x, kernel, border=border)
+  kernel = jnp.pad(kernel, ((0, 0),) * 4 + ((0, lanes - c_out),))
+  return conv_p.bind(x, kernel, border=border)[..., :c_out]
+
+
+def kernel_supports(c_out: int, dtype=jnp.float32) -> bool:
+  """Whether a convolution to `c_out` channels in `dtype` runs in the CPU kernel (when it is built): float32, and
+  `c_out` a multiple of 16 or at most a quarter short of the next one (computed with zero channels added)."""
+  lanes = -(-c_out // LANES) * LANES
+  return 4 * lanes <= 5 * c_out and jnp.dtype(dtype) == jnp.float32
+
+
+def conv_kernel_gradient(x: jax.Array, g: jax.Array, kernel_size, border=NO_BORDER) -> jax.Array:
+  """The transpose of `conv` in its kernel: d kernel (G, KH, KW, C, CO) of a cotangent g (G, N, OH, OW, CO)."""
+  return conv_kernel_p.bind(x, g, kernel_size=tuple(kernel_size), border=tuple(int(b) for b in border))
+
+
+def reference_conv(x, kernel, *, border=NO_BORDER):
+  """`conv` in pure JAX: each output pixel's receptive field (an exact copy, features ordered (KH, KW, C)) times the
+  kernel, one batched matrix product."""
+  del border
+  _, kh, kw, c, co = kernel.shape
+  oh, ow = x.shape[2] - kh + 1, x.shape[3] - kw + 1
+  taps = [x[:, :, a : a + oh, b : b + ow, :] for a in range(kh) for b in range(kw)]
+  patches = jnp.concatenate(taps, axis=-1)  # (G, N, OH, OW, KH * KW * C)
+  return jnp.einsum("gnyxp,gpf->gnyxf", patches, kernel.reshape(kernel.shape[0], kh * kw * c, co))
+
+
+def _reference_conv_kernel(x, g, *, kernel_size, border):
+  kh, kw = kernel_size
+  zeros = jnp.zeros((x.shape[0], kh, kw, x.shape[-1], g.shape[-1]), g.dtype)
+  return jax.linear_transpose(lambda k: reference_conv(x, k, border=border), zeros)(g)[0]
+
+
+def _conv_input_transpose(g, kernel, x_shape):
+  """The transpose of `conv` in x: the cotangent g (G, N, OH, OW, CO) correlated, zero-padded by the kernel's size - 1,
+  with the kernel flipped and its channels swapped, (G, N, H, W, C), itself a `conv` (in the kernel when C is a multiple
+  of 16 or near one); else the transpose of the reference (a product with the kernel and the patches' adjoint)."""
+  _, kh, kw, c, _ = kernel.shape
+  if not kernel_supports(c):
+    zeros = jnp.zeros(x_shape, g.dtype)
+    return jax.linear_transpose(lambda x: reference_conv(x, kernel), zeros)(g)[0]
+  padded = jnp.pad(g, ((0, 0), (0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+  flipped = jnp.swapaxes(kernel[:, ::-1, ::-1], 3, 4)
+  return conv(padded, flipped, border=(kh - 1, kh - 1, kw - 1, kw - 1))
+
+
+def _conv_abstract(x, kernel, *, border):
+  g, n, h, w, _ = x.shape
+  _, kh, kw, _, co = kernel.shape
+  return jax.core.ShapedArray((g, n, h - kh + 1, w - kw + 1, co), x.dtype)
+
+
+def _conv_kernel_abstract(x, g, *, kernel_size, border):
+  return jax.core.ShapedArray((x.shape[0], *kernel_size, x.shape[-1], g.shape[-1]), g.dtype)
+
+
+def _conv_cpu(target, reference_fn, abstract, *args, **params):
+  """The CPU lowering of a convolution primitive: the kernel where it is built and supports the shapes."""
+  out = abstract(*args, **params)
+  if not (available() and out.shape[-1] % LANES == 0 and all(a.dtype == jnp.float32 for a in args)):
+    return reference_fn(*args, **params)
+  result = jax.ShapeDtypeStruct(out.shape, out.dtype)
+  return jax.ffi.ffi_call(target, result)(*args, border=np.asarray(params["border"], np.int64))
+
+
+for _prim, _ref, _abstract in (
+  (conv_p, reference_conv, _conv_abstract),
+  (conv_kernel_p, _reference_conv_kernel, _conv_kernel_abstract),
+):
+  _prim.def_abstract_eval(_abstract)
+  _cpu = functools.partial(_conv_cpu, _prim.name, _ref, _abstract)
+  mlir.register_lowering(_prim, mlir.lower_fun(_cpu, multiple_results=False), platform="cpu")
+  mlir.register_lowering(_prim, mlir.lower_fun(_ref, multiple_results=False))
+  _prim.def_impl(functools.partial(_eager, _cpu, _ref))
+
+
+def _conv_jvp(primals, tangents, *, border):
+  # Bilinear: d(x * k) = dx * k + x * dk (a tangent of x promises no zero border).
+  (x, kernel), (dx, dk) = primals, tangents
+  out = conv(x, kernel, border)
+  terms = []
+  if type(dx) is not ad.Zero:
+    terms.append(conv(dx, kernel))
+  if type(dk) is not ad.Zero:
+    terms.append(conv(x, dk, border))
+  return out, sum(terms[1:], terms[0]) if terms else ad.Zero.from_primal_value(out)
+
+
+def _conv_kernel_jvp(primals, tangents, *, kernel_size, border):
+  (x, g), (dx, dg) = primals, tangents
+  out = conv_kernel_gradient(x, g, kernel_size, border)
+  terms = []
+  if type(dx) is not ad.Zero:
+    terms.append(conv_kernel_gradient(dx, g, kernel_size))
+  if type(dg) is not ad.Zero:
+    terms.append(conv_kernel_gradient(x, dg, kernel_size, border))
+  return out, sum(terms[1:], terms[0]) if terms else ad.Zero.from_primal_value(out)
+
+
+def _conv_transpose(ct, x, kernel, *, border):
+  if ad.is_undefined_primal(x) and ad.is_undefined_primal(kernel):
+    raise NotImplementedError("stn_conv is linear in each operand separately, not jointly")
+  if type(ct) is ad.Zero:
+    return (ad.Zero(x.aval) if ad.is_undefined_primal(x) else None), (
+      ad.Zero(kernel.aval) if ad.is_undefined_primal(kernel) else None
+    )
+  if ad.is_undefined_primal(x):
+    return _conv_input_transpose(ct, kernel, x.aval.shape), None
+  return None, conv_kernel_gradient(x, ct, kernel.aval.shape[1:3], border)
+
+
+def _conv_kernel_transpose(ct, x, g, *, kernel_size, border):
+  if ad.is_undefined_primal(x) and ad.is_undefined_primal(g):
+    raise NotImplementedError("stn_conv_kernel is linear in each operand separately, not jointly")
+  if type(ct) is ad.Zero:
+    return (ad.Zero(x.aval) if ad.is_undefined_primal(x) else None), (
+      ad.Zero(g.aval) if ad.is_undefined_primal(g) else None
+    )
+  if ad.is_undefined_primal(x):
+    return _conv_input_transpose(g, ct, x.aval.shape), None
+  return None, conv(x, ct, border)
+
+
+ad.primitive_jvps[conv_p] = _conv_jvp
+ad.primitive_jvps[conv_kernel_p] = _conv_kernel_jvp
+ad.primitive_transposes[conv_p] = _conv_transpose
+ad.primitive_transposes[conv_kernel_p] = _conv_kernel_transpose
+
+
+def _conv_batch(prim, args, dims, **params):
+  """vmap: x alone mapped folds the mapped axis into N (one kernel for all); otherwise into G (the unmapped operand
+  broadcast along it)."""
+  size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+  x, other = (a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims, strict=True))
+  if prim is conv_p and dims[1] is None:
+    g, n = x.shape[1:3]
+    folded = jnp.swapaxes(x, 0, 1).reshape((g, size * n, *x.shape[3:]))
+    out = prim.bind(folded, other, **params)
+    return jnp.swapaxes(out.reshape((g, size, n, *out.shape[2:])), 0, 1), 0
+  x, other = (
+    a if d is not None else jnp.broadcast_to(a, (size, *a.shape)) for a, d in zip((x, other), dims, strict=True)
+  )
+  out = prim.bind(x.reshape((-1, *x.shape[2:])), other.reshape((-1, *other.shape[2:])), **params)
+  return out.reshape((size, -1, *out.shape[1:])), 0
+
+
+for _prim in (conv_p, conv_kernel_p):
+  batching.primitive_batchers[_prim] = functools.partial(_conv_batch, _prim)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2x2 max-pooling at stride 2 (csrc/layers.cc).
+# ----------------------------------------------------------------------------------------------------------------------
+
+max_pool_p = Primitive("stn_max_pool")
+pool_select_p = Primitive("stn_max_pool_select")
+pool_scatter_p = Primitive("stn_max_pool_scatter")
+
+
+def max_pool(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling at stride 2 of x (N, H, W, C) float32 ('VALID': an odd last row or column is left out), what
+  `nnx.max_pool(x, (2, 2), strides=(2, 2))` computes; a window with a NaN gives NaN. Differentiable (the derivative
+  flows to the first maximum of each window in row-major order, as XLA's select-and-scatter sends it), to any order;
+  batches under `jax.vmap`. In the kernel on CPU, else `reference_max_pool`."""
+  return max_pool_p.bind(x)
+
+
+def _windows(x):
+  """x's 2x2 windows: (top-left, top-right, bottom-left, bottom-right), each (N, H // 2, W // 2, C)."""
+  n, h, w, c = x.shape
+  cropped = x[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2, c)
+  return tuple(cropped[:, :, i, :, j] for i in (0, 1) for j in (0, 1))
+
+
+def _winner(x):
+  """(N, H // 2, W // 2, C) int32: the window pixel (0-3, row-major) that x's maximum is at; the first NaN wins."""
+  values = _windows(x)
+  best, k = values[0], jnp.zeros(best_shape := values[0].shape, jnp.int32)
+  del best_shape
+  for i, v in enumerate(values[1:], start=1):
+    wins = (v > best) | (jnp.isnan(v) & ~jnp.isnan(best))
+    best, k = jnp.where(wins, v, best), jnp.where(wins, i, k)
+  return k
+
+
+def _reference_pool_select(x, t):
+  k = _winner(x)
+  return sum(jnp.where(k == i, v, 0.0) for i, v in enumerate(_windows(t)))
+
+
+def reference_max_pool(x):
+  """`max_pool` in pure JAX."""
+  return _reference_pool_select(x, x)
+
+
+def _reference_pool_scatter(x, g):
+  zeros = jnp.zeros(x.shape, g.dtype)
+  return jax.linear_transpose(lambda t: _reference_pool_select(x, t), zeros)(g)[0]
+
+
+def _pooled(x, *rest):
+  n, h, w, c = x.shape
+  return jax.core.ShapedArray((n, h // 2, w // 2, c), x.dtype)
+
+
+def _unpooled(x, g):
+  return jax.core.ShapedArray(x.shape, g.dtype)
+
+
+def _pool_cpu(target, reference_fn, abstract, *args):
+  if not all(a.dtype == jnp.float32 for a in args):
+    return reference_fn(*args)
+  return _kernel_or_reference(target, reference_fn, abstract, *args)
+
+
+for _prim, _ref, _abstract in (
+  (max_pool_p, reference_max_pool, _pooled),
+  (pool_select_p, _reference_pool_select, _pooled),
+  (pool_scatter_p, _reference_pool_scatter, _unpooled),
+):
+  _prim.def_abstract_eval(_abstract)
+  _cpu = functools.partial(_pool_cpu, _prim.name, _ref, _abstract)
+  mlir.register_lowering(_prim, mlir.lower_fun(_cpu, multiple_results=False), platform="cpu")
+  mlir.register_lowering(_prim, mlir.lower_fun(_ref, multiple_results=False))
+  _prim.def_impl(functools.partial(_eager, _cpu, _ref))
+  batching.primitive_batchers[_prim] = functools.partial(_batch, _prim)
+
+
+def _max_pool_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  out = max_pool_p.bind(x)
+  if type(dx) is ad.Zero:
+    return out, ad.Zero.from_primal_value(out)
+  return out, pool_select_p.bind(x, dx)
+
+
+def _pool_linear_jvp(prim, primals, tangents):
+  # Linear in the second operand; the window's winner is locally constant in x (the derivative in x is zero).
+  (x, t), (_, dt) = primals, tangents
+  out = prim.bind(x, t)
+  if type(dt) is ad.Zero:
+    return out, ad.Zero.from_primal_value(out)
+  return out, prim.bind(x, dt)
+
+
+def _pool_linear_transpose(transpose, ct, x, t):
+  if ad.is_undefined_primal(x):
+    raise NotImplementedError("the max-pool's select and scatter are linear in their second operand only")
+  if type(ct) is ad.Zero:
+    return None, ad.Zero(t.aval)
+  return None, transpose.bind(x, ct)
+
+
+ad.primitive_jvps[max_pool_p] = _max_pool_jvp
+for _prim, _transpose in ((pool_select_p, pool_scatter_p), (pool_scatter_p, pool_select_p)):
+  ad.primitive_jvps[_prim] = functools.partial(_pool_linear_jvp, _prim)
+  ad.primitive_transposes[_prim] = functools.partial(_pool_linear_transpose, _transpose)
+
 
 def main() -> int:
   """Builds the kernel (`make install` runs this; `--force` rebuilds) and says where it is, or why it was not built."""
   try:
     path = build(force="--force" in sys.argv[1:])
   except RuntimeError as e:
-    print(f"stn_jax: the bilinear CPU kernel was not built ({e}); grid_sample will use XLA's gathers on CPU.")
+    print(f"stn_jax: the CPU kernels were not built ({e}); grid_sample and the models' convolutions will use XLA.")
     return 0
-  print(f"stn_jax: the bilinear CPU kernel is at {path}")
+  print(f"stn_jax: the CPU kernels are at {path}")
   return 0
 
 

@@ -1,9 +1,11 @@
-"""The bilinear CPU kernel (stn_jax.cpu_kernels) against the pure-JAX path (implementation='xla') and its own
-reference: values and derivatives of every order, under jit / vmap / eagerly, every padding mode, and the fallbacks.
+"""The CPU kernels (stn_jax.cpu_kernels): the bilinear sampler against the pure-JAX path (implementation='xla') and
+its own reference (values and derivatives of every order, under jit / vmap / eagerly, every padding mode, and the
+fallbacks); the convolution and max-pool against lax.conv and reduce_window.
 
 torch parity of both implementations is in tests/test_sampling.py (test_matches_torch_values_and_gradients).
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -184,13 +186,19 @@ FALLBACK = """
     stn_jax.grid_sample(jnp.ones((1, 4, 4, 1)), jnp.zeros((1, 2, 2, 2)), implementation="cpu_kernel")
   except RuntimeError as e:
     print("error:", e)
+  from stn_jax.models import resolve_conv
+  print("conv:", resolve_conv("auto", "cpu"))
+  x, k = jnp.ones((1, 2, 5, 5, 1)), jnp.ones((1, 3, 3, 1, 16))
+  np.testing.assert_allclose(np.asarray(cpu_kernels.conv(x, k)), 9.0)  # the reference computes it
+  pooled = cpu_kernels.max_pool(jnp.arange(16.0).reshape(1, 4, 4, 1))
+  np.testing.assert_allclose(np.asarray(pooled).ravel(), [5, 7, 13, 15])
 """
 
 
 def test_disabled_kernel_falls_back_to_xla_and_an_explicit_request_says_why(tmp_path):
   result = _python(FALLBACK, STN_JAX_CPU_KERNEL="0", STN_JAX_KERNEL_DIR=str(tmp_path))
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "default: xla" in result.stdout
+  assert "default: xla" in result.stdout and "conv: patches" in result.stdout
   assert "error: grid_sample: implementation='cpu_kernel' is not available: STN_JAX_CPU_KERNEL=0." in result.stdout
   assert not list(tmp_path.iterdir())  # nothing built
 
@@ -198,8 +206,8 @@ def test_disabled_kernel_falls_back_to_xla_and_an_explicit_request_says_why(tmp_
 def test_a_failed_build_warns_once_and_falls_back_to_xla(tmp_path):
   result = _python(FALLBACK, CXX="/bin/false", STN_JAX_KERNEL_DIR=str(tmp_path))
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "default: xla" in result.stdout and "/bin/false" in result.stdout
-  assert result.stderr.count("the bilinear CPU kernel is unavailable") == 1
+  assert "default: xla" in result.stdout and "/bin/false" in result.stdout and "conv: patches" in result.stdout
+  assert result.stderr.count("the CPU kernels are unavailable") == 1
   assert not list(tmp_path.glob("*.so"))  # no half-built library left behind
 
 
@@ -322,3 +330,123 @@ def test_the_kernel_is_deterministic_whatever_the_threads_do():
   for _ in range(5):
     for a, b in zip(fn(image, grid, cotangent), first, strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The models' layers: direct convolution and 2x2 max-pooling.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _lax_conv(x, kernel):
+  """The reference: lax.conv per group at the highest precision, (G, N, OH, OW, CO)."""
+  conv = functools.partial(
+    jax.lax.conv_general_dilated,
+    window_strides=(1, 1),
+    padding="VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=jax.lax.Precision.HIGHEST,
+  )
+  return jax.vmap(conv)(x, kernel)
+
+
+# (x shape (G, N, H, W, C), kernel (KH, KW, CO)): the paper's layers, a channel count the kernel pads (68 -> 80), one
+# it leaves to the reference (20), several groups, input channels that are and are not a multiple of 16.
+CONV_CASES = [
+  ((1, 3, 12, 12, 64), (7, 7, 64)),
+  ((1, 2, 32, 32, 1), (9, 9, 64)),
+  ((1, 2, 12, 11, 16), (7, 5, 68)),
+  ((2, 3, 10, 9, 3), (3, 4, 32)),
+  ((3, 2, 8, 8, 32), (3, 3, 20)),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "kernel_shape"), CONV_CASES)
+def test_convolution_equals_lax_conv_in_value_and_both_gradients(x_shape, kernel_shape):
+  rng = np.random.default_rng()
+  kh, kw, co = kernel_shape
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((x_shape[0], kh, kw, x_shape[-1], co)) / np.sqrt(kh * kw), jnp.float32)
+  want = _lax_conv(x, k)
+  got = jax.jit(cpu_kernels.conv)(x, k)
+  assert got.shape == want.shape
+  _close(got, want, "conv", rtol=1e-4, atol=1e-4)
+  g = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+  dx, dk = jax.jit(jax.grad(lambda x, k: jnp.vdot(cpu_kernels.conv(x, k), g), (0, 1)))(x, k)
+  dx_ref, dk_ref = jax.grad(lambda x, k: jnp.vdot(_lax_conv(x, k), g), (0, 1))(x, k)
+  _close(dx, dx_ref, "d x", rtol=1e-4, atol=1e-3)
+  _close(dk, dk_ref, "d kernel", rtol=1e-4, atol=1e-3)
+
+
+def test_convolution_forward_mode_second_order_and_vmap_equal_lax_conv():
+  rng = np.random.default_rng()
+  x = jnp.asarray(rng.standard_normal((1, 2, 9, 8, 16)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((1, 3, 3, 16, 32)) / 3, jnp.float32)
+  dx, dk = (jnp.asarray(rng.standard_normal(a.shape), jnp.float32) for a in (x, k))
+  out, tangent = jax.jvp(cpu_kernels.conv, (x, k), (dx, dk))
+  out_ref, tangent_ref = jax.jvp(_lax_conv, (x, k), (dx, dk))
+  _close(out, out_ref, "jvp primal", rtol=1e-4, atol=1e-4)
+  _close(tangent, tangent_ref, "jvp tangent", rtol=1e-4, atol=1e-4)
+
+  def second(fn):  # d/dk of a function of d/dx: reverse over reverse through both transposes
+    return jax.grad(lambda k: jnp.sum(jnp.sin(jax.grad(lambda x: jnp.sum(fn(x, k) ** 2))(x))))(k)
+
+  _close(jax.jit(second, static_argnums=0)(cpu_kernels.conv), second(_lax_conv), "second order", rtol=1e-3, atol=1e-3)
+  # vmap over a population (x and kernel mapped: groups) and over inputs alone (one kernel: folded into N)
+  xs = jnp.asarray(rng.standard_normal((4, 1, 2, 9, 8, 16)), jnp.float32)
+  ks = jnp.asarray(rng.standard_normal((4, 1, 3, 3, 16, 32)) / 3, jnp.float32)
+  _close(jax.vmap(cpu_kernels.conv)(xs, ks), jax.vmap(_lax_conv)(xs, ks), "vmap both", rtol=1e-4, atol=1e-4)
+  _close(jax.vmap(cpu_kernels.conv, (0, None))(xs, k), jax.vmap(_lax_conv, (0, None))(xs, k), "vmap x")
+  _close(jax.vmap(cpu_kernels.conv, (None, 0))(x, ks), jax.vmap(_lax_conv, (None, 0))(x, ks), "vmap kernel")
+  g = jnp.asarray(rng.standard_normal((4, 1, 2, 7, 6, 32)), jnp.float32)
+  dks = jax.vmap(jax.grad(lambda k, x, g: jnp.vdot(cpu_kernels.conv(x, k), g)))(ks, xs, g)
+  dks_ref = jax.vmap(jax.grad(lambda k, x, g: jnp.vdot(_lax_conv(x, k), g)))(ks, xs, g)
+  _close(dks, dks_ref, "vmapped kernel gradient", rtol=1e-4, atol=1e-3)
+
+
+def test_a_zero_border_promise_only_skips_work():
+  rng = np.random.default_rng()
+  inner = jnp.asarray(rng.standard_normal((1, 3, 7, 6, 16)), jnp.float32)
+  border = (2, 1, 3, 2)
+  x = jnp.pad(inner, ((0, 0), (0, 0), border[:2], border[2:], (0, 0)))
+  k = jnp.asarray(rng.standard_normal((1, 4, 5, 16, 32)), jnp.float32)
+  plain = jax.jit(cpu_kernels.conv)(x, k)
+  np.testing.assert_array_equal(np.asarray(jax.jit(cpu_kernels.conv, static_argnums=2)(x, k, border)), plain)
+  g = jnp.asarray(rng.standard_normal(plain.shape), jnp.float32)
+  np.testing.assert_array_equal(
+    np.asarray(cpu_kernels.conv_kernel_gradient(x, g, (4, 5), border)),
+    np.asarray(cpu_kernels.conv_kernel_gradient(x, g, (4, 5))),
+  )
+
+
+def _pool(x):
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 6, 16), (2, 13, 10, 5), (2, 24, 24, 64), (1, 5, 7, 37)])
+def test_max_pool_equals_reduce_window_in_value_and_derivatives(shape):
+  rng = np.random.default_rng()
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  x = x.at[0, :2, :2, 0].set(0.5)  # a window of equal values: the gradient goes to the first, as XLA sends it
+  np.testing.assert_array_equal(np.asarray(jax.jit(cpu_kernels.max_pool)(x)), np.asarray(_pool(x)))
+  np.testing.assert_array_equal(np.asarray(cpu_kernels.reference_max_pool(x)), np.asarray(_pool(x)))
+  g = jnp.asarray(rng.standard_normal(_pool(x).shape), jnp.float32)
+  grad = jax.jit(jax.grad(lambda x: jnp.vdot(cpu_kernels.max_pool(x), g)))(x)
+  np.testing.assert_array_equal(np.asarray(grad), np.asarray(jax.grad(lambda x: jnp.vdot(_pool(x), g))(x)))
+  dx = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  np.testing.assert_array_equal(
+    np.asarray(jax.jvp(cpu_kernels.max_pool, (x,), (dx,))[1]), np.asarray(jax.jvp(_pool, (x,), (dx,))[1])
+  )
+  # reverse over reverse (the select's transpose is the scatter and back), and vmap
+  hvp = jax.grad(lambda x: jnp.sum(jax.grad(lambda y: jnp.sum(jnp.sin(cpu_kernels.max_pool(y))))(x) * dx))(x)
+  hvp_ref = jax.grad(lambda x: jnp.sum(jax.grad(lambda y: jnp.sum(jnp.sin(_pool(y))))(x) * dx))(x)
+  np.testing.assert_allclose(np.asarray(hvp), np.asarray(hvp_ref), rtol=1e-6, atol=1e-6)
+  xs = jnp.stack([x, -x])
+  np.testing.assert_array_equal(np.asarray(jax.vmap(cpu_kernels.max_pool)(xs)), np.asarray(jax.vmap(_pool)(xs)))
+
+
+def test_max_pool_propagates_nan_as_torch_does():
+  x = jnp.asarray(np.random.default_rng().standard_normal((2, 4, 4, 17)), jnp.float32)
+  x = x.at[1, 2, 3, 4].set(jnp.nan).at[0, 0, 0, 16].set(jnp.nan)
+  for out in (jax.jit(cpu_kernels.max_pool)(x), cpu_kernels.reference_max_pool(x)):
+    nan = np.argwhere(np.isnan(np.asarray(out)))
+    assert nan.tolist() == [[0, 0, 0, 16], [1, 1, 1, 4]]

@@ -141,34 +141,53 @@ def test_classifiers_take_no_stray_keyword_arguments():
     _model(classifier="fcn", transform="none").classifier(x, rngs=None)
 
 
-@pytest.mark.parametrize(("strides", "kernel"), [(1, 5), (2, 3)])
-def test_patches_convolution_is_the_same_function_as_lax_conv(strides, kernel):
+@pytest.mark.parametrize("impl", ["patches", "cpu_kernel"])
+@pytest.mark.parametrize(
+  ("strides", "kernel", "c_out", "padding"),
+  [(1, 5, 6, "SAME"), (2, 3, 6, "SAME"), (1, 4, 16, "SAME"), (1, 3, 32, "VALID"), (2, 3, 16, "SAME")],
+)
+def test_patches_and_kernel_convolutions_are_the_same_function_as_lax_conv(impl, strides, kernel, c_out, padding):
   from stn_jax.models.layers import Conv
 
   rng = np.random.default_rng()
   x = jnp.asarray(rng.standard_normal((3, 11, 10, 4)), jnp.float32)
-  reference = Conv(4, 6, (kernel, kernel), strides=strides, padding="SAME", rngs=nnx.Rngs(0))
-  patches = Conv(4, 6, (kernel, kernel), strides=strides, padding="SAME", impl="patches", rngs=nnx.Rngs(0))
-  patches.bias[...] = reference.bias[...] = jnp.asarray(rng.standard_normal(6), jnp.float32)
-  np.testing.assert_array_equal(np.asarray(patches.kernel[...]), np.asarray(reference.kernel[...]))  # same params
+  options = dict(strides=strides, padding=padding)
+  reference = Conv(4, c_out, (kernel, kernel), **options, rngs=nnx.Rngs(0))
+  other = Conv(4, c_out, (kernel, kernel), impl=impl, **options, rngs=nnx.Rngs(0))
+  other.bias[...] = reference.bias[...] = jnp.asarray(rng.standard_normal(c_out), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(other.kernel[...]), np.asarray(reference.kernel[...]))  # same params
+  # the kernel runs stride-1 layers with 16k output channels (and the others as patches)
+  assert impl == "patches" or other._in_kernel(x) == (strides == 1 and c_out % 16 == 0)
   with jax.default_matmul_precision("highest"):
-    want, got = np.asarray(reference(x)), np.asarray(patches(x))
+    want, got = np.asarray(reference(x)), np.asarray(other(x))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   grad = jax.grad(lambda m, x: jnp.sum(jnp.sin(m(x))), argnums=(0, 1))
-  (g_ref, gx_ref), (g_pat, gx_pat) = grad(reference, x), grad(patches, x)
-  np.testing.assert_allclose(np.asarray(gx_pat), np.asarray(gx_ref), rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(g_pat.kernel[...]), np.asarray(g_ref.kernel[...]), rtol=1e-4, atol=1e-4)
-  with pytest.raises(ValueError, match="conv must be one of 'auto', 'xla', 'patches'; got 'fft'"):
+  with jax.default_matmul_precision("highest"):
+    (g_ref, gx_ref), (g_other, gx_other) = grad(reference, x), grad(other, x)
+  np.testing.assert_allclose(np.asarray(gx_other), np.asarray(gx_ref), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(g_other.kernel[...]), np.asarray(g_ref.kernel[...]), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(g_other.bias[...]), np.asarray(g_ref.bias[...]), rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="conv must be one of 'auto', 'xla', 'patches', 'cpu_kernel'; got 'fft'"):
     Conv(4, 6, (3, 3), impl="fft", rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("conv", ["xla", "patches"])
+def test_auto_convolutions_are_the_kernel_on_one_cpu_device_only():
+  from stn_jax import cpu_kernels
+
+  assert models.resolve_conv("auto", "cpu") == ("cpu_kernel" if cpu_kernels.available() else "patches")
+  assert models.resolve_conv("auto", "cpu", num_devices=8) == "patches"  # custom calls are not partitioned
+  assert models.resolve_conv("auto", "gpu") == "xla" and models.resolve_conv("patches", "gpu") == "patches"
+
+
+@pytest.mark.parametrize("conv", ["xla", "patches", "cpu_kernel"])
 def test_a_vmapped_population_of_patch_convolutions_has_no_grouped_convolution(conv):
   from stn_jax import optim, steps, train
   from tests.helpers import tiny_config
 
   k = 4
   config = tiny_config(**{"num_seeds": k, "model.classifier.cnn.conv": conv})
+  if conv == "cpu_kernel":  # layers the kernel runs: stride 1 (the default's are stride 2), pooled
+    config.model.classifier.cnn.strides, config.model.classifier.cnn.pool = (1,), (True,)
   graphdef, params = train.create_params(config, 32)
   tx = optim.create_optimizer(config, steps.seed_slice(params, 0, k), 12)
   state = (params, train.init_optimizer_state(tx, params, k), steps.zero_metric_sums(k))
@@ -178,9 +197,11 @@ def test_a_vmapped_population_of_patch_convolutions_has_no_grouped_convolution(c
   groups = [int(g) for g in re.findall(r"feature_group_count=(\d+)", hlo)]
   if conv == "xla":  # what the issue found: every per-model convolution becomes a grouped one
     assert k in groups
-  else:  # no convolution at all: strided slices, and products batched over the population
+  elif conv == "patches":  # no convolution at all: strided slices, and products batched over the population
     assert "convolution(" not in hlo
     assert re.search(r"dot\(.*lhs_batch_dims=\{0\}", hlo)
+  else:  # the kernel's convolutions take the population as their group axis
+    assert "convolution(" not in hlo and "stn_conv" in hlo and "stn_max_pool" in hlo
 
 
 def test_auto_seed_mapping_unrolls_on_cpu_only_for_lax_convolutions():
@@ -220,10 +241,12 @@ def _reference_stack(convs, pools, x):
   return x
 
 
-@pytest.mark.parametrize("conv", ["xla", "patches"])
+@pytest.mark.parametrize("conv", ["xla", "patches", "cpu_kernel"])
 def test_paper_cnn_classifier_per_layer_kernels_padding_and_pooling(conv):
   rng = np.random.default_rng()
   features = tuple(int(f) for f in rng.integers(2, 7, size=2))
+  if conv == "cpu_kernel":  # channel counts the kernel computes (and 16 * 5 - 12 = 68, one it pads)
+    features = (16 * features[0], 16 * features[1] - 12)
   model = models.CNNClassifier(
     (42, 42, 1),
     features=features,

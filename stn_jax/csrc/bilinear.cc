@@ -11,8 +11,8 @@
 //   stn_bilinear_scatter  d image (N, H, W, C) of a cotangent (N, P, C): the transpose of the sample in the image
 //
 // The arithmetic is that of the pure-JAX path (the same roundings, no fused multiply-adds: built with
-// -ffp-contract=off), so values agree with it bitwise. Work is split over batch rows on XLA's intra-op thread pool;
-// the caller takes chunks too and waits only for chunks another thread has started, so a busy pool cannot deadlock.
+// -ffp-contract=off), so values agree with it bitwise. Work is split over batch rows on XLA's intra-op thread pool
+// (parallel.h).
 
 #include <algorithm>
 #include <atomic>
@@ -25,58 +25,14 @@
 #include <memory>
 #include <mutex>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-struct Shared {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  int64_t chunks = 0;
-  std::mutex mutex;
-  std::condition_variable finished;
-  std::function<void(int64_t)> body;
-};
-
-// Runs body(k) for k in [0, chunks) on the caller and up to `helpers` pool threads.
-void ParallelFor(ffi::ThreadPool& pool, int64_t chunks, std::function<void(int64_t)> body) {
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
-  if (helpers <= 0) {
-    for (int64_t k = 0; k < chunks; ++k) body(k);
-    return;
-  }
-  auto shared = std::make_shared<Shared>();
-  shared->chunks = chunks;
-  shared->body = std::move(body);
-  auto work = [shared]() {
-    for (int64_t k = shared->next.fetch_add(1); k < shared->chunks; k = shared->next.fetch_add(1)) {
-      shared->body(k);
-      if (shared->done.fetch_add(1) + 1 == shared->chunks) {
-        std::lock_guard<std::mutex> lock(shared->mutex);
-        shared->finished.notify_all();
-      }
-    }
-  };
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(std::function<void()>(work));
-  work();
-  std::unique_lock<std::mutex> lock(shared->mutex);
-  shared->finished.wait(lock, [&] { return shared->done.load() == shared->chunks; });
-}
-
-// Splits rows [0, n) into chunks of about `min_work` values each (at least one row), at most 4 per thread.
-template <typename F>
-void ForRows(ffi::ThreadPool& pool, int64_t n, int64_t work_per_row, F&& rows) {
-  const int64_t min_work = 1 << 15;
-  int64_t by_work = std::max<int64_t>(1, (n * work_per_row) / min_work);
-  int64_t chunks = std::min<int64_t>({n, by_work, 4 * (pool.num_threads() + 1)});
-  if (chunks <= 1) {
-    rows(0, n);
-    return;
-  }
-  ParallelFor(pool, chunks, [&](int64_t k) { rows(n * k / chunks, n * (k + 1) / chunks); });
-}
+using stn_jax::ForRows;
 
 // The taps of a block of points, in a loop the compiler vectorises (gathers need AVX2 / AVX-512; the library is built
 // with -march=native; not inlined, where GCC would lose the __restrict that lets it vectorise): per tap (top-left, top-right, bottom-left, bottom-right) the flat offset (times C) of its pixel,

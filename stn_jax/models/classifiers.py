@@ -45,8 +45,10 @@ class CNNClassifier(nnx.Module):
       paper's CNNs have two max-pooling layers).
     hidden: widths of the dense ReLU layers between the convolutions and the logits (may be empty).
     conv: how the convolutions run: 'xla' (lax.conv), 'patches' (patch extraction + one matrix product: what a
-      vmapped population of models batches well on GPUs, and several times faster on CPU; the same function, other
-      rounding) or 'auto' (patches on CPU, xla elsewhere; the trainer records the choice in the run's config).
+      vmapped population of models batches well on GPUs, and several times faster on CPU), 'cpu_kernel' (stn_jax's
+      direct-convolution and max-pool CPU kernels where they take the layer, else patches; see layers.Conv) or 'auto'
+      (cpu_kernel on one CPU device, patches on several, xla elsewhere; the trainer records the choice in the run's
+      config). The same function in each, other rounding.
     num_classes: number of logits.
     dtype: what the convolutions and dense layers compute in (config.compute_dtype; None = float32); the parameters
       are float32 whatever it is, and so are the logits returned.

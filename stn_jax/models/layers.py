@@ -9,28 +9,39 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
-CONV_IMPLS = ("xla", "patches")
+from stn_jax import cpu_kernels
+
+CONV_IMPLS = ("xla", "patches", "cpu_kernel")
 CONV_CHOICES = ("auto", *CONV_IMPLS)  # what a config's `conv` option may say
 PADDINGS = ("SAME", "VALID")
 
 
-def resolve_conv(impl: str, backend: str | None = None) -> str:
-  """'auto' -> the faster way on `backend` (default: JAX's): 'patches' on CPU, where XLA:CPU's convolutions are slow
-  for every shape the seed's and the paper's networks have (experiments/benchmark_train.py; the README's train-step
-  section has the figures), and 'xla' elsewhere (cuDNN and
-  TPU convolutions). 'xla' and 'patches' stay as they are."""
+def resolve_conv(impl: str, backend: str | None = None, num_devices: int = 1) -> str:
+  """'auto' -> the faster way on `backend` (default: JAX's): on CPU 'cpu_kernel' (stn_jax.cpu_kernels' direct
+  convolution) when it is built and the run uses one device, else 'patches' (XLA:CPU's own convolutions are slower for
+  every shape the seed's and the paper's networks have; XLA does not partition the kernel's custom calls, so a
+  data-parallel run over several devices would gather the whole batch onto each); 'xla' elsewhere (cuDNN and TPU
+  convolutions). The README's train-step section has the figures (experiments/benchmark_train.py). Other values stay
+  as they are."""
   if impl not in CONV_CHOICES:
     raise ValueError(f"conv must be one of {', '.join(map(repr, CONV_CHOICES))}; got {impl!r}.")
   if impl != "auto":
     return impl
-  return "patches" if (backend or jax.default_backend()) == "cpu" else "xla"
+  if (backend or jax.default_backend()) != "cpu":
+    return "xla"
+  return "cpu_kernel" if num_devices == 1 and cpu_kernels.available() else "patches"
 
 
 class Conv(nnx.Conv):
-  """`nnx.Conv` ('SAME' or 'VALID' padding, NHWC) that can also run as patch extraction plus one matrix product.
+  """`nnx.Conv` ('SAME' or 'VALID' padding, NHWC) that can also run as patch extraction plus one matrix product, or in
+  stn_jax's CPU kernel.
 
   impl='xla' is `lax.conv`. impl='patches' gathers each output pixel's receptive field (`extract_patches`, an exact
-  copy) and multiplies by the kernel: the same function with another summation order. Under `jax.vmap` over a
+  copy) and multiplies by the kernel: the same function with another summation order. impl='cpu_kernel' runs
+  stride-1 float32 layers whose output channels the kernel takes (`cpu_kernels.kernel_supports`: 16k, or up to a
+  quarter fewer) in `stn_jax.cpu_kernels.conv` (a direct convolution, no patch matrix; its pure-JAX reference off CPU
+  or where it is not built; matmul precision settings do not apply: it sums in float32) and the others as 'patches',
+  and 2x2 max-pooling in `cpu_kernels.max_pool`. Under `jax.vmap` over a
   population of models with their own kernels, a convolution becomes a grouped convolution (feature_group_count =
   K), a slow path of GPU convolution libraries for a few channels per group, while the product becomes one batched
   matrix product, which GPUs batch well. The parameters are the same (kernel (kh, kw, C_in, C_out), bias), so
@@ -46,6 +57,8 @@ class Conv(nnx.Conv):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.impl == "xla":
       return super().__call__(x)
+    if self.impl == "cpu_kernel" and self._in_kernel(x):
+      return self._kernel_conv(x)
     dilations = [d for d in (self.input_dilation, self.kernel_dilation) if d not in (None, 1, (1, 1))]
     if x.ndim != 4 or dilations or self.feature_group_count != 1:
       raise ValueError(
@@ -60,6 +73,26 @@ class Conv(nnx.Conv):
     patches, kernel, bias = promote_dtype((patches, self.kernel[...], bias), dtype=self.dtype)
     y = jnp.einsum("nhwp,pf->nhwf", patches, kernel.reshape(kh * kw * c_in, c_out), precision=self.precision)
     return y + bias if bias is not None else y
+
+  def _in_kernel(self, x: jax.Array) -> bool:
+    """Whether the CPU kernel computes this layer on `x`: stride 1, no dilation or groups, float32, C_out % 16 == 0."""
+    plain = (
+      x.ndim == 4
+      and self.feature_group_count == 1
+      and all(d in (None, 1, (1, 1)) for d in (self.input_dilation, self.kernel_dilation, self.strides))
+    )
+    dtype = jnp.result_type(x, self.kernel[...]) if self.dtype is None else self.dtype
+    return plain and self.padding in PADDINGS and cpu_kernels.kernel_supports(self.kernel.shape[-1], dtype)
+
+  def _kernel_conv(self, x: jax.Array) -> jax.Array:
+    kh, kw = self.kernel.shape[:2]
+    border = cpu_kernels.NO_BORDER
+    if self.padding == "SAME":  # XLA's: the odd pixel of padding at the end
+      border = ((kh - 1) // 2, kh // 2, (kw - 1) // 2, kw // 2)
+      x = jnp.pad(x, ((0, 0), border[:2], border[2:], (0, 0)))
+    x, kernel = x.astype(jnp.float32), self.kernel[...].astype(jnp.float32)
+    y = cpu_kernels.conv(x[None], kernel[None], border)[0]
+    return y + self.bias[...].astype(jnp.float32) if self.bias is not None else y
 
 
 def extract_patches(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: str) -> jax.Array:
@@ -146,10 +179,25 @@ def conv_stack(
   return nnx.List(convs), pools, (h, w, c)
 
 
+def max_pool(x: jax.Array, size: int, impl: str) -> jax.Array:
+  """`size` x `size` max-pooling at stride `size` ('VALID'); a conv impl 'cpu_kernel' runs 2x2 float32 pooling in
+  `stn_jax.cpu_kernels.max_pool` (XLA:CPU's select-and-scatter backward pass is the slowest part of the paper's CNN
+  step), which propagates a window's NaN (as torch does)."""
+  if impl == "cpu_kernel" and size == 2 and x.ndim == 4 and x.dtype == jnp.float32:
+    return cpu_kernels.max_pool(x)
+  return nnx.max_pool(x, (size, size), strides=(size, size))
+
+
 def apply_conv_stack(convs: nnx.List, pools: tuple[bool, ...], x: jax.Array) -> jax.Array:
-  """conv -> ReLU (-> 2x2 max-pool) for each layer of a `conv_stack`."""
+  """conv -> ReLU (-> 2x2 max-pool) for each layer of a `conv_stack`. With conv impl 'cpu_kernel' a pooled layer
+  runs conv -> max-pool -> ReLU: the same values (the ReLU is monotone, so it commutes with the maximum, bitwise) and
+  the same gradients (a window whose maximum is not positive passes none either way), with the ReLU and its
+  backward pass on a quarter of the values."""
   for conv, pooled in zip(convs, pools, strict=True):
+    if pooled and conv.impl == "cpu_kernel":
+      x = jax.nn.relu(max_pool(conv(x), 2, conv.impl))
+      continue
     x = jax.nn.relu(conv(x))
     if pooled:
-      x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, 2, conv.impl)
   return x

@@ -23,7 +23,7 @@ import stn_jax
 from stn_jax import cpu_kernels, transforms
 from stn_jax.models import options
 from stn_jax.models.classifiers import CLASSIFIERS, dense_stack
-from stn_jax.models.layers import apply_conv_stack, conv_stack, resolve_conv
+from stn_jax.models.layers import apply_conv_stack, conv_stack, max_pool, resolve_conv
 
 TRANSFORMS = (*stn_jax.KINDS, "none")
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu, "gelu": jax.nn.gelu}
@@ -111,7 +111,7 @@ class CNNLocalization(nnx.Module):
     pool: whether a 2x2 max-pooling follows the convolution: one for all, or one per convolution.
     hidden: widths of the dense ReLU layers after the convolutions.
     dropout: dropout rate before the final layer (training only).
-    conv: how the convolutions run: 'xla', 'patches' or 'auto' (see CNNClassifier).
+    conv: how the convolutions run: 'xla', 'patches', 'cpu_kernel' or 'auto' (see CNNClassifier).
     dtype: what the convolutions and hidden layers compute in (None = float32); the final layer, the parameters and
       the transform parameters returned are float32 whatever it is.
     rngs: parameter initialisation.
@@ -158,7 +158,7 @@ class CNNLocalization(nnx.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
     if self.downsample > 1:
-      x = nnx.max_pool(x, (self.downsample,) * 2, strides=(self.downsample,) * 2)
+      x = max_pool(x, self.downsample, self.convs[0].impl)
     x = apply_conv_stack(self.convs, self.pools, x)
     x = x.reshape(x.shape[0], -1)
     for layer in self.dense:
