@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint format bench clean data train
+.PHONY: install test lint format bench clean data train docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(INSTALLED): $(BIN)/python setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" "$(TORCH)"
 	# The CPU kernels (sampler, convolutions; C++ through jax.ffi) with the system compiler; without one, XLA runs them.
-	$(BIN)/python -c "from stn_jax import cpu_kernels; raise SystemExit(cpu_kernels.main())"
+	$(BIN)/python -c "from stn_jax.spatial import cpu_kernels; raise SystemExit(cpu_kernels.main())"
 	touch $@
 
 install: $(INSTALLED)
@@ -26,6 +26,11 @@ train: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
+
+# The documentation site: HTML into docs/_build/html, warnings as errors, its notebooks executed on CPU (offline).
+docs: $(INSTALLED)
+	$(BIN)/python -m sphinx -b html -W --keep-going -q docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
@@ -39,7 +44,7 @@ bench: $(INSTALLED)
 	$(BIN)/python experiments/benchmark_sampler.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache docs/_build docs/_autosummary
 
 data: $(INSTALLED)
 	$(BIN)/python -c "import logging; logging.basicConfig(level=logging.INFO); from stn_jax.data import load_mnist; load_mnist()"

@@ -14,7 +14,8 @@ its config.json: `make train` on it is refused with the differences; continue it
 --config.num_epochs=30 --config.learning_rate=1e-3, or train the new recipe in another --workdir.
 
 Config layout version 2: budgets in epochs, the localisation net and classifier as per-kind sub-configs passed
-straight to their constructors (stn_jax.models). Workdirs of version 1 are migrated on reading (stn_jax.config_lib).
+straight to their constructors (stn_jax.models). Workdirs of version 1 are migrated on reading
+(stn_jax.training.config_lib).
 """
 
 import ml_collections

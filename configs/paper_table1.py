@@ -23,7 +23,7 @@ our R, RTS (placement within +-7 px), P, E. `cpu` fits the 32 Table 1 and 4 TC r
 CPU; `full` and `paper` are for an accelerator. The train split is distorted afresh each epoch in all three.
 """
 
-from stn_jax.config_lib import import_sibling
+from stn_jax.training.config_lib import import_sibling
 
 default = import_sibling(__file__, "default")
 

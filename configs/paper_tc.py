@@ -10,7 +10,7 @@ net's dense layer 50 units (docs/paper_recipe.md). `full` and `cpu`: our TC (8 c
 transformer sampling a 40x40 output.
 """
 
-from stn_jax.config_lib import import_sibling
+from stn_jax.training.config_lib import import_sibling
 
 paper_table1 = import_sibling(__file__, "paper_table1")
 

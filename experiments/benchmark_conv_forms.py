@@ -5,11 +5,11 @@ r"""Times ways of writing one convolution layer on the device JAX uses: the form
   rows     patches of one kernel row (kw * C features) and kh matrix products summed over shifted rows: a patch
            matrix kh times smaller, kh times more products;
   xla      `lax.conv_general_dilated`: what conv='xla' runs;
-  kernel   `stn_jax.cpu_kernels.conv`, the direct-convolution CPU kernel: what conv='cpu_kernel' runs (and 'auto' on one
-           CPU device).
+  kernel   `stn_jax.spatial.cpu_kernels.conv`, the direct-convolution CPU kernel: what conv='cpu_kernel' runs (and
+           'auto' on one CPU device).
 
 and each 2x2 max-pooling of the paper's CNN (after its ReLU) as `nnx.max_pool` (XLA's reduce-window and, backward,
-select-and-scatter) and as `stn_jax.cpu_kernels.max_pool`.
+select-and-scatter) and as `stn_jax.spatial.cpu_kernels.max_pool`.
 
 For each layer of the paper's networks it reports the median ms of the forward pass and of forward + backward (to the
 kernel, and to the input where a layer below needs it) and the largest difference from `patches`.
@@ -27,9 +27,9 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from stn_jax import cpu_kernels
-from stn_jax.config_lib import import_sibling
 from stn_jax.models.layers import extract_patches
+from stn_jax.spatial import cpu_kernels
+from stn_jax.training.config_lib import import_sibling
 
 benchmark_cases = import_sibling(__file__, "benchmark_cases")
 _REPEATS = flags.DEFINE_integer("repeats", 15, "Timed calls per form and pass.", lower_bound=3)

@@ -13,8 +13,8 @@ import time
 import jax
 from absl import app, flags
 
-from stn_jax.config_lib import import_sibling
 from stn_jax.data import distortions, mnist
+from stn_jax.training.config_lib import import_sibling
 
 benchmark_cases = import_sibling(__file__, "benchmark_cases")
 

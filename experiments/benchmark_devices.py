@@ -20,8 +20,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from stn_jax import config_lib, distributed, optim, steps, train
-from stn_jax.config_lib import import_sibling
+from stn_jax.training import config_lib, distributed, optim, steps, train
+from stn_jax.training.config_lib import import_sibling
 
 benchmark_cases = import_sibling(__file__, "benchmark_cases")
 

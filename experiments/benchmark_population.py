@@ -19,8 +19,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax import config_lib, optim, steps, train
-from stn_jax.config_lib import import_sibling
+from stn_jax.training import config_lib, optim, steps, train
+from stn_jax.training.config_lib import import_sibling
 
 benchmark_cases = import_sibling(__file__, "benchmark_cases")
 

@@ -1,5 +1,6 @@
-r"""Before/after in one process: the affine warp of another git revision's sampler (stn_jax/sampling.py and grids.py)
-against the working tree's, the two timed in alternating blocks, so that machine noise hits both alike.
+r"""Before/after in one process: the affine warp of another git revision's sampler (stn_jax/spatial/sampling.py and
+grids.py; stn_jax/sampling.py and grids.py in revisions before the layout moved) against the working tree's, the two
+timed in alternating blocks, so that machine noise hits both alike.
 
   python experiments/benchmark_revisions.py --before=397a824 [--cases=256x40x40x1:40x40,2x64x64x64x4:64x64x64,...]
     [--repeats=60]
@@ -25,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from stn_jax import grids, sampling
-from stn_jax.config_lib import import_sibling
+from stn_jax.spatial import grids, sampling
+from stn_jax.training.config_lib import import_sibling
 
 benchmark_cases = import_sibling(__file__, "benchmark_cases")
 _BEFORE = flags.DEFINE_string("before", None, "The git revision to compare with.", required=True)
@@ -46,9 +47,17 @@ def load_revision(revision: str, directory: Path) -> tuple:
   out = []
   for name in ("sampling", "grids"):
     path = directory / f"{name}_{re.sub(r'[^A-Za-z0-9]', '_', revision)}.py"
-    source = subprocess.run(
-      ["git", "show", f"{revision}:stn_jax/{name}.py"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout
+    for folder in ("stn_jax/spatial", "stn_jax"):  # the layout since the move, then before it
+      shown = subprocess.run(
+        ["git", "show", f"{revision}:{folder}/{name}.py"], cwd=ROOT, capture_output=True, text=True
+      )
+      if shown.returncode == 0:
+        break
+    else:
+      raise SystemExit(
+        f"--before: {revision} has no stn_jax/spatial/{name}.py or stn_jax/{name}.py ({shown.stderr.strip()})"
+      )
+    source = shown.stdout
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"before_{name}", path)
     module = importlib.util.module_from_spec(spec)

@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags
 
 import stn_jax
-from stn_jax.config_lib import import_sibling
+from stn_jax.training.config_lib import import_sibling
 
 benchmark_cases = import_sibling(__file__, "benchmark_cases")
 _CASES = flags.DEFINE_list(
@@ -125,7 +125,9 @@ def main(argv):
           continue
         resolved = "xla"
       else:
-        resolved = stn_jax.sampling.resolve_implementation("benchmark", implementation, _MODE.value, jnp.float32)
+        resolved = stn_jax.spatial.sampling.resolve_implementation(
+          "benchmark", implementation, _MODE.value, jnp.float32
+        )
       label = f"default ({resolved})" if name == "default" else name
       implementations[label] = _jax_passes(out_size, _MODE.value, implementation)
     torch_passes = {

@@ -30,7 +30,8 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from stn_jax import config_lib, models, optim, steps, train
+from stn_jax import models
+from stn_jax.training import config_lib, optim, steps, train
 
 benchmark_cases = config_lib.import_sibling(__file__, "benchmark_cases")
 ROOT = Path(__file__).resolve().parents[1]

@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import sweep  # noqa: E402  (experiments/ is not a package)
 
-from stn_jax import config_lib  # noqa: E402
-from stn_jax.cli import USAGE_ERROR, one_line  # noqa: E402
+from stn_jax.training import config_lib  # noqa: E402
+from stn_jax.training.cli import USAGE_ERROR, one_line  # noqa: E402
 
 paper_table1 = config_lib.import_sibling(ROOT / "configs" / "default.py", "paper_table1")
 

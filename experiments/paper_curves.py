@@ -18,8 +18,8 @@ from absl import app, flags
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from stn_jax import config_lib
-from stn_jax.metrics import read_metrics
+from stn_jax.training import config_lib
+from stn_jax.training.metrics import read_metrics
 
 paper_table1 = config_lib.import_sibling(Path(__file__).resolve().parents[1] / "configs" / "default.py", "paper_table1")
 

@@ -42,9 +42,10 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax import config_lib, models, optim
-from stn_jax.cli import USAGE_ERROR, one_line, parse_flags
+from stn_jax import models
 from stn_jax.data.mnist import SPLIT_SIZES
+from stn_jax.training import config_lib, optim
+from stn_jax.training.cli import USAGE_ERROR, one_line, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (optionally with a sweep(add) function).")
 _GRID = flags.DEFINE_multi_string("grid", [], "config.key=v1,v2,... (repeatable): a cartesian product of values.")
@@ -420,7 +421,7 @@ def write_reports(root: Path, rows: list[dict]) -> None:
   (root / "results.md").write_text("\n".join(lines) + "\n")
   done = [r for r in rows if number(r.get("test_error")) is not None]
   if done:
-    from stn_jax.figures import pyplot
+    from stn_jax.training.figures import pyplot
 
     plt = pyplot()
     names = [r["run"] for r in done]

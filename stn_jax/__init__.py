@@ -16,9 +16,9 @@ compose with jax.jit, jax.vmap and jax.grad.
 
 __version__ = "0.1.0"
 
-from stn_jax.fitting import affine_from_points, homography_from_points
-from stn_jax.flows import compose_flows, flow_grid, integrate_velocity
-from stn_jax.grids import (
+from stn_jax.spatial.fitting import affine_from_points, homography_from_points
+from stn_jax.spatial.flows import compose_flows, flow_grid, integrate_velocity
+from stn_jax.spatial.grids import (
   affine_grid,
   identity_grid,
   pixel_centers,
@@ -27,8 +27,8 @@ from stn_jax.grids import (
   tps_grid,
   tps_transform_points,
 )
-from stn_jax.sampling import MODES, PADDING_MODES, grid_sample
-from stn_jax.transforms import (
+from stn_jax.spatial.sampling import MODES, PADDING_MODES, grid_sample
+from stn_jax.spatial.transforms import (
   KINDS,
   affine_theta,
   attention_theta,

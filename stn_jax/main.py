@@ -17,8 +17,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax import config_lib, distributed, train
-from stn_jax.cli import USAGE_ERROR, one_line, parse_flags, quiet_orbax
+from stn_jax.training import config_lib, distributed, train
+from stn_jax.training.cli import USAGE_ERROR, one_line, parse_flags, quiet_orbax
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, figures and results.")
 _LIST = flags.DEFINE_bool("list", False, "Print every field of the config with its value and meaning, and exit.")

@@ -37,8 +37,8 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from stn_jax import checkpoints, config_lib, steps, train, utils
-from stn_jax.cli import USAGE_ERROR, one_line, quiet_orbax
+from stn_jax.training import checkpoints, config_lib, steps, train, utils
+from stn_jax.training.cli import USAGE_ERROR, one_line, quiet_orbax
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FITS = ("pad", "resize")
@@ -286,7 +286,7 @@ def _read_npz(path: Path, *, size, fit, grey) -> Inputs:
 def predict(config, graphdef, params, images: np.ndarray, *, batch_size: int = 500) -> dict:
   """The model's outputs on float32 (N, S, S, 1) images in [0, 1] (`prepare_images`), in batches of `batch_size`:
   {'predictions' (N,) int32, 'probabilities' (N, 10), 'rectified' (the transformer's outputs; the images without
-  one), 'theta' (N, *param shape; (N, 0) without a transformer)}.
+  one), 'theta' `(N, *param shape)`; (N, 0) without a transformer}.
 
   Raises:
     PredictError: the images are not of the model's input shape, or there are none.

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stn_jax import config_lib
 from stn_jax import data as data_lib
+from stn_jax.training import config_lib
 
 
 def torch_or_skip():
@@ -54,7 +54,7 @@ def torch_grid_sample(image, grid, cotangent, *, mode, padding_mode, align_corne
 
 def synthetic_digits(rng: np.random.Generator, n: int):
   """Synthetic 'digits' (uint8 (n, 28, 28), int32 labels): class k is a bar at a class-specific position, so the
-  task is learnable. tests/data's expected predictions were made on these: do not change them."""
+  task is learnable. tests/fixtures' expected predictions were made on these: do not change them."""
   labels = rng.integers(0, 10, n).astype(np.int32)
   digits = np.zeros((n, 28, 28), np.uint8)
   for i, k in enumerate(labels):

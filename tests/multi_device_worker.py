@@ -1,5 +1,5 @@
-"""One data-parallel run over forced CPU devices with a full-size epoch (tests/test_feed.py runs it in a subprocess
-with a timeout, so a deadlock fails the test instead of hanging it).
+"""One data-parallel run over forced CPU devices with a full-size epoch (tests/training/test_feed.py runs it in a
+subprocess with a timeout, so a deadlock fails the test instead of hanging it).
 
 python -m tests.multi_device_worker NUM_DEVICES NUM_SEEDS STEPS_PER_DISPATCH WORKDIR
 
@@ -21,7 +21,7 @@ def main(num_devices: int, num_seeds: int, steps_per_dispatch: int, workdir: str
   import numpy as np
 
   from stn_jax import data as data_lib
-  from stn_jax import train
+  from stn_jax.training import train
   from tests.helpers import synthetic_digits, tiny_config
 
   assert jax.device_count() == num_devices

@@ -11,11 +11,12 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from stn_jax import checkpoints, config_lib, optim, predict, steps, train
+from stn_jax import predict
+from stn_jax.training import checkpoints, config_lib, optim, steps, train
 from tests.helpers import synthetic_datasets, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-V1_WORKDIRS = ROOT / "tests" / "data"
+V1_WORKDIRS = ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="module")

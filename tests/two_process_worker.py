@@ -1,4 +1,4 @@
-"""One process of the two-process jax.distributed test (tests/test_train.py runs two of these on localhost).
+"""One process of the two-process jax.distributed test (tests/training/test_train.py runs two of these on localhost).
 
 python -m tests.two_process_worker PROCESS_ID PORT WORKDIR
 """
@@ -10,7 +10,7 @@ import ml_collections
 
 
 def main(process_id: int, port: int, workdir: str) -> None:
-  from stn_jax import distributed, train
+  from stn_jax.training import distributed, train
   from tests.helpers import synthetic_datasets, tiny_config
 
   config = tiny_config()

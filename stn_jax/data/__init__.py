@@ -3,9 +3,9 @@
 MNIST is by Yann LeCun and Corinna Cortes, licensed CC BY-SA 3.0.
 """
 
+from stn_jax.data.datasets import DistortedMnist, epoch_rows, eval_batches, to_float, train_batch, train_batches
 from stn_jax.data.distortions import NAMES, VARIANTS, distort
 from stn_jax.data.mnist import SPLITS, Mnist, MnistUnavailableError, default_data_dir, load_mnist
-from stn_jax.data.pipeline import DistortedMnist, epoch_rows, eval_batches, to_float, train_batch, train_batches
 
 __all__ = [
   "NAMES",

@@ -29,7 +29,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out / --preview if
 
 def preview_figure(images: np.ndarray, labels: np.ndarray, path: str, *, title: str = "", columns: int = 8) -> None:
   """Saves a grid of up to 64 images with their labels."""
-  from stn_jax.figures import pyplot
+  from stn_jax.training.figures import pyplot
 
   plt = pyplot()
   n = min(len(images), 64)

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stn_jax import fitting, grids, sampling, transforms
+from stn_jax.spatial import fitting, grids, sampling, transforms
 
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 

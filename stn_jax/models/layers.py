@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
-from stn_jax import cpu_kernels
+from stn_jax.spatial import cpu_kernels
 
 CONV_IMPLS = ("xla", "patches", "cpu_kernel")
 CONV_CHOICES = ("auto", *CONV_IMPLS)  # what a config's `conv` option may say
@@ -17,7 +17,7 @@ PADDINGS = ("SAME", "VALID")
 
 
 def resolve_conv(impl: str, backend: str | None = None, num_devices: int = 1) -> str:
-  """'auto' -> the faster way on `backend` (default: JAX's): on CPU 'cpu_kernel' (stn_jax.cpu_kernels' direct
+  """'auto' -> the faster way on `backend` (default: JAX's): on CPU 'cpu_kernel' (stn_jax.spatial.cpu_kernels' direct
   convolution) when it is built and the run uses one device, else 'patches' (XLA:CPU's own convolutions are slower for
   every shape the seed's and the paper's networks have; XLA does not partition the kernel's custom calls, so a
   data-parallel run over several devices would gather the whole batch onto each); 'xla' elsewhere (cuDNN and TPU
@@ -39,7 +39,7 @@ class Conv(nnx.Conv):
   impl='xla' is `lax.conv`. impl='patches' gathers each output pixel's receptive field (`extract_patches`, an exact
   copy) and multiplies by the kernel: the same function with another summation order. impl='cpu_kernel' runs
   stride-1 float32 layers whose output channels the kernel takes (`cpu_kernels.kernel_supports`: 16k, or up to a
-  quarter fewer) in `stn_jax.cpu_kernels.conv` (a direct convolution, no patch matrix; its pure-JAX reference off CPU
+  quarter fewer) in `cpu_kernels.conv` (a direct convolution, no patch matrix; its pure-JAX reference off CPU
   or where it is not built; matmul precision settings do not apply: it sums in float32) and the others as 'patches',
   and 2x2 max-pooling in `cpu_kernels.max_pool`. Under `jax.vmap` over a
   population of models with their own kernels, a convolution becomes a grouped convolution (feature_group_count =
@@ -181,7 +181,7 @@ def conv_stack(
 
 def max_pool(x: jax.Array, size: int, impl: str) -> jax.Array:
   """`size` x `size` max-pooling at stride `size` ('VALID'); a conv impl 'cpu_kernel' runs 2x2 float32 pooling in
-  `stn_jax.cpu_kernels.max_pool` (XLA:CPU's select-and-scatter backward pass is the slowest part of the paper's CNN
+  `cpu_kernels.max_pool` (XLA:CPU's select-and-scatter backward pass is the slowest part of the paper's CNN
   step), which propagates a window's NaN (as torch does)."""
   if impl == "cpu_kernel" and size == 2 and x.ndim == 4 and x.dtype == jnp.float32:
     return cpu_kernels.max_pool(x)

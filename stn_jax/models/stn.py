@@ -20,10 +20,10 @@ import numpy as np
 from flax import nnx
 
 import stn_jax
-from stn_jax import cpu_kernels, transforms
 from stn_jax.models import options
 from stn_jax.models.classifiers import CLASSIFIERS, dense_stack
 from stn_jax.models.layers import apply_conv_stack, conv_stack, max_pool, resolve_conv
+from stn_jax.spatial import cpu_kernels, transforms
 
 TRANSFORMS = (*stn_jax.KINDS, "none")
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu, "gelu": jax.nn.gelu}
@@ -172,7 +172,7 @@ SAMPLERS = ("auto", "xla", "cpu_kernel")
 
 
 def resolve_sampler(sampler: str, backend: str | None = None, num_devices: int = 1) -> str:
-  """'auto' -> 'cpu_kernel' on the CPU `backend` (default: JAX's) when the kernel is built (stn_jax.cpu_kernels) and
+  """'auto' -> 'cpu_kernel' on the CPU `backend` (default: JAX's) when the kernel is built (spatial.cpu_kernels) and
   the run uses one device, else 'xla': XLA does not partition the kernel's custom calls, so under a data-parallel jit
   over several (CPU) devices it would gather the whole batch onto each. 'xla' and 'cpu_kernel' stay as they are."""
   if sampler not in SAMPLERS:

@@ -1,6 +1,6 @@
-"""stn_jax's CPU kernels: C++ (stn_jax/csrc) registered through `jax.ffi`, as JAX primitives: the bilinear sampler
-(bilinear.cc) and the models' convolutions and 2x2 max-pooling (layers.cc; `conv`, `max_pool` at the end of this
-module, what the models' conv='cpu_kernel' runs).
+"""stn_jax's CPU kernels: C++ (csrc/ beside this module) registered through `jax.ffi`, as JAX primitives: the
+bilinear sampler (bilinear.cc) and the models' convolutions and 2x2 max-pooling (layers.cc; `conv`, `max_pool` at the
+end of this module, what the models' conv='cpu_kernel' runs).
 
 `grid_sample(..., implementation='cpu_kernel')` and, on CPU, the default run on the sampler's. The C++ is compiled
 with the system's C++ compiler the first time it is needed (or by `build()`, which `make install` runs through
@@ -9,7 +9,7 @@ jaxlib version and compiler; a machine without a compiler, or with STN_JAX_CPU_K
 the pure-JAX paths instead.
 
 The sampler's three primitives, each on pixel-index coordinates (ix, iy) (N, *points) already mapped through the
-padding mode, clamped and snapped by stn_jax.sampling, and an image (N, H, W, C) float32 read as zero outside:
+padding mode, clamped and snapped by stn_jax.spatial.sampling, and an image (N, H, W, C) float32 read as zero outside:
 
   sample(image, ix, iy)      (N, *points, C): the bilinear interpolation; linear in the image, its transpose is
                              `scatter`;
@@ -25,7 +25,7 @@ For volumes (N, D, H, W, C) at voxel-index points (ix, iy, iz), `sample3` and `s
 trilinear sampling (the volume's tangent and its transpose, the backward pass to the volume).
 
 `sample_grid` is the undifferentiated forward pass from a normalised grid: the coordinates computed in the kernel too
-(operation for operation as stn_jax.sampling computes them), so the forward pass is one loop over the points; it is
+(operation for operation as spatial.sampling computes them), so the forward pass is one loop over the points; it is
 what grid_sample's custom JVP calls as its primal function, never differentiated itself. `sample_affine` is the same
 for an affine warp, the grid's points computed in the kernel from theta (the primal function of warp(kind='affine')).
 """

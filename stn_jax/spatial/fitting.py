@@ -3,7 +3,7 @@
 Direction: a grid maps *output* coordinates to *input* coordinates, so the transform that moves the content at the
 `src` points onto the `dst` points is the one that maps each dst point to its src point. Both functions return that
 one: warping an image with it (`stn_jax.warp`) puts what was at src[k] at dst[k]. All points are normalised (x, y)
-(see stn_jax.grids), batched over any leading axes, and the fits are differentiable.
+(see stn_jax.spatial.grids), batched over any leading axes, and the fits are differentiable.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stn_jax import _validation as v
+from stn_jax.spatial import _validation as v
 
 HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from stn_jax import _validation as v
-from stn_jax import grids
-from stn_jax.sampling import grid_sample
+from stn_jax.spatial import _validation as v
+from stn_jax.spatial import grids
+from stn_jax.spatial.sampling import grid_sample
 
 
 def _check_flow(func: str, flow) -> jax.Array:
@@ -42,7 +42,7 @@ def flow_grid(flow: jax.Array, *, align_corners: bool = False) -> jax.Array:
   Args:
     flow: (..., H, W, 2) or (..., D, H, W, 3) displacements in pixels, (x, y[, z]): output pixel p reads the
       input at p + flow[p].
-    align_corners: the grid convention (see stn_jax.grids); pixels are the same either way.
+    align_corners: the grid convention (see stn_jax.spatial.grids); pixels are the same either way.
 
   Returns:
     The normalised grid, of the flow's shape, for `grid_sample` (an input of the same spatial size is what the

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stn_jax import _validation as v
+from stn_jax.spatial import _validation as v
 
 # Every matrix product of grid generation runs at full float32 precision: on GPUs the backend's default for float32
 # products is TF32 (a 10-bit mantissa), which moves sampling coordinates by ~1e-3 (0.1 px on a 128-px image).

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from stn_jax import _validation as v
-from stn_jax import cpu_kernels
+from stn_jax.spatial import _validation as v
+from stn_jax.spatial import cpu_kernels
 
 MODES = ("bilinear", "nearest", "bicubic")
-# How bilinear sampling of images runs: XLA's gathers and scatters (every backend), or stn_jax.cpu_kernels (CPU).
+# How bilinear sampling of images runs: XLA's gathers and scatters (every backend), or spatial.cpu_kernels (CPU).
 IMPLEMENTATIONS = ("xla", "cpu_kernel")
 PADDING_MODES = ("zeros", "border", "reflection")
 _CUBIC_A = -0.75  # Keys' cubic convolution parameter, as in torch and OpenCV.
@@ -244,7 +244,7 @@ def _bilinear_jvp(padding_mode, align_corners, primals, tangents):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Bilinear on the CPU kernel (stn_jax.cpu_kernels): the same function, the same custom JVP structure.
+# Bilinear on the CPU kernel (stn_jax.spatial.cpu_kernels): the same function, the same custom JVP structure.
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -439,7 +439,7 @@ def grid_sample(
       image mirrored about its edges: the outer pixel edges, or the corner pixel centres with `align_corners`).
     align_corners: whether -1 and 1 are the centres (True) or the outer edges (False) of the corner pixels.
     implementation: how bilinear sampling runs: 'xla' (gathers and scatters, every backend), 'cpu_kernel'
-      (stn_jax.cpu_kernels: a C++ kernel through jax.ffi, float32 compute; for volumes the kernel takes the
+      (stn_jax.spatial.cpu_kernels: a C++ kernel through jax.ffi, float32 compute; for volumes the kernel takes the
       backward pass to the volume and XLA the rest), or None (the default): the CPU kernel when JAX's default
       backend is the CPU and the kernel is built, else 'xla'. Both are the same
       function (equal to float32 rounding; the tests hold both to torch) with the same derivatives in every mode

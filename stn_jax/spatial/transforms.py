@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stn_jax import _validation as v
-from stn_jax import cpu_kernels, flows, grids, sampling
+from stn_jax.spatial import _validation as v
+from stn_jax.spatial import cpu_kernels, flows, grids, sampling
 
 KINDS = ("affine", "projective", "tps", "attention")
-WARP_KINDS = (*KINDS, "flow")  # warp also takes dense displacement fields (stn_jax.flows)
+WARP_KINDS = (*KINDS, "flow")  # warp also takes dense displacement fields (stn_jax.spatial.flows)
 
 
 @v.keyword_only()
@@ -74,7 +74,7 @@ def identity_array(kind: str, *, num_control_points: int = 16, spatial_dims: int
 def affine_theta(
   *, rotation=0.0, shear=0.0, scale=1.0, scale_xy=None, translation=(0.0, 0.0), aspect=None, dtype=jnp.float32
 ):
-  """theta = [R(rotation) @ Shear(shear) @ diag(scale * scale_xy) | translation], broadcast over batch shapes.
+  """`theta = [R(rotation) @ Shear(shear) @ diag(scale * scale_xy) | translation]`, broadcast over batch shapes.
 
   R(a) = [[cos a, -sin a], [sin a, cos a]] and Shear(s) = [[1, -sin s], [0, cos s]] (the seed project's shear) act
   on normalised (x, y). Every argument broadcasts against the others' batch shape.
@@ -223,7 +223,7 @@ def pixel_matrix_to_theta(matrix, *, input_size, output_size=None, align_corners
 
 @v.keyword_only(kind=KINDS)
 def params_to_grid(params: jax.Array, size, *, kind: str = "affine", align_corners: bool = False) -> jax.Array:
-  """The sampling grid of transform parameters of any kind: (..., *param_shape) -> (..., H_out, W_out, 2).
+  """The sampling grid of transform parameters of any kind: `(..., *param_shape) -> (..., H_out, W_out, 2)`.
 
   Args:
     params: (..., *param_shape(kind)) floating transform parameters (see the module docstring). A nested list is
@@ -290,7 +290,7 @@ def warp(
       `jnp.asarray`.
     kind: 'affine', 'projective', 'tps', 'attention', or 'flow': params is then a displacement field of the image's
       shape with 2 channels (a volume's with 3), in pixels, output pixel p reading the input at p + flow[p]
-      (stn_jax.flows).
+      (stn_jax.spatial.flows).
     size: output (H_out, W_out), static: any sequence of two positive ints; defaults to the input's (H, W) (None
       for a flow). A volume (N, D, H, W, C) warps with kind='affine' and theta (N, 3, 4), its size
       (D_out, H_out, W_out).

@@ -3,7 +3,7 @@
   WORKDIR/config.json          the run's config (current layout; an older one is migrated on reading)
   WORKDIR/config_history.jsonl every accepted change of config on resume (step, the differences)
   WORKDIR/checkpoints/<step>/  orbax checkpoints of `checkpoint_state(...)`
-  WORKDIR/metrics.jsonl        (stn_jax.metrics) and tensorboard/, figures/, results.json (stn_jax.train)
+  WORKDIR/metrics.jsonl        (training.metrics) and tensorboard/, figures/, results.json (training.train)
 
 `open_run` decides, before anything is written, whether a config may run in a workdir: a new workdir (or one whose run
 never reached its first checkpoint) is claimed, one of the same run (up to `config_lib.FREE_FIELDS` and the options of
@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from stn_jax import config_lib, utils
-from stn_jax.steps import zero_metric_sums
+from stn_jax.training import config_lib, utils
+from stn_jax.training.steps import zero_metric_sums
 
 log = logging.getLogger(__name__)
 

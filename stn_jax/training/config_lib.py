@@ -29,9 +29,10 @@ import jax
 import ml_collections
 
 from stn_jax import data as data_lib
-from stn_jax import distributed, feed, models, optim, steps
+from stn_jax import models
 from stn_jax.data.mnist import SOURCES, SPLIT_SIZES
-from stn_jax.errors import ConfigError
+from stn_jax.training import distributed, feed, optim, steps
+from stn_jax.training.errors import ConfigError
 
 VERSION = 2
 # The largest training step the trainer counts: steps reach the jitted step as int32 and the metric sums count them in
@@ -108,7 +109,7 @@ DOCS = {
   "dataset.source": f"where MNIST comes from: {', '.join(SOURCES)}",
   "optimizer.name": f"{', '.join(optim.NAMES)}",
   "optimizer.momentum": "sgd only (0 = none)",
-  "optimizer.schedule": f"{', '.join(optim.SCHEDULES)} (see stn_jax.optim.learning_rate_schedule)",
+  "optimizer.schedule": f"{', '.join(optim.SCHEDULES)} (see stn_jax.training.optim.learning_rate_schedule)",
   "optimizer.warmup_steps": "cosine: linear warm-up steps",
   "optimizer.decay_steps": "step schedule: the steps at which the rate is multiplied by decay_factor",
   "optimizer.decay_factor": "step schedule: the factor",

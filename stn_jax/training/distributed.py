@@ -14,7 +14,7 @@ import os
 import jax
 import numpy as np
 
-from stn_jax.errors import ConfigError
+from stn_jax.training.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "always", "never")

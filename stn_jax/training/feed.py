@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from stn_jax.data import DistortedMnist, epoch_rows
-from stn_jax.errors import ConfigError
+from stn_jax.training.errors import ConfigError
 
 log = logging.getLogger(__name__)
 PIPELINES = ("auto", "device", "host")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stn_jax import utils
+from stn_jax.training import utils
 
 log = logging.getLogger(__name__)
 

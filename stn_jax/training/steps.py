@@ -20,7 +20,7 @@ SEED_MAPPINGS = ("auto", "vmap", "unroll")
 # Precision of the model's own float32 matrix products and convolutions (config.matmul_precision). 'default' is the
 # backend's: exact float32 on CPU, TF32 (a 10-bit mantissa) for float32 products on Ampere/Hopper GPUs; 'high' is
 # TF32 or bfloat16x3 where the backend has them; 'highest' is full float32 everywhere. Grid generation is always at
-# full precision (stn_jax.grids), whatever this says.
+# full precision (stn_jax.spatial.grids), whatever this says.
 MATMUL_PRECISIONS = ("default", "high", "highest")
 # What the model's convolutions and dense layers compute in (config.compute_dtype). bfloat16 is mixed precision as
 # in the Flax examples and big_vision: float32 parameters, optimiser state, loss and metric sums; the localisation

@@ -27,9 +27,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from stn_jax import checkpoints, config_lib, distributed, feed, figures, models, optim, steps, utils
 from stn_jax import data as data_lib
-from stn_jax.metrics import MetricWriter
+from stn_jax import models
+from stn_jax.training import checkpoints, config_lib, distributed, feed, figures, optim, steps, utils
+from stn_jax.training.metrics import MetricWriter
 
 log = logging.getLogger(__name__)
 # Training calls the host may dispatch before the oldest of them has finished (utils.DispatchWindow).

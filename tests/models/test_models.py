@@ -172,7 +172,7 @@ def test_patches_and_kernel_convolutions_are_the_same_function_as_lax_conv(impl,
 
 
 def test_auto_convolutions_are_the_kernel_on_one_cpu_device_only():
-  from stn_jax import cpu_kernels
+  from stn_jax.spatial import cpu_kernels
 
   assert models.resolve_conv("auto", "cpu") == ("cpu_kernel" if cpu_kernels.available() else "patches")
   assert models.resolve_conv("auto", "cpu", num_devices=8) == "patches"  # custom calls are not partitioned
@@ -181,7 +181,7 @@ def test_auto_convolutions_are_the_kernel_on_one_cpu_device_only():
 
 @pytest.mark.parametrize("conv", ["xla", "patches", "cpu_kernel"])
 def test_a_vmapped_population_of_patch_convolutions_has_no_grouped_convolution(conv):
-  from stn_jax import optim, steps, train
+  from stn_jax.training import optim, steps, train
   from tests.helpers import tiny_config
 
   k = 4
@@ -205,7 +205,7 @@ def test_a_vmapped_population_of_patch_convolutions_has_no_grouped_convolution(c
 
 
 def test_auto_seed_mapping_unrolls_on_cpu_only_for_lax_convolutions():
-  from stn_jax import steps
+  from stn_jax.training import steps
 
   m = default.get_config().model
   assert m.classifier.cnn.conv == "auto" and not models.has_xla_convolutions(m)  # 'auto' is patches on CPU

@@ -1,8 +1,8 @@
-"""The CPU kernels (stn_jax.cpu_kernels): the bilinear sampler against the pure-JAX path (implementation='xla') and
+"""The CPU kernels (spatial.cpu_kernels): the bilinear sampler against the pure-JAX path (implementation='xla') and
 its own reference (values and derivatives of every order, under jit / vmap / eagerly, every padding mode, and the
 fallbacks); the convolution and max-pool against lax.conv and reduce_window.
 
-torch parity of both implementations is in tests/test_sampling.py (test_matches_torch_values_and_gradients).
+torch parity of both implementations is in tests/spatial/test_sampling.py (test_matches_torch_values_and_gradients).
 """
 
 import functools
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import stn_jax
-from stn_jax import cpu_kernels, sampling
+from stn_jax.spatial import cpu_kernels, sampling
 from tests import helpers
 
 pytestmark = pytest.mark.skipif(
@@ -177,7 +177,7 @@ def _python(code: str, **env):
 
 FALLBACK = """
   import jax.numpy as jnp, numpy as np, stn_jax
-  from stn_jax import cpu_kernels, sampling
+  from stn_jax.spatial import cpu_kernels, sampling
   print("reason:", cpu_kernels.unavailable_reason())
   print("default:", sampling.resolve_implementation("grid_sample", None, "bilinear", jnp.float32))
   out = stn_jax.grid_sample(jnp.ones((1, 4, 4, 1)), jnp.zeros((1, 2, 2, 2)))

@@ -198,7 +198,7 @@ def test_bilinear_check_grads_forward_over_forward():
     image = jnp.asarray(rng.standard_normal((2, 4, 5, 2)))
     grid = jnp.asarray(_random_points(rng, (2,), (2, 3), (4, 5), align_corners=options["align_corners"]))
     fn = jax.jit(lambda i, g: stn_jax.grid_sample(i, g, **options))
-    try:  # reverse over reverse: tests/test_sampling.py; reverse over forward: the Hessians below
+    try:  # reverse over reverse: tests/spatial/test_sampling.py; reverse over forward: the Hessians below
       check_grads(fn, (image, grid), order=2, modes=["fwd"], eps=1e-4, atol=1e-5, rtol=1e-5)
     except AssertionError as e:
       raise AssertionError(f"{seed}, {options}") from e

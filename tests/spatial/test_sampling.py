@@ -12,11 +12,11 @@ from jax.test_util import check_grads
 from scipy import ndimage
 
 import stn_jax
-from stn_jax import cpu_kernels
+from stn_jax.spatial import cpu_kernels
 from tests import helpers
 
 COMBOS = list(itertools.product(stn_jax.MODES, stn_jax.PADDING_MODES, (False, True)))
-# Bilinear sampling of images runs on XLA or on the CPU kernel (stn_jax.cpu_kernels): both are held to torch.
+# Bilinear sampling of images runs on XLA or on the CPU kernel (stn_jax.spatial.cpu_kernels): both are held to torch.
 KERNEL = pytest.param(
   "cpu_kernel", marks=pytest.mark.skipif(not cpu_kernels.available(), reason="the CPU kernel is not built")
 )
@@ -265,7 +265,7 @@ def test_legitimate_small_or_channels_last_images_do_not_warn(shape):
 
 
 def test_forward_mode_works_in_every_mode():
-  # The README's "Autodiff" bullet; tests/test_forward_mode.py checks every padding mode and align_corners too.
+  # The README's "Autodiff" bullet; tests/spatial/test_forward_mode.py checks every padding mode and align_corners too.
   rng = np.random.default_rng()
   image = jnp.asarray(helpers.random_image(rng, (1, 5, 6, 2)))
   # points mostly inside the image, so that the grid derivative is large somewhere (checked below)

@@ -7,10 +7,11 @@ from pathlib import Path
 import jax
 import pytest
 
-from stn_jax import checkpoints, cli, config_lib, models, utils
+from stn_jax import models
+from stn_jax.training import checkpoints, cli, config_lib, utils
 
-ROOT = Path(__file__).resolve().parents[1]
-V1_RUNS = sorted((ROOT / "tests" / "data").glob("v1_*"))
+ROOT = Path(__file__).resolve().parents[2]
+V1_RUNS = sorted((ROOT / "tests" / "fixtures").glob("v1_*"))
 
 
 def _default():
@@ -213,7 +214,7 @@ def test_a_config_written_before_fields_were_added_to_version_2_keeps_its_meanin
 
 
 def test_conv_auto_is_recorded_as_the_backends_choice_and_existing_workdirs_keep_theirs(tmp_path):
-  from stn_jax import train
+  from stn_jax.training import train
   from tests.helpers import synthetic_datasets, tiny_config
 
   assert config_lib.resolve_auto(_default(), backend="cpu").model.classifier.cnn.conv == "patches"
@@ -235,7 +236,8 @@ def test_conv_auto_is_recorded_as_the_backends_choice_and_existing_workdirs_keep
 
 
 def test_the_sampler_auto_is_recorded_old_workdirs_sampled_with_xla_and_a_run_may_switch(tmp_path):
-  from stn_jax import cpu_kernels, train
+  from stn_jax.spatial import cpu_kernels
+  from stn_jax.training import train
   from tests.helpers import synthetic_datasets, tiny_config
 
   kernel = "cpu_kernel" if cpu_kernels.available() else "xla"

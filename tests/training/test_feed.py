@@ -4,7 +4,7 @@ chunking by dispatch; the choice of pipeline; results that do not depend on eith
 import numpy as np
 import pytest
 
-from stn_jax import config_lib, distributed, feed, steps, train
+from stn_jax.training import config_lib, distributed, feed, steps, train
 from tests.helpers import synthetic_datasets, tiny_config
 
 

@@ -113,7 +113,7 @@ def test_the_check_finds_a_default_precision_product():
 
 @pytest.mark.parametrize("precision", ["default", "high", "highest"])
 def test_matmul_precision_sets_the_models_own_products(precision):
-  from stn_jax import optim, steps, train
+  from stn_jax.training import optim, steps, train
   from tests.helpers import tiny_config
 
   config = tiny_config(matmul_precision=precision)
@@ -134,7 +134,7 @@ def test_matmul_precision_sets_the_models_own_products(precision):
 
 @pytest.mark.parametrize("conv", ["xla", "patches"])
 def test_bfloat16_runs_the_layers_in_bfloat16_and_keeps_the_grid_and_the_state_float32(conv, monkeypatch):
-  from stn_jax import optim, steps, train
+  from stn_jax.training import optim, steps, train
   from tests.helpers import products, tiny_config
 
   config = tiny_config(
@@ -177,7 +177,7 @@ def test_bfloat16_runs_the_layers_in_bfloat16_and_keeps_the_grid_and_the_state_f
 
 
 def test_bfloat16_logits_are_float32_and_near_the_float32_models():
-  from stn_jax import train
+  from stn_jax.training import train
   from tests.helpers import tiny_config
 
   rng = np.random.default_rng()

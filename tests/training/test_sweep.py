@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from stn_jax import config_lib, models
+from stn_jax import models
+from stn_jax.training import config_lib
 from tests.helpers import experiment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sweep = experiment("sweep")
 
 SWEEP_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if "def sweep" in p.read_text())

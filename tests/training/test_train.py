@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stn_jax import checkpoints, config_lib, feed, optim, steps, train
+from stn_jax.training import checkpoints, config_lib, feed, optim, steps, train
 from tests.helpers import synthetic_datasets, tensorboard_events, tiny_config, workdir_files
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def _dies_at(monkeypatch, at_step: int):
 
 _SIGKILLED_RUN = """
 import os, signal, sys
-from stn_jax import feed, train
+from stn_jax.training import feed, train
 from tests.helpers import synthetic_datasets, tiny_config
 real_chunk = feed.TrainFeed.chunk
 def chunk(self, step, *args, **kwargs):
@@ -228,7 +228,7 @@ def test_a_checkpoint_past_the_recorded_total_is_reported_not_taken_for_the_run(
 @pytest.mark.parametrize("name", ["v1_cnn", "v1_fcn"])
 def test_a_version_1_workdir_resumes_under_its_migrated_config(name, tmp_path, datasets):
   workdir = tmp_path / name
-  shutil.copytree(ROOT / "tests" / "data" / name, workdir)
+  shutil.copytree(ROOT / "tests" / "fixtures" / name, workdir)
   old = json.loads((workdir / "config.json").read_text())
   config = config_lib.from_dict(old)  # what the v1 run was, in today's layout
   config.num_train_steps = 6  # the v1 run stopped at 4
@@ -569,7 +569,7 @@ def test_an_absurd_budget_is_refused_at_once_in_one_line(flag, words, tmp_path):
 @pytest.mark.parametrize("low_high", [(50.0, 87.0), (0.6, 45.0), (0.95, 0.99), (0.8, 1.2), (0.011, 230.0), (2.0, 9.0)])
 def test_the_curves_log_axis_has_several_readable_ticks_at_any_range(low_high):
   # A short run's error axis spans 50-87 %: it was labelled with one tick ("50").
-  from stn_jax.figures import log_ticks
+  from stn_jax.training.figures import log_ticks
 
   low, high = low_high
   ticks = log_ticks(low, high)
