@@ -6,7 +6,7 @@
 #   2. what has never been measured on a GPU: benchmark_loop (the loop against its bare step), benchmark_population
 #      --ks=1,8,64, benchmark_train (stn_jax against torch on the same GPU) and the default `make train` config's
 #      wall time and steps/s (benchmarks.txt; the default run's results.json and metrics.jsonl in session.tar.xz);
-#   3. the rest of SESSION_S on experiments/paper_campaign.py (paper_runs.tar.xz: unpack it into docs/paper_runs).
+#   3. the rest of SESSION_S on experiments/paper_campaign.py (paper_runs.tar.xz: unpack it into results/paper_runs).
 # $OUT receives 4 files: gpu.txt, benchmarks.txt, session.tar.xz (logs, the default run, the campaign's record) and
 # paper_runs.tar.xz, well inside the machine's 8 files of 16 MiB. Each step has its own timeout, so one that hangs
 # or fails costs its share of the window only. SESSION_S (default 510) is the whole command's budget in seconds;

@@ -1,10 +1,10 @@
 r"""The paper's Table 1 and TC at the `paper` budget, one accelerator window at a time.
 
-  python experiments/paper_campaign.py --budget_s=420 --out=/tmp/campaign [--done=docs/paper_runs] [--dry_run]
+  python experiments/paper_campaign.py --budget_s=420 --out=/tmp/campaign [--done=results/paper_runs] [--dry_run]
 
 The rows are the `paper` sweeps of configs/paper_table1.py and configs/paper_tc.py, fused as `sweep.py --fuse` fuses
 them (R, paper-P and paper-E of one architecture x 3 seeds: one program of 9 models; paper-RTS and paper-TC rows:
-3-seed programs of their own). Programs whose results are already under --done (docs/paper_runs/<group>/<program>/
+3-seed programs of their own). Programs whose results are already under --done (results/paper_runs/<group>/<program>/
 results.json at the program's total) are skipped; the others run one at a time (processes sharing a GPU take turns)
 in a priority order (RTS ST-CNN-Aff, RTS CNN, TC ST-CNN-Aff, TC CNN, then the fused Table 1 programs, ST-CNN first,
 then the rest), each to its full total or not at all:
@@ -17,8 +17,8 @@ then the rest), each to its full total or not at all:
 Nothing is kept of a program that did not finish (no checkpoints come back from a lent machine). What the finished
 programs produced (results.json, metrics.jsonl, config.json and figures/transform_final.png; no checkpoints) and the
 rates go into ONE archive, OUT/paper_runs.tar.xz, under 16 MiB (the GPU machine's limit per file). Unpacked into
-docs/paper_runs/ (`tar -xJf paper_runs.tar.xz -C docs/paper_runs`) and committed, the next window continues with the
-programs still missing; `python experiments/paper_table.py --runs=docs/paper_runs` prints the table.
+results/paper_runs/ (`tar -xJf paper_runs.tar.xz -C results/paper_runs`) and committed, the next window continues with the
+programs still missing; `python experiments/paper_table.py --runs=results/paper_runs` prints the table.
 
 `--override config.key=value` (repeatable) applies to every program (tests shrink the budget and the models with
 it; a campaign that uses it is not the paper's recipe), `--program` (repeatable) keeps only the named programs.
@@ -277,7 +277,7 @@ def define_flags() -> None:
   is sweep.py's, imported with it)."""
   flags.DEFINE_float("budget_s", None, "Wall-clock seconds this window may spend training.")
   flags.DEFINE_string("out", None, "Output directory: work/ (the runs), runs/ and paper_runs.tar.xz.")
-  flags.DEFINE_string("done", str(ROOT / "docs" / "paper_runs"), "The results committed so far.")
+  flags.DEFINE_string("done", str(ROOT / "results" / "paper_runs"), "The results committed so far.")
   flags.DEFINE_multi_string("override", [], "config.key=value for every program (tests only).")
   flags.DEFINE_multi_string("program", [], "Only this program (group/name, as --dry_run shows); repeatable.")
   flags.DEFINE_float(

@@ -1,7 +1,7 @@
 r"""Our Table 1 and TC errors beside the paper's, from a campaign's results or finished sweeps; copies figures.
 
-  python experiments/paper_table.py --runs=docs/paper_runs            # experiments/paper_campaign.py's results
-  python experiments/paper_table.py --table1=runs/table1_cpu --tc=runs/tc_cpu [--figures=docs/table1]
+  python experiments/paper_table.py --runs=results/paper_runs            # experiments/paper_campaign.py's results
+  python experiments/paper_table.py --table1=runs/table1_cpu --tc=runs/tc_cpu [--figures=docs/figures/table1]
 
 Reads every results.json under the roots (with its config.json and metrics.jsonl), splits a fused program (a
 population of several variants, `config.population.dataset`) into its cells, and prints markdown tables of test
@@ -113,7 +113,7 @@ def tables(found: dict[tuple[str, str], dict]) -> str:
 
 def define_flags() -> None:
   """The command line's flags (defined when run as a script: importing this module defines none)."""
-  flags.DEFINE_string("runs", None, "Root of a campaign's results (docs/paper_runs): Table 1 and TC.")
+  flags.DEFINE_string("runs", None, "Root of a campaign's results (results/paper_runs): Table 1 and TC.")
   flags.DEFINE_string("table1", None, "Root of the Table 1 sweep.")
   flags.DEFINE_string("tc", None, "Root of the TC sweep.")
   flags.DEFINE_string("figures", None, "Copy each dataset's ST-CNN-Aff transform figure here.")

@@ -170,7 +170,7 @@ def test_what_is_not_array_like_is_a_type_error_naming_the_argument(call, words)
 
 
 def test_forward_mode_works_through_every_grid():
-  # The README's "Autodiff" bullet: affine_grid has a custom JVP; the other grids are plain JAX.
+  # docs/sampling.md's "Autodiff" bullet: affine_grid has a custom JVP; the other grids are plain JAX.
   rng = np.random.default_rng()
   matrix = jnp.asarray(np.eye(3) + 0.1 * rng.standard_normal((2, 3, 3)), jnp.float32)
   points = stn_jax.tps_control_points(9) + 0.1 * jnp.asarray(rng.standard_normal((9, 2)), jnp.float32)

@@ -206,7 +206,7 @@ def test_params_errors_name_the_calling_function(call, error, words):
 
 
 def test_forward_mode_through_warp_of_every_kind_and_mode():
-  # The README's "Autodiff" bullet: jax.jvp / jax.jacfwd work for every kind and sampling mode.
+  # docs/sampling.md's "Autodiff" bullet: jax.jvp / jax.jacfwd work for every kind and sampling mode.
   rng = np.random.default_rng()
   image = jnp.asarray(helpers.random_image(rng, (2, 7, 8, 1)))
   for kind in stn_jax.KINDS:

@@ -147,9 +147,9 @@ def test_describe_lists_every_field_with_value_and_meaning():
   assert "| `optimizer.localization_lr_multiplier` | `0.1` | scales the localisation net's updates |" in table
 
 
-def test_the_readme_config_table_is_generated_from_configs_default():
+def test_the_docs_config_table_is_generated_from_configs_default():
   table = config_lib.describe(_default(), markdown=True)
-  assert table in (ROOT / "README.md").read_text(), "regenerate: python -m stn_jax.main --config=... --list"
+  assert table in (ROOT / "docs" / "training.md").read_text(), "regenerate: python -m stn_jax.main --config=... --list"
 
 
 def test_itstime_fires_every_n_steps_and_at_the_end():
