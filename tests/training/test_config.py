@@ -264,3 +264,11 @@ def test_the_sampler_auto_is_recorded_old_workdirs_sampled_with_xla_and_a_run_ma
   assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["sampler"] == other
   history = (tmp_path / "run" / "config_history.jsonl").read_text()
   assert other in history
+
+
+def test_each_field_is_documented_once_in_config_lib_or_the_model_constructors_not_in_the_config_file():
+  docs = config_lib.field_docs()
+  fields = config_lib.flatten(config_lib.to_dict(_default()))
+  assert set(fields) <= set(docs), sorted(set(fields) - set(docs))
+  body = (ROOT / "configs" / "default.py").read_text().split("def get_config")[1]
+  assert "#" not in body, "configs/default.py documents a field: its doc belongs in config_lib.DOCS"
