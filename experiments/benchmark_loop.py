@@ -44,7 +44,7 @@ def main(argv):
   graphdef, params = train.create_params(base, train_set.image_size)
   tx = optim.create_optimizer(base, params, n)
   step_fn = steps.make_train_step(graphdef, tx, base.seed, precision=base.matmul_precision)
-  fixed = distributed.shard_batch(mesh, train.seed_batches(base, train_set, 0))
+  fixed = distributed.shard_batch(mesh, train.population_batch(base, train_set, 0))
 
   host_params = jax.tree.map(np.asarray, params)
 
@@ -62,11 +62,11 @@ def main(argv):
     return (n - 1) / (time.perf_counter() - start)
 
   def per_step_host() -> float:
-    state = step_fn(*fresh_state(), distributed.shard_batch(mesh, train.seed_batches(base, train_set, 0)), 0)
+    state = step_fn(*fresh_state(), distributed.shard_batch(mesh, train.population_batch(base, train_set, 0)), 0)
     jax.block_until_ready(state)
     start = time.perf_counter()
     for i in range(1, n):
-      state = step_fn(*state, distributed.shard_batch(mesh, train.seed_batches(base, train_set, i)), i)
+      state = step_fn(*state, distributed.shard_batch(mesh, train.population_batch(base, train_set, i)), i)
     jax.block_until_ready(state)
     return (n - 1) / (time.perf_counter() - start)
 

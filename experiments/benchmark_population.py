@@ -36,8 +36,8 @@ def time_population(base, k: int, mapping: str, conv: str, num_steps: int) -> fl
   config.model.classifier.cnn.conv = config.model.localization.cnn.conv = conv
   size = config_lib.input_shape(config)[0]
   graphdef, params = train.create_params(config, size)
-  tx = optim.create_optimizer(config, steps.seed_slice(params, 0, k), 1000)
-  state = (params, train.init_optimizer_state(tx, params, k), steps.zero_metric_sums(k))
+  tx = optim.create_optimizer(config, steps.member_slice(params, 0, k), 1000)
+  state = (params, optim.init_state(config, params, 1000), steps.zero_metric_sums(k))
   rng = np.random.default_rng(0)
   shape = (config.batch_size,) if k == 1 else (k, config.batch_size)
   batch = {

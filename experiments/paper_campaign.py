@@ -16,9 +16,9 @@ then the rest), each to its full total or not at all:
 
 Nothing is kept of a program that did not finish (no checkpoints come back from a lent machine). What the finished
 programs produced (results.json, metrics.jsonl, config.json and figures/transform_final.png; no checkpoints) and the
-rates go into ONE archive, OUT/paper_runs.tar.xz, under 16 MiB (the GPU machine's limit per file). Unpacked into
-results/paper_runs/ (`tar -xJf paper_runs.tar.xz -C results/paper_runs`) and committed, the next window continues with the
-programs still missing; `python experiments/paper_table.py --runs=results/paper_runs` prints the table.
+rates go into ONE archive, OUT/paper_runs.tar.xz, under 16 MiB (the GPU machine's limit per file). Unpacked
+into results/paper_runs/ (`tar -xJf paper_runs.tar.xz -C results/paper_runs`) and committed, the next window continues
+with the programs still missing; `python experiments/paper_table.py --runs=results/paper_runs` prints the table.
 
 `--override config.key=value` (repeatable) applies to every program (tests shrink the budget and the models with
 it; a campaign that uses it is not the paper's recipe), `--program` (repeatable) keeps only the named programs.

@@ -22,7 +22,7 @@ from stn_jax.training.cli import USAGE_ERROR, one_line, parse_flags, quiet_orbax
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, figures and results.")
 _LIST = flags.DEFINE_bool("list", False, "Print every field of the config with its value and meaning, and exit.")
-_MARKDOWN = flags.DEFINE_bool("markdown", False, "With --list: as a markdown table (the README's is made so).")
+_MARKDOWN = flags.DEFINE_bool("markdown", False, "With --list: as a markdown table (docs/training.md's is made so).")
 _CONTINUE = flags.DEFINE_bool("continue", False, "Continue the workdir's run to the config's larger total.")
 config_flags.DEFINE_config_file(
   "config", None, "Training configuration file (path.py or path.py:arg).", lock_config=True
@@ -30,6 +30,11 @@ config_flags.DEFINE_config_file(
 
 
 def main(argv):
+  """Trains the flags' config into --workdir, or lists its fields (--list).
+
+  Args:
+    argv: what absl leaves of the command line (the program's name only).
+  """
   if len(argv) > 1:
     sys.stderr.write(f"error: unexpected arguments: {' '.join(argv[1:])}\n")
     sys.exit(USAGE_ERROR)
@@ -57,6 +62,7 @@ def main(argv):
 
 
 def run():
+  """The console script `stn-train`: absl's app.run of `main`, its flag errors one line."""
   app.run(main, flags_parser=parse_flags)
 
 

@@ -64,9 +64,14 @@ class Inputs(NamedTuple):
 
 
 def load_run(workdir: str | Path, seed_index: int = 0):
-  """(config, graphdef, params, step): the run's config (migrated to the current layout) and the parameters alone
-  (no optimiser state) of the newest intact checkpoint in `workdir`; of model `seed_index` in a run of
-  config.num_seeds > 1.
+  """The run's config and the parameters alone (no optimiser state) of the newest intact checkpoint in a workdir.
+
+  Args:
+    workdir: the run's directory.
+    seed_index: which model of a run of config.num_seeds > 1.
+
+  Returns:
+    (config, graphdef, params, step): the config migrated to the current layout.
 
   Raises:
     PredictError: no such workdir, no or an unreadable config.json, no readable checkpoint, a bad seed_index.
@@ -99,11 +104,18 @@ def load_run(workdir: str | Path, seed_index: int = 0):
   if restored is None:
     raise PredictError(f"{workdir / 'checkpoints'} holds no readable checkpoint of this run's model.")
   step, params = restored
-  return config, graphdef, steps.seed_slice(params, seed_index, num_seeds), step
+  return config, graphdef, steps.member_slice(params, seed_index, num_seeds), step
 
 
 def input_size(config) -> int:
-  """The side of the square, one-channel images the config's model takes."""
+  """The side of the square, one-channel images the config's model takes.
+
+  Args:
+    config: the run's ConfigDict.
+
+  Returns:
+    S of its (S, S, 1) inputs.
+  """
   return config_lib.input_shape(config)[0]
 
 
@@ -113,13 +125,27 @@ def input_size(config) -> int:
 
 
 def natural_key(name: str):
-  """Sorts '2.png' before '10.png' (runs of digits compare as numbers, the rest case-insensitively)."""
+  """The sort key that puts '2.png' before '10.png' (runs of digits compare as numbers, the rest case-insensitively).
+
+  Args:
+    name: a file name.
+
+  Returns:
+    The key.
+  """
   parts = re.split(r"(\d+)", name)
   return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)], name
 
 
 def image_files(directory: str | Path) -> list[Path]:
-  """The .png / .jpg / .jpeg files (any case) of `directory`, in natural order; hidden files are skipped."""
+  """The image files of a directory, in natural order.
+
+  Args:
+    directory: the directory.
+
+  Returns:
+    Its .png / .jpg / .jpeg files (any case); hidden files are skipped.
+  """
   directory = Path(directory)
   files = [
     f for f in directory.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
@@ -128,8 +154,15 @@ def image_files(directory: str | Path) -> list[Path]:
 
 
 def read_image_file(path: str | Path) -> np.ndarray:
-  """One image file as an (H, W, C) array: uint8 (8-bit images) or uint16 (16-bit ones), C in 1 to 4, the
-  channels as stored (grey, grey + alpha, RGB, RGBA; palette and other modes become RGB or RGBA)."""
+  """One image file as an array, its channels as stored.
+
+  Args:
+    path: a .png / .jpg / .jpeg file.
+
+  Returns:
+    (H, W, C): uint8 (8-bit images) or uint16 (16-bit ones), C in 1 to 4 (grey, grey + alpha, RGB, RGBA; palette
+    and other modes become RGB or RGBA).
+  """
   from PIL import Image
 
   with Image.open(path) as image:
@@ -197,7 +230,20 @@ def prepare_images(
 
 
 def fit_size(images: np.ndarray, size: int, fit: str | None, source: str = "images") -> np.ndarray:
-  """float32 (N, H, W, 1) -> (N, size, size, 1): unchanged, zero-padded ('pad') or resized bilinearly ('resize')."""
+  """Images brought to the model's input size.
+
+  Args:
+    images: float32 (N, H, W, 1).
+    size: the model's S.
+    fit: None (they must be S x S already), 'pad' (zero-padded, centred) or 'resize' (bilinear).
+    source: what the error names.
+
+  Returns:
+    float32 (N, S, S, 1).
+
+  Raises:
+    PredictError: a wrong size without `fit`, or images larger than S with 'pad'.
+  """
   _, h, w, c = images.shape
   if (h, w) == (size, size):
     return images
@@ -213,8 +259,18 @@ def fit_size(images: np.ndarray, size: int, fit: str | None, source: str = "imag
 
 
 def read_images(path: str | Path, *, size: int | None = None, fit: str | None = None, grey: bool = False) -> Inputs:
-  """Reads an .npz (`images`, optionally `labels`), an image file or a directory of them (see the module docstring)
-  and prepares the images with `prepare_images(size=size, fit=fit, grey=grey)`.
+  """Reads images to classify: an .npz (`images`, optionally `labels`), an image file or a directory of them.
+
+  The images are prepared with `prepare_images(size=size, fit=fit, grey=grey)` (see the module docstring).
+
+  Args:
+    path: the .npz, image file or directory.
+    size: the model's S (None: leave the size).
+    fit: None, 'pad' or 'resize' (`fit_size`).
+    grey: convert colour images to luminance (else they are refused).
+
+  Returns:
+    Inputs: float32 (N, H, W, 1) images in [0, 1], int labels (N,) or None, the file names or None.
 
   Raises:
     PredictError: naming the file that cannot be read or used.
@@ -284,9 +340,18 @@ def _read_npz(path: Path, *, size, fit, grey) -> Inputs:
 
 
 def predict(config, graphdef, params, images: np.ndarray, *, batch_size: int = 500) -> dict:
-  """The model's outputs on float32 (N, S, S, 1) images in [0, 1] (`prepare_images`), in batches of `batch_size`:
-  {'predictions' (N,) int32, 'probabilities' (N, 10), 'rectified' (the transformer's outputs; the images without
-  one), 'theta' `(N, *param shape)`; (N, 0) without a transformer}.
+  """The model's outputs on images, in batches.
+
+  Args:
+    config: the run's ConfigDict.
+    graphdef: the model's graph definition.
+    params: one model's parameters.
+    images: float32 (N, S, S, 1) in [0, 1] (`prepare_images`).
+    batch_size: images per jitted call.
+
+  Returns:
+    {'predictions' (N,) int32, 'probabilities' (N, 10), 'rectified' (the transformer's outputs; the images without
+    one), 'theta' `(N, *param shape)` ((N, 0) without a transformer)}.
 
   Raises:
     PredictError: the images are not of the model's input shape, or there are none.
@@ -325,7 +390,16 @@ def predict(config, graphdef, params, images: np.ndarray, *, batch_size: int = 5
 
 
 def prediction_lines(result: dict, names=None, labels=None) -> list[str]:
-  """One line per image: its name (or index), the predicted class and its probability (and the label, if any)."""
+  """What predict prints: one line per image.
+
+  Args:
+    result: `predict`'s output.
+    names: the images' names (default: their indices).
+    labels: their labels, if known.
+
+  Returns:
+    Per image its name (or index), the predicted class and its probability (and the label, if any).
+  """
   names = [str(i) for i in range(len(result["predictions"]))] if names is None else list(names)
   width = max(4, *map(len, names))
   header = f"{'name':<{width}}  class  probability" + ("  label" if labels is not None else "")
@@ -342,8 +416,17 @@ def prediction_lines(result: dict, names=None, labels=None) -> list[str]:
 
 
 def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
-  """Defines predict's flags in `flag_values`: their own FlagValues, not absl's global one, so that `main` may run
-  more than once in a process and beside other entry points' flags (stn_jax.main's --workdir among them)."""
+  """Defines predict's flags in their own FlagValues, not absl's global one.
+
+  So `main` may run more than once in a process, beside other entry points' flags (stn_jax.main's --workdir among
+  them).
+
+  Args:
+    flag_values: the FlagValues to define them in.
+
+  Returns:
+    `flag_values`.
+  """
   flags.DEFINE_string("workdir", None, "Training workdir (its newest checkpoint is used).", flag_values=flag_values)
   flags.DEFINE_string(
     "input", None, "An .npz with `images` (and optionally `labels`), an image, or a directory of images (.png, .jpg).",
@@ -377,7 +460,14 @@ def _usage_error(message: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-  """The command line (see the module docstring); returns the exit status."""
+  """The command line (see the module docstring).
+
+  Args:
+    argv: the command line, program name first.
+
+  Returns:
+    The exit status (2 for bad input).
+  """
   options = define_flags(flags.FlagValues())
   if any(a in ("-h", "-help", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
     print(__doc__.strip() + "\n\nflags:\n" + options.get_help(include_special_flags=False))

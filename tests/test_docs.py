@@ -67,7 +67,11 @@ def test_the_tree_shows_the_library_the_trainer_and_the_entry_points():
 # target, the script, its flags, the config file and each config field it sets.
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "notebooks").glob("*.md"))]
-SCRIPTS = {"stn_jax.main": "stn_jax/main.py", "stn_jax.predict": "stn_jax/predict.py", "stn_jax.data": "stn_jax/data/__main__.py"}
+SCRIPTS = {
+  "stn_jax.main": "stn_jax/main.py",
+  "stn_jax.predict": "stn_jax/predict.py",
+  "stn_jax.data": "stn_jax/data/__main__.py",
+}
 ABSL_FLAGS = {"help", "helpfull", "helpshort", "flagfile"}
 COMMAND = re.compile(r"(?:\S*/)?python3? (-m \S+|experiments/\S+\.py)([^\n\"&|;#]*)")
 
@@ -119,7 +123,7 @@ def test_every_shell_command_in_the_readme_and_the_pages_names_real_targets_scri
     if kind == "make":
       assert program in targets, f"{page}: make {program}: no such target in the Makefile"
       continue
-    script = SCRIPTS.get(program[3:], None) if program.startswith("-m ") else program
+    script = SCRIPTS.get(program[3:]) if program.startswith("-m ") else program
     assert script is not None and (ROOT / script).is_file(), f"{page}: python {program}: no such script"
     defined = _defined_flags(ROOT / script) | ABSL_FLAGS
     spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
@@ -131,7 +135,7 @@ def test_every_shell_command_in_the_readme_and_the_pages_names_real_targets_scri
         configs[spec] = {"config." + k for k in config_lib.flatten(config_lib.to_dict(config))}
       fields = configs[spec]
     for i, arg in enumerate(args):
-      if arg.startswith("[") or not arg.startswith(("--", "config.")) and args[i - 1] != "--grid":
+      if arg.startswith("[") or (not arg.startswith(("--", "config.")) and args[i - 1] != "--grid"):
         continue
       name = arg.strip("[]").lstrip("-").split("=", 1)[0]
       if name.startswith("config."):
@@ -140,3 +144,25 @@ def test_every_shell_command_in_the_readme_and_the_pages_names_real_targets_scri
         continue
       assert name in defined or (name.startswith("no") and name[2:] in defined), f"{page}: {program}: no flag --{name}"
   assert checked > 20
+
+
+def test_docstrings_follow_google_style_with_args_for_every_public_function():
+  import importlib
+  import inspect
+
+  modules = [stn_jax, importlib.import_module("stn_jax.main"), importlib.import_module("stn_jax.predict")]
+  for package in ("stn_jax.training", "stn_jax.models", "stn_jax.data"):
+    modules += [importlib.import_module(name) for name in _modules(package)]
+  missing = []
+  for module in modules:
+    names = stn_jax.__all__ if module is stn_jax else [n for n in vars(module) if not n.startswith("_")]
+    for name in names:
+      obj = getattr(module, name)
+      if not inspect.isfunction(obj) or (module is not stn_jax and obj.__module__ != module.__name__):
+        continue
+      doc = inspect.getdoc(obj) or ""
+      if not doc.strip():
+        missing.append(f"{obj.__module__}.{name}: no docstring")
+      elif inspect.signature(obj).parameters and "Args:" not in doc:
+        missing.append(f"{obj.__module__}.{name}: no Args section")
+  assert not missing, missing

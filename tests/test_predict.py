@@ -100,8 +100,7 @@ def test_a_current_run_predicts_its_test_accuracy(current_run, datasets, test_np
 def test_seed_index_picks_a_model_of_a_multi_seed_run(tmp_path, test_npz, cli):
   config = _tiny_config(num_seeds=2)
   graphdef, params = train.create_params(config, 32)
-  tx = optim.create_optimizer(config, steps.seed_slice(params, 0, 2), 4)
-  state = checkpoints.checkpoint_state(params, train.init_optimizer_state(tx, params, 2), num_seeds=2)
+  state = checkpoints.checkpoint_state(params, optim.init_state(config, params, 4), num_seeds=2)
   checkpoints.open_run(tmp_path, config, steps_per_epoch=6)
   with checkpoints.manager(tmp_path) as manager:
     manager.save(3, args=ocp.args.StandardSave(state))
@@ -111,7 +110,7 @@ def test_seed_index_picks_a_model_of_a_multi_seed_run(tmp_path, test_npz, cli):
   for k in range(2):
     _, _, restored, step = predict.load_run(tmp_path, seed_index=k)
     assert step == 3
-    jax.tree.map(np.testing.assert_array_equal, restored, steps.seed_slice(params, k, 2))
+    jax.tree.map(np.testing.assert_array_equal, restored, steps.member_slice(params, k, 2))
     outputs.append(predict.predict(config, graphdef, restored, images)["probabilities"])
   assert not np.allclose(outputs[0], outputs[1])
   with pytest.raises(predict.PredictError, match=r"seed_index must be in \[0, 2\).*got 2"):

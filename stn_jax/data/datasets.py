@@ -46,6 +46,18 @@ class DistortedMnist:
 
   @classmethod
   def from_mnist(cls, mnist: Mnist, name: str, split: str, *, seed: int, fresh_each_epoch: bool = False):
+    """One split of a variant, from loaded MNIST.
+
+    Args:
+      mnist: the loaded Mnist (stn_jax.data.load_mnist).
+      name: the variant (distortions.NAMES).
+      split: 'train', 'validation' or 'test'.
+      seed: the randomness of the distortions.
+      fresh_each_epoch: distort anew every epoch (train only).
+
+    Returns:
+      The DistortedMnist.
+    """
     digits, labels = mnist.split(split)
     return cls(name, split, digits, labels, seed, fresh_each_epoch)
 
@@ -57,7 +69,14 @@ class DistortedMnist:
     return len(self.labels)
 
   def images(self, epoch: int = 0) -> np.ndarray:
-    """uint8 (N, S, S) images of `epoch` (the same for every epoch unless `fresh_each_epoch`)."""
+    """The split's distorted images of an epoch.
+
+    Args:
+      epoch: the epoch (ignored unless `fresh_each_epoch`).
+
+    Returns:
+      uint8 (N, S, S), made once per epoch and cached.
+    """
     epoch = epoch if self.fresh_each_epoch else 0
     with self._lock:
       cached = self._epoch_images
@@ -68,7 +87,14 @@ class DistortedMnist:
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
-  """uint8 (..., H, W) -> float32 (..., H, W, 1) in [0, 1]."""
+  """Host images as the model's input.
+
+  Args:
+    images: uint8 (..., H, W).
+
+  Returns:
+    float32 (..., H, W, 1) in [0, 1] (steps.device_to_float is its bitwise twin on the device).
+  """
   return (np.asarray(images, np.float32) / 255.0)[..., None]
 
 
@@ -97,7 +123,15 @@ def train_batch(
   process_index: int = 0,
   process_count: int = 1,
 ) -> dict:
-  """The batch of training step `step` (this process's rows of the global batch).
+  """The batch of a training step: a pure function of the step, so a resumed run sees the batches it would have.
+
+  Args:
+    dataset: the train split.
+    step: the training step.
+    batch_size: the global batch size B.
+    shuffle_seed: the seed of the epochs' permutations.
+    process_index: this process's index.
+    process_count: P, the number of processes (each gets its rows of the global batch).
 
   Returns:
     dict(image=float32 (B / P, S, S, 1) in [0, 1], label=int32 (B / P,)).
@@ -118,9 +152,22 @@ def epoch_rows(
   process_index: int = 0,
   process_count: int = 1,
 ) -> np.ndarray:
-  """The example indices of every step of `epoch`: int (steps_per_epoch, B / P), this process's rows of each global
-  batch. Row `within` is the batch of step epoch * steps_per_epoch + within; the epoch's permutation is drawn once,
-  from (shuffle_seed, epoch), and the examples left over after the last full batch are not used that epoch."""
+  """The example indices of every step of an epoch.
+
+  Row `within` is the batch of step epoch * steps_per_epoch + within; the epoch's permutation is drawn once, from
+  (shuffle_seed, epoch), and the examples left over after the last full batch are not used that epoch.
+
+  Args:
+    dataset: the train split.
+    epoch: the epoch.
+    batch_size: the global batch size B.
+    shuffle_seed: the seed of the permutations.
+    process_index: this process's index.
+    process_count: P, the number of processes.
+
+  Returns:
+    int (steps_per_epoch, B / P): this process's rows of each global batch.
+  """
   _check_sharding(batch_size, process_index, process_count)
   steps_per_epoch = len(dataset) // batch_size
   if steps_per_epoch < 1:
@@ -132,7 +179,18 @@ def epoch_rows(
 
 
 def train_batches(dataset: DistortedMnist, batch_size: int, *, shuffle_seed: int, start_step: int = 0, **sharding):
-  """Infinite iterator of `train_batch(dataset, step, ...)` from `start_step` on."""
+  """Infinite iterator of `train_batch(dataset, step, ...)` from `start_step` on.
+
+  Args:
+    dataset: the train split.
+    batch_size: the global batch size.
+    shuffle_seed: the seed of the permutations.
+    start_step: the first step.
+    **sharding: process_index and process_count, as `train_batch` takes them.
+
+  Yields:
+    The batches of `train_batch`.
+  """
   step = start_step
   while True:
     yield train_batch(dataset, step, batch_size, shuffle_seed=shuffle_seed, **sharding)
@@ -142,11 +200,16 @@ def train_batches(dataset: DistortedMnist, batch_size: int, *, shuffle_seed: int
 def eval_batches(
   dataset: DistortedMnist, batch_size: int, *, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict]:
-  """Every example once, in order, in batches of `batch_size` (this process's rows); the last batch is padded and
-  `mask` marks the real examples.
+  """Every example once, in order, in batches of `batch_size` (this process's rows); the last batch padded.
+
+  Args:
+    dataset: a split.
+    batch_size: the global batch size B.
+    process_index: this process's index.
+    process_count: P, the number of processes.
 
   Yields:
-    dict(image=float32 (B / P, S, S, 1), label=int32 (B / P,), mask=bool (B / P,)).
+    dict(image=float32 (B / P, S, S, 1), label=int32 (B / P,), mask=bool (B / P,): which rows are real examples).
   """
   _check_sharding(batch_size, process_index, process_count)
   images = dataset.images()

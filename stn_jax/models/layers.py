@@ -17,12 +17,25 @@ PADDINGS = ("SAME", "VALID")
 
 
 def resolve_conv(impl: str, backend: str | None = None, num_devices: int = 1) -> str:
-  """'auto' -> the faster way on `backend` (default: JAX's): on CPU 'cpu_kernel' (stn_jax.spatial.cpu_kernels' direct
-  convolution) when it is built and the run uses one device, else 'patches' (XLA:CPU's own convolutions are slower for
-  every shape the seed's and the paper's networks have; XLA does not partition the kernel's custom calls, so a
-  data-parallel run over several devices would gather the whole batch onto each); 'xla' elsewhere (cuDNN and TPU
-  convolutions). The README's train-step section has the figures (experiments/benchmark_train.py). Other values stay
-  as they are."""
+  """The way a convolution option 'auto' runs on a backend.
+
+  On CPU 'cpu_kernel' (stn_jax.spatial.cpu_kernels' direct convolution) when it is built and the run uses one
+  device, else 'patches' (XLA:CPU's own convolutions are slower for every shape the seed's and the paper's networks
+  have; XLA does not partition the kernel's custom calls, so a data-parallel run over several devices would gather the
+  whole batch onto each); 'xla' elsewhere (cuDNN and TPU convolutions). docs/benchmarks.md has the figures
+  (experiments/benchmark_train.py).
+
+  Args:
+    impl: 'auto', or a concrete choice (returned as it is).
+    backend: JAX's backend to choose for (default: the default backend).
+    num_devices: the devices the run is data parallel over.
+
+  Returns:
+    'xla', 'patches' or 'cpu_kernel'.
+
+  Raises:
+    ValueError: an `impl` not in CONV_CHOICES.
+  """
   if impl not in CONV_CHOICES:
     raise ValueError(f"conv must be one of {', '.join(map(repr, CONV_CHOICES))}; got {impl!r}.")
   if impl != "auto":
@@ -33,20 +46,24 @@ def resolve_conv(impl: str, backend: str | None = None, num_devices: int = 1) ->
 
 
 class Conv(nnx.Conv):
-  """`nnx.Conv` ('SAME' or 'VALID' padding, NHWC) that can also run as patch extraction plus one matrix product, or in
-  stn_jax's CPU kernel.
+  """`nnx.Conv` ('SAME' or 'VALID', NHWC) that can also run as patches and one matrix product, or in a CPU kernel.
 
   impl='xla' is `lax.conv`. impl='patches' gathers each output pixel's receptive field (`extract_patches`, an exact
   copy) and multiplies by the kernel: the same function with another summation order. impl='cpu_kernel' runs
   stride-1 float32 layers whose output channels the kernel takes (`cpu_kernels.kernel_supports`: 16k, or up to a
-  quarter fewer) in `cpu_kernels.conv` (a direct convolution, no patch matrix; its pure-JAX reference off CPU
-  or where it is not built; matmul precision settings do not apply: it sums in float32) and the others as 'patches',
-  and 2x2 max-pooling in `cpu_kernels.max_pool`. Under `jax.vmap` over a
-  population of models with their own kernels, a convolution becomes a grouped convolution (feature_group_count =
-  K), a slow path of GPU convolution libraries for a few channels per group, while the product becomes one batched
-  matrix product, which GPUs batch well. The parameters are the same (kernel (kh, kw, C_in, C_out), bias), so
-  checkpoints do not depend on the impl. Both compute in `dtype` (nnx.Conv's: inputs, kernel and bias cast to it;
-  None = their promoted type) with parameters stored in `param_dtype`.
+  quarter fewer) in `cpu_kernels.conv` (a direct convolution, no patch matrix; its pure-JAX reference off CPU or where
+  it is not built; matmul precision settings do not apply: it sums in float32) and the others as 'patches', and 2x2
+  max-pooling in `cpu_kernels.max_pool`. Under `jax.vmap` over a population of models with their own kernels, a
+  convolution becomes a grouped convolution (feature_group_count = K), a slow path of GPU convolution libraries for a
+  few channels per group, while the product becomes one batched matrix product, which GPUs batch well. The
+  parameters are the same (kernel (kh, kw, C_in, C_out), bias), so checkpoints do not depend on the impl. Both
+  compute in `dtype` (nnx.Conv's: inputs, kernel and bias cast to it; None = their promoted type) with parameters
+  stored in `param_dtype`.
+
+  Args:
+    *args: nnx.Conv's (in_features, out_features, kernel_size).
+    impl: 'xla', 'patches' or 'cpu_kernel'.
+    **kwargs: nnx.Conv's (strides, padding, dtype, param_dtype, rngs, ...).
   """
 
   def __init__(self, *args, impl: str = "xla", **kwargs):
@@ -96,9 +113,19 @@ class Conv(nnx.Conv):
 
 
 def extract_patches(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: str) -> jax.Array:
-  """(N, H, W, C) -> (N, H', W', kh * kw * C): each output pixel's receptive field, features ordered (kh, kw, C), by
-  strided slices of the padded input (an exact copy: no convolution, so nothing to round and nothing grouped).
-  `padding` is 'SAME' (XLA's: the odd pixel of padding at the end) or 'VALID'."""
+  """Each output pixel's receptive field, by strided slices of the padded input.
+
+  An exact copy: no convolution, so nothing to round and nothing grouped.
+
+  Args:
+    x: (N, H, W, C).
+    window: (kh, kw).
+    strides: (sh, sw).
+    padding: 'SAME' (XLA's: the odd pixel of padding at the end) or 'VALID'.
+
+  Returns:
+    (N, H', W', kh * kw * C), features ordered (kh, kw, C).
+  """
   (kh, kw), (sh, sw) = window, strides
   _, h, w, _ = x.shape
   if padding == "SAME":
@@ -122,7 +149,20 @@ def extract_patches(x: jax.Array, window: tuple[int, int], strides: tuple[int, i
 
 
 def per_layer(owner: str, name: str, value, count: int) -> tuple:
-  """`value` for each of `count` layers: one value (or a 1-sequence) for all of them, or one per layer."""
+  """An option's value for each of `count` layers.
+
+  Args:
+    owner: what the error names.
+    name: the option's name.
+    value: one value (or a 1-sequence) for all the layers, or one per layer.
+    count: the layers.
+
+  Returns:
+    A `count`-tuple.
+
+  Raises:
+    ValueError: a sequence of another length.
+  """
   values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
   if len(values) == 1:
     return values * count
@@ -144,9 +184,26 @@ def conv_stack(
   dtype=None,
   rngs: nnx.Rngs,
 ) -> tuple[nnx.List, tuple[bool, ...], tuple[int, int, int]]:
-  """The convolutions of `features` channels (each option one value for all layers or one per layer), which layers
-  max-pool 2x2 after their ReLU, and the (H, W, C) they end at; they compute in `dtype` (float32 parameters).
-  Raises ValueError naming `owner` when an option is bad or the input shrinks to nothing."""
+  """The convolutions of a CNN: `features` channels, each option one value for all layers or one per layer.
+
+  Args:
+    owner: what the errors name.
+    in_shape: the input's (H, W, C).
+    features: output channels of each convolution.
+    kernel_size: the square kernels' sides.
+    strides: the strides.
+    padding: 'SAME' or 'VALID'.
+    pool: whether a 2x2 max-pooling follows the layer (after its ReLU).
+    impl: how the convolutions run (`Conv`).
+    dtype: what they compute in (float32 parameters).
+    rngs: the initialisation's randomness.
+
+  Returns:
+    (the convolutions, which layers pool, the (H, W, C) they end at).
+
+  Raises:
+    ValueError: naming `owner`, when an option is bad or the input shrinks to nothing.
+  """
   n = len(features)
   kernels, steps = per_layer(owner, "kernel_size", kernel_size, n), per_layer(owner, "strides", strides, n)
   paddings, pools = per_layer(owner, "padding", padding, n), per_layer(owner, "pool", pool, n)
@@ -180,19 +237,39 @@ def conv_stack(
 
 
 def max_pool(x: jax.Array, size: int, impl: str) -> jax.Array:
-  """`size` x `size` max-pooling at stride `size` ('VALID'); a conv impl 'cpu_kernel' runs 2x2 float32 pooling in
-  `cpu_kernels.max_pool` (XLA:CPU's select-and-scatter backward pass is the slowest part of the paper's CNN
-  step), which propagates a window's NaN (as torch does)."""
+  """`size` x `size` max-pooling at stride `size` ('VALID').
+
+  A conv impl 'cpu_kernel' runs 2x2 float32 pooling in `cpu_kernels.max_pool` (XLA:CPU's select-and-scatter backward
+  pass is the slowest part of the paper's CNN step), which propagates a window's NaN (as torch does).
+
+  Args:
+    x: (N, H, W, C).
+    size: the window and stride.
+    impl: the layer's conv impl.
+
+  Returns:
+    (N, H // size, W // size, C).
+  """
   if impl == "cpu_kernel" and size == 2 and x.ndim == 4 and x.dtype == jnp.float32:
     return cpu_kernels.max_pool(x)
   return nnx.max_pool(x, (size, size), strides=(size, size))
 
 
 def apply_conv_stack(convs: nnx.List, pools: tuple[bool, ...], x: jax.Array) -> jax.Array:
-  """conv -> ReLU (-> 2x2 max-pool) for each layer of a `conv_stack`. With conv impl 'cpu_kernel' a pooled layer
-  runs conv -> max-pool -> ReLU: the same values (the ReLU is monotone, so it commutes with the maximum, bitwise) and
-  the same gradients (a window whose maximum is not positive passes none either way), with the ReLU and its
-  backward pass on a quarter of the values."""
+  """conv -> ReLU (-> 2x2 max-pool) for each layer of a `conv_stack`.
+
+  With conv impl 'cpu_kernel' a pooled layer runs conv -> max-pool -> ReLU: the same values (the ReLU is monotone, so
+  it commutes with the maximum, bitwise) and the same gradients (a window whose maximum is not positive passes none
+  either way), with the ReLU and its backward pass on a quarter of the values.
+
+  Args:
+    convs: the stack's convolutions.
+    pools: which layers pool.
+    x: (N, H, W, C).
+
+  Returns:
+    The last layer's (N, H', W', C').
+  """
   for conv, pooled in zip(convs, pools, strict=True):
     if pooled and conv.impl == "cpu_kernel":
       x = jax.nn.relu(max_pool(conv(x), 2, conv.impl))

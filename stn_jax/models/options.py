@@ -18,7 +18,14 @@ _NOT_OPTIONS = frozenset({"rngs", "num_classes", "dtype"})
 
 
 def option_names(cls) -> tuple[str, ...]:
-  """The keyword-only arguments of `cls.__init__` that carry a default: its configurable options."""
+  """A model class's configurable options: the keyword-only arguments of its `__init__` that carry a default.
+
+  Args:
+    cls: the class.
+
+  Returns:
+    Their names.
+  """
   parameters = inspect.signature(cls.__init__).parameters.values()
   return tuple(
     p.name
@@ -30,7 +37,14 @@ def option_names(cls) -> tuple[str, ...]:
 
 
 def default_options(cls) -> ml_collections.ConfigDict:
-  """{option: default} of `cls` as a ConfigDict (sequences as tuples: overridable from the command line)."""
+  """The defaults of a model class's options, as a config section.
+
+  Args:
+    cls: the class.
+
+  Returns:
+    {option: default} as a ConfigDict (sequences as tuples: overridable from the command line).
+  """
   parameters = inspect.signature(cls.__init__).parameters
   out = ml_collections.ConfigDict()
   for name in option_names(cls):
@@ -58,7 +72,15 @@ def option_docs(cls) -> dict[str, str]:
 
 
 def check_positive_ints(owner: str, **values) -> None:
-  """Raises ValueError unless each value is a positive int (or a sequence of them, possibly empty)."""
+  """Checks that each value is a positive int (or a sequence of them, possibly empty).
+
+  Args:
+    owner: what the error names.
+    **values: {option: value}.
+
+  Raises:
+    ValueError: naming the option, its value and what is allowed.
+  """
   for name, value in values.items():
     many = isinstance(value, (tuple, list))
     items = value if many else (value,)
@@ -68,5 +90,15 @@ def check_positive_ints(owner: str, **values) -> None:
 
 
 def check_rate(owner: str, name: str, value) -> None:
+  """Checks that a value is a rate in [0, 1).
+
+  Args:
+    owner: what the error names.
+    name: the option.
+    value: its value.
+
+  Raises:
+    ValueError: naming the option, its value and what is allowed.
+  """
   if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
     raise ValueError(f"{owner}: {name} must be a rate in [0, 1); got {value!r}.")

@@ -172,9 +172,20 @@ SAMPLERS = ("auto", "xla", "cpu_kernel")
 
 
 def resolve_sampler(sampler: str, backend: str | None = None, num_devices: int = 1) -> str:
-  """'auto' -> 'cpu_kernel' on the CPU `backend` (default: JAX's) when the kernel is built (spatial.cpu_kernels) and
-  the run uses one device, else 'xla': XLA does not partition the kernel's custom calls, so under a data-parallel jit
-  over several (CPU) devices it would gather the whole batch onto each. 'xla' and 'cpu_kernel' stay as they are."""
+  """What the sampler option 'auto' means on a backend.
+
+  'cpu_kernel' on the CPU backend when the kernel is built (spatial.cpu_kernels) and the run uses one device, else
+  'xla': XLA does not partition the kernel's custom calls, so under a data-parallel jit over several (CPU) devices it
+  would gather the whole batch onto each.
+
+  Args:
+    sampler: 'auto', 'xla' or 'cpu_kernel' (the last two returned as they are).
+    backend: JAX's backend to choose for (default: the default backend).
+    num_devices: the devices the run is data parallel over.
+
+  Returns:
+    'xla' or 'cpu_kernel'.
+  """
   if sampler not in SAMPLERS:
     raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}.")
   if sampler != "auto":
@@ -246,7 +257,12 @@ class SpatialTransformer(nnx.Module):
 
 
 class STNClassifier(nnx.Module):
-  """An optional spatial transformer in front of a classifier (FCN, CNN, ST-FCN, ST-CNN)."""
+  """An optional spatial transformer in front of a classifier (FCN, CNN, ST-FCN, ST-CNN).
+
+  Args:
+    transformer: the SpatialTransformer, or None (a baseline).
+    classifier: the classifier module (CLASSIFIERS), taking the transformer's output.
+  """
 
   def __init__(self, transformer: SpatialTransformer | None, classifier: nnx.Module):
     self.transformer = transformer
@@ -259,6 +275,14 @@ class STNClassifier(nnx.Module):
 
 
 def count_params(model: nnx.Module) -> int:
+  """The number of parameters of a model.
+
+  Args:
+    model: an NNX module.
+
+  Returns:
+    The count of its nnx.Param entries.
+  """
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
@@ -268,8 +292,14 @@ def count_params(model: nnx.Module) -> int:
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The `model` section of a config: the seed's affine ST-CNN. Every option of every localisation net and
-  classifier kind is present (from the constructors' signatures), so each is overridable from the command line."""
+  """The `model` section of a config: the seed's affine ST-CNN.
+
+  Every option of every localisation net and classifier kind is present (from the constructors' signatures), so each
+  is overridable from the command line.
+
+  Returns:
+    The ConfigDict.
+  """
   m = ml_collections.ConfigDict()
   m.transform = "affine"  # TRANSFORMS
   m.num_control_points = 16  # tps only: a perfect square
@@ -286,7 +316,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def config_docs() -> dict[str, str]:
-  """{field under model.: its documentation}, the per-kind options' read from their constructors' docstrings."""
+  """The documentation of the `model` section's fields, the per-kind options' read from their constructors' docstrings.
+
+  Returns:
+    {field under model.: its documentation}.
+  """
   docs = {
     "transform": f"the spatial transformer's transform: {', '.join(TRANSFORMS)} (none = a baseline without one)",
     "num_control_points": "TPS control points (a perfect square >= 4; the paper's 16)",
@@ -353,21 +387,46 @@ def _abstract_count(m, in_shape, transform, first_width=None) -> int:
 
 
 def param_count(model_config, in_shape: Sequence[int]) -> int:
-  """The number of parameters of the model a config's `model` section describes (built abstractly: no memory)."""
+  """The number of parameters of the model a config's `model` section describes (built abstractly: no memory).
+
+  Args:
+    model_config: config.model.
+    in_shape: the input's (H, W, C).
+
+  Returns:
+    The count.
+  """
   return count_params(nnx.eval_shape(lambda: create_model(model_config, in_shape, seed=0)))
 
 
 def has_xla_convolutions(model_config) -> bool:
-  """Whether the model a config describes has lax.conv convolutions (CNN parts whose conv is, or resolves to, 'xla')."""
+  """Whether the model a config describes has lax.conv convolutions (CNN parts whose conv is, or resolves to, 'xla').
+
+  Args:
+    model_config: config.model.
+
+  Returns:
+    True when it has.
+  """
   m = model_config
   parts = [m.classifier] + ([m.localization] if m.transform != "none" else [])  # a baseline has no localisation net
   return any(part.kind == "cnn" and resolve_conv(part.cnn.get("conv", "xla")) == "xla" for part in parts)
 
 
 def budget_width(model_config, in_shape: Sequence[int]) -> int:
-  """The width (see `_widened`) that gives a baseline (`transform='none'`) the parameter count of the same config with
+  """The width that gives a baseline the parameter count of its spatial-transformer counterpart.
+
+  The width (see `_widened`) of a baseline (`transform='none'`) that matches the same config with
   `model.match_params_of` as its transform (the paper compares models of equal size). The count is affine in that
-  width, so two evaluations give it exactly."""
+  width, so two evaluations give it exactly.
+
+  Args:
+    model_config: config.model of the baseline.
+    in_shape: the input's (H, W, C).
+
+  Returns:
+    The width.
+  """
   m = model_config
   target = _abstract_count(m, in_shape, m.match_params_of)
   at_1, at_2 = (_abstract_count(m, in_shape, "none", w) for w in (1, 2))
@@ -375,8 +434,17 @@ def budget_width(model_config, in_shape: Sequence[int]) -> int:
 
 
 def check_config(model_config, in_shape: Sequence[int]) -> None:
-  """Raises ValueError naming the `config.model` field at fault; builds the model abstractly (no parameters are
-  allocated), so every option the constructors refuse is caught before any work."""
+  """Checks a config's `model` section by building the model abstractly (no parameters are allocated).
+
+  So every option the constructors refuse is caught before any work.
+
+  Args:
+    model_config: config.model.
+    in_shape: the input's (H, W, C).
+
+  Raises:
+    ValueError: naming the `config.model` field at fault.
+  """
   m = model_config
   for field, allowed in (
     ("transform", TRANSFORMS),
@@ -417,9 +485,17 @@ def create_model(model_config, in_shape: Sequence[int], *, seed: int, dtype=None
   """Builds the model a config's `model` section describes (see `default_config`).
 
   With `transform='none'` and `match_params_of` set to a transform, the classifier's first hidden layer is widened so
-  that the baseline has as many parameters as its spatial-transformer counterpart. `dtype` (config.compute_dtype:
-  None or float32, or bfloat16) is what the convolutions and dense layers compute in; parameters, the transform's
-  parameters, the grid, the sampler and the logits stay float32.
+  that the baseline has as many parameters as its spatial-transformer counterpart.
+
+  Args:
+    model_config: config.model.
+    in_shape: the input's (H, W, C).
+    seed: the parameters' initialisation (and dropout's base key).
+    dtype: config.compute_dtype (None or float32, or bfloat16): what the convolutions and dense layers compute in;
+      parameters, the transform's parameters, the grid, the sampler and the logits stay float32.
+
+  Returns:
+    The STNClassifier.
   """
   m = model_config
   width = None

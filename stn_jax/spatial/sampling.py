@@ -175,8 +175,8 @@ def _is_zero(tangent) -> bool:
 
 def _broadcast_channels(x: jax.Array, c: int) -> jax.Array:
   """(N, P) -> (N, P, C). Reverse mode transposes this to a sum over channels; for a few channels it is written as
-  copies, so that the sum is unrolled adds: XLA:CPU reduces a short minor axis far more slowly than it adds (the
-  README's sampler section has the measurements)."""
+  copies, so that the sum is unrolled adds: XLA:CPU reduces a short minor axis far more slowly than it adds
+  (docs/benchmarks.md has the measurements)."""
   if c == 1 or c > 8:
     return jnp.broadcast_to(x[..., None], (*x.shape, c))
   return jnp.stack([x] * c, -1)
@@ -614,7 +614,7 @@ def _trilinear_jvp(padding_mode, align_corners, kernel, primals, tangents):
     # Per axis (each coordinate depends on its own axis alone), on a split of the tangent rather than an index of it:
     # reverse mode then assembles the three components of the points' cotangent with one concatenate, one loop with
     # the gathers fused in, instead of three loops that each redo the eight taps times the channels and add into
-    # zero-padded copies (measured in the README's volume section; with one channel the gathers, fused, would run
+    # zero-padded copies (docs/benchmarks.md, volumes; with one channel the gathers, fused, would run
     # three times).
     _, d, h, w, _ = shape
     per_axis = [
@@ -660,7 +660,7 @@ def _trilinear_jvp(padding_mode, align_corners, kernel, primals, tangents):
     tangent_out.append(cpu_kernels.sample3(d_volume, *_clamped3(shape, ixyz)))
   elif not _is_zero(d_volume):
     # Eight gathers as the primal's, transposed to eight scatter-adds: for volumes faster than one scatter of all
-    # eight taps together (measured: the README's volume section).
+    # eight taps together (docs/benchmarks.md, volumes).
     d_flat = _volume_flat(d_volume)
     tangent_out.append(_trilinear_combine([_take(d_flat, t) for t in taps], fracs))
   return out, functools.reduce(jnp.add, tangent_out)

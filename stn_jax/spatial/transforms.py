@@ -28,8 +28,16 @@ WARP_KINDS = (*KINDS, "flow")  # warp also takes dense displacement fields (stn_
 
 @v.keyword_only()
 def param_shape(kind: str, *, num_control_points: int = 16, spatial_dims: int = 2) -> tuple[int, ...]:
-  """The per-image parameter shape of a transform kind (see the module docstring); with spatial_dims=3, of a
-  volume's transform (affine only: (3, 4) on (x, y, z, 1))."""
+  """The per-image parameter shape of a transform kind (see the module docstring).
+
+  Args:
+    kind: 'affine', 'projective', 'tps' or 'attention' (KINDS).
+    num_control_points: K, the TPS's control points (a perfect square >= 4).
+    spatial_dims: 2 for images, 3 for volumes (affine only).
+
+  Returns:
+    (2, 3), (3, 3), (K, 2) or (3,); (3, 4) on (x, y, z, 1) for a volume.
+  """
   v.check_choice("param_shape", "kind", kind, KINDS)
   if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
     raise ValueError(f"param_shape: spatial_dims must be 2 or 3; got {spatial_dims!r}.")
@@ -45,10 +53,17 @@ def param_shape(kind: str, *, num_control_points: int = 16, spatial_dims: int = 
 def identity_params(
   kind: str, *, batch_shape=(), num_control_points: int = 16, spatial_dims: int = 2, dtype=jnp.float32
 ) -> jax.Array:
-  """Parameters of the identity transform of `kind`, broadcast to `batch_shape + param_shape(kind)` (spatial_dims=3:
-  of a volume's affine transform, eye(3, 4)).
+  """Parameters of the identity transform of `kind`: the biases of a localisation net's final layer at init.
 
-  These are also the biases of a localisation network's final layer initialised to the identity.
+  Args:
+    kind: 'affine', 'projective', 'tps' or 'attention' (KINDS).
+    batch_shape: leading shape to broadcast to.
+    num_control_points: K, the TPS's control points (its identity is the lattice of `tps_control_points(K)`).
+    spatial_dims: 2 for images, 3 for volumes (affine only: eye(3, 4)).
+    dtype: the result's dtype.
+
+  Returns:
+    (*batch_shape, *param_shape(kind)) parameters; `warp` with them returns the image unchanged.
   """
   p = identity_array(kind, num_control_points=num_control_points, spatial_dims=spatial_dims)
   return jnp.broadcast_to(jnp.asarray(p, dtype), tuple(batch_shape) + p.shape)
@@ -118,7 +133,14 @@ def affine_theta(
 
 
 def attention_theta(params: jax.Array) -> jax.Array:
-  """(..., 3) attention parameters (scale, tx, ty) -> (..., 2, 3) theta [[s, 0, tx], [0, s, ty]]."""
+  """The affine theta of an attention transform (isotropic scale and translation).
+
+  Args:
+    params: (..., 3) floating (s, tx, ty), in normalised coordinates.
+
+  Returns:
+    (..., 2, 3) theta [[s, 0, tx], [0, s, ty]].
+  """
   params = jnp.asarray(params)
   v.check_trailing_shape("attention_theta", "params", params, (3,), what="(..., 3) (scale, tx, ty)")
   s, tx, ty = params[..., 0], params[..., 1], params[..., 2]
@@ -146,7 +168,15 @@ def compose_affine(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def invert_affine(theta: jax.Array) -> jax.Array:
-  """The inverse map of a (..., 2, 3) theta, in closed form (non-finite where the 2x2 part is singular)."""
+  """The inverse map of an affine theta, in closed form.
+
+  Args:
+    theta: (..., 2, 3) floating affine maps.
+
+  Returns:
+    (..., 2, 3) theta of the inverse maps: `compose_affine(theta, invert_affine(theta))` is the identity (non-finite
+    where theta's 2x2 part is singular).
+  """
   theta = jnp.asarray(theta)
   v.check_trailing_shape("invert_affine", "theta", theta, (2, 3), what="(..., 2, 3)")
   a, b, tx = theta[..., 0, 0], theta[..., 0, 1], theta[..., 0, 2]
@@ -213,7 +243,17 @@ def theta_to_pixel_matrix(theta, *, input_size, output_size=None, align_corners:
 
 @v.keyword_only()
 def pixel_matrix_to_theta(matrix, *, input_size, output_size=None, align_corners: bool = False) -> jax.Array:
-  """The inverse of `theta_to_pixel_matrix`: a (..., 3, 3) (row, col) index matrix -> (..., 2, 3) theta."""
+  """The inverse of `theta_to_pixel_matrix`.
+
+  Args:
+    matrix: (..., 3, 3) floating map of pixel indices (row, col, 1), output -> input, as scipy.ndimage and dm-pix use.
+    input_size: (H, W) of the input image.
+    output_size: (H_out, W_out) of the output (default: input_size).
+    align_corners: the normalised convention theta is in (see `affine_grid`).
+
+  Returns:
+    (..., 2, 3) theta on normalised (x, y, 1).
+  """
   func = "pixel_matrix_to_theta"
   matrix = jnp.asarray(matrix)
   v.check_trailing_shape(func, "matrix", matrix, (3, 3), what="(..., 3, 3)")

@@ -39,7 +39,14 @@ class WorkdirConflictError(config_lib.ConfigError):
 
 
 def read_config(workdir: str | os.PathLike):
-  """The run's config (migrated to the current layout), or None where there is no config.json."""
+  """The config of the run in a workdir.
+
+  Args:
+    workdir: the run's directory.
+
+  Returns:
+    Its config.json as a current-layout ConfigDict (migrated), or None where there is no config.json.
+  """
   path = Path(workdir) / "config.json"
   if not path.exists():
     return None
@@ -70,6 +77,16 @@ def open_run(
 
   A workdir without a checkpoint is claimed at once (config.json written where `write`); one that holds a checkpoint
   is not touched: the changes this config brings are returned for `commit_run`.
+
+  Args:
+    workdir: the run's directory.
+    config: the command's ConfigDict.
+    steps_per_epoch: steps in an epoch (budgets are compared in steps).
+    write: write config.json into a workdir without a checkpoint (process 0 only).
+    allow_continue: a larger total than the workdir's run continues it (--continue).
+
+  Returns:
+    The RunPlan.
 
   Raises:
     WorkdirConflictError: naming the differing fields, or a larger total without `allow_continue`, before anything in
@@ -115,9 +132,16 @@ def open_run(
 
 
 def commit_run(workdir: Path, plan: RunPlan, step: int) -> None:
-  """Records the changes of `plan` (a command resumed at `step`), once it has written its first checkpoint: the
-  shorter run's results.json kept as results_at_step_<old total>.json, the original of a migrated config as
-  config.v<N>.json, the new config.json, and a line of config_history.jsonl."""
+  """Records the changes of a plan once the command has written its first checkpoint.
+
+  The shorter run's results.json kept as results_at_step_<old total>.json, the original of a migrated config as
+  config.v<N>.json, the new config.json, and a line of config_history.jsonl.
+
+  Args:
+    workdir: the run's directory.
+    plan: `open_run`'s plan.
+    step: the step the command resumed at.
+  """
   if not plan.pending:
     return
   if plan.previous_total is not None and (workdir / "results.json").exists():
@@ -133,8 +157,16 @@ def commit_run(workdir: Path, plan: RunPlan, step: int) -> None:
 
 
 def has_checkpoint(workdir: Path) -> bool:
-  """Whether the workdir holds any finished checkpoint (orbax renames a step's directory to the bare step number
-  when it is complete)."""
+  """Whether the workdir holds any finished checkpoint.
+
+  (orbax renames a step's directory to the bare step number when it is complete.)
+
+  Args:
+    workdir: the run's directory.
+
+  Returns:
+    True when there is one.
+  """
   return any(d.is_dir() and d.name.isdigit() for d in (workdir / "checkpoints").glob("*"))
 
 
@@ -144,8 +176,18 @@ def has_checkpoint(workdir: Path) -> bool:
 
 
 def checkpoint_state(params, opt_state, sums=None, train_time=None, *, num_seeds: int = 1) -> dict:
-  """What a checkpoint holds: parameters, optimiser state, the metric sums since the last evaluation, and the
-  training time so far."""
+  """What a checkpoint holds.
+
+  Args:
+    params: the parameters (a leading axis of K for K members).
+    opt_state: the optimiser state.
+    sums: the metric sums since the last evaluation (default: zeros).
+    train_time: the training seconds so far (default: 0).
+    num_seeds: K, the members.
+
+  Returns:
+    {'params', 'opt_state', 'accum' (the sums, under the key checkpoints have always had), 'train_time'}.
+  """
   sums = zero_metric_sums(num_seeds) if sums is None else sums
   train_time = jnp.zeros(()) if train_time is None else train_time
   # "accum" is the key the sums have always had in checkpoints; keeping it keeps old checkpoints readable.
@@ -153,8 +195,15 @@ def checkpoint_state(params, opt_state, sums=None, train_time=None, *, num_seeds
 
 
 def abstract(tree, sharding=None):
-  """The tree's shapes and dtypes (jax.ShapeDtypeStruct), the restore target of orbax; leaves may be arrays or
-  already abstract (e.g. from nnx.eval_shape)."""
+  """The restore target of orbax: a tree's shapes and dtypes.
+
+  Args:
+    tree: arrays, or leaves already abstract (e.g. from nnx.eval_shape).
+    sharding: the sharding to restore onto (None: orbax's default).
+
+  Returns:
+    The tree of jax.ShapeDtypeStruct.
+  """
 
   def leaf(x):
     dtype = x.dtype if hasattr(x, "dtype") else jnp.asarray(x).dtype
@@ -164,14 +213,31 @@ def abstract(tree, sharding=None):
 
 
 def manager(workdir: Path, *, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+  """The orbax CheckpointManager of a workdir's checkpoints/.
+
+  Args:
+    workdir: the run's directory.
+    keep: how many of the newest checkpoints to keep.
+    read_only: open without creating or deleting anything (predict).
+
+  Returns:
+    The manager.
+  """
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
   return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
 
 
 def restore_newest(checkpoints: ocp.CheckpointManager, target, *, partial: bool = False) -> tuple[int, dict] | None:
-  """(step, state) of the newest intact checkpoint; a corrupt one is reported and the previous one tried.
+  """The newest intact checkpoint; a corrupt one is reported and the previous one tried.
 
-  With `partial`, `target` may name a subset of the checkpoint (e.g. {'params': ...}); only that is read.
+  Args:
+    checkpoints: the manager.
+    target: the restore target (`abstract`); with `partial`, a subset of the checkpoint (e.g. {'params': ...}), the
+      only part read.
+    partial: read only what `target` names.
+
+  Returns:
+    (step, state), or None where no checkpoint is readable.
   """
   for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
@@ -187,9 +253,17 @@ def restore_newest(checkpoints: ocp.CheckpointManager, target, *, partial: bool 
 
 
 def restore_params(workdir: str | os.PathLike, params_target, *, device=None) -> tuple[int, dict] | None:
-  """(step, params) of the newest intact checkpoint in `workdir`, reading the parameters alone onto `device` (the
-  first local device by default). `params_target` gives the structure, shapes and dtypes: arrays or abstract leaves
-  (jax.ShapeDtypeStruct, e.g. from nnx.eval_shape)."""
+  """The parameters alone of the newest intact checkpoint in a workdir.
+
+  Args:
+    workdir: the run's directory.
+    params_target: the structure, shapes and dtypes: arrays or abstract leaves (jax.ShapeDtypeStruct, e.g. from
+      nnx.eval_shape).
+    device: where to read them (default: the first local device).
+
+  Returns:
+    (step, params), or None where no checkpoint is readable.
+  """
   sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
   target = abstract(params_target, sharding)
   with manager(Path(workdir), read_only=True) as checkpoints:

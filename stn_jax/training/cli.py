@@ -14,8 +14,17 @@ USAGE_ERROR = 2  # exit status of a bad command line, config or workdir
 
 
 def one_line(error: BaseException) -> str:
-  """An exception as one readable line: ml_collections reports a misspelt key quoted on two lines and an error in a
-  config file with its whole traceback; keep the message."""
+  """An exception as one readable line.
+
+  ml_collections reports a misspelt key quoted on two lines and an error in a config file with its whole traceback;
+  this keeps the message.
+
+  Args:
+    error: the exception.
+
+  Returns:
+    The line.
+  """
   text = str(error).replace("\\'", "'").replace("\\n", "\n")
   if "Traceback (most recent call last)" in text:  # the last line is the config file's own error
     text = [line for line in text.splitlines() if line.strip()][-1]
@@ -27,8 +36,15 @@ def one_line(error: BaseException) -> str:
 
 
 def unknown_key(error: BaseException, argv: list[str]) -> str | None:
-  """For a --config.a.b=v flag naming no field (ml_collections raises KeyError('b') when nothing is close to it): the
-  flag, the key, and the section it was looked for in."""
+  """The error of a --config.a.b=v flag naming no field, when ml_collections raised KeyError('b') (nothing close to it).
+
+  Args:
+    error: the exception of flag parsing.
+    argv: the command line.
+
+  Returns:
+    The flag, the key and the section it was looked for in, as one line; None for another error.
+  """
   key = str(error).strip("'\"")
   if not isinstance(error, KeyError) and not re.fullmatch(r"'[\w]+'", str(error).strip('"')):
     return None
@@ -45,8 +61,14 @@ def unknown_key(error: BaseException, argv: list[str]) -> str | None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with every error (a misspelt key, a bad value, a missing or failing config file) reported
-  as one line and exit status 2."""
+  """absl's flag parsing, every error (a misspelt key, a bad value, a missing or failing config file) one line.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    The arguments absl leaves (the program's name and positional arguments); on an error, exits with status 2.
+  """
   try:
     rest = flags.FLAGS(argv)
     if flags.FLAGS["config"].present:
@@ -62,9 +84,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def quiet_orbax() -> None:
-  """orbax logs every step of every save and restore at INFO; keep its warnings only. JAX logs its probing of absent
-  backends ("Unable to initialize backend 'tpu'") at INFO too, which a newcomer reads as an error: keep that out of
-  the default log as well."""
+  """Keeps orbax's and JAX's INFO chatter out of the default log.
+
+  orbax logs every step of every save and restore at INFO (its warnings are kept); JAX logs its probing of absent
+  backends ("Unable to initialize backend 'tpu'") at INFO too, which a newcomer reads as an error.
+  """
   for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     handler.addFilter(lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)

@@ -138,8 +138,17 @@ def _import_file(path: Path, name: str):
 
 
 def import_sibling(config_file: str, name: str):
-  """Imports the config file `name`.py beside `config_file` (a config file's `__file__`), so that config files can
-  build on each other when loaded from any working directory."""
+  """Imports the config file `name`.py beside another config file.
+
+  So config files build on each other when loaded from any working directory.
+
+  Args:
+    config_file: the importing config file's `__file__`.
+    name: the sibling's module name, without '.py'.
+
+  Returns:
+    The imported module.
+  """
   path = Path(config_file).resolve().with_name(f"{name}.py")
   key = f"_stn_config_{path.stem}_{abs(hash(str(path)))}"
   if key not in sys.modules:
@@ -148,7 +157,14 @@ def import_sibling(config_file: str, name: str):
 
 
 def load_module(spec: str | os.PathLike):
-  """(the module of a config file 'path.py[:arg]', [arg] or [])."""
+  """The module of a config file and the argument its `get_config` takes.
+
+  Args:
+    spec: 'path.py[:arg]'.
+
+  Returns:
+    (module, [arg]) with an argument after the colon, else (module, []).
+  """
   path, *arg = str(spec).split(":", 1)
   if not Path(path).is_file():
     raise ConfigError(f"--config: no config file {path!r}.")
@@ -156,8 +172,14 @@ def load_module(spec: str | os.PathLike):
 
 
 def sweep_overrides(config_spec: str | os.PathLike) -> list[dict]:
-  """The override dicts (dotted fields, without the 'config.' prefix) that the config file's `sweep(add[, arg])`
-  produces, one per run; [] for a file without a sweep."""
+  """The runs of a config file's `sweep(add[, arg])`.
+
+  Args:
+    config_spec: 'path.py[:arg]'.
+
+  Returns:
+    One override dict per run (dotted fields, without the 'config.' prefix); [] for a file without a sweep.
+  """
   module, arg = load_module(config_spec)
   runs: list[dict] = []
   if hasattr(module, "sweep"):
@@ -168,30 +190,69 @@ def sweep_overrides(config_spec: str | os.PathLike) -> list[dict]:
 
 
 def load(spec: str | os.PathLike) -> ml_collections.ConfigDict:
-  """get_config([arg]) of a config file 'path.py[:arg]' (the argument after the colon, as ml_collections does)."""
+  """The config a config file describes: its get_config([arg]).
+
+  Args:
+    spec: 'path.py[:arg]', from any working directory (the argument after the colon, as ml_collections takes it).
+
+  Returns:
+    The ConfigDict.
+  """
   module, arg = load_module(spec)
   return module.get_config(*arg)
 
 
 def to_dict(config) -> dict:
-  """The config as plain JSON data (tuples become lists), as config.json stores it."""
+  """The config as plain JSON data, as config.json stores it.
+
+  Args:
+    config: a ConfigDict (or a dict).
+
+  Returns:
+    Nested dicts of JSON values (tuples become lists).
+  """
   if isinstance(config, dict):
     return json.loads(json.dumps(config))
   return json.loads(config.to_json_best_effort())
 
 
 def to_json(config) -> str:
+  """The config as config.json's text.
+
+  Args:
+    config: a ConfigDict.
+
+  Returns:
+    Indented JSON, keys sorted.
+  """
   return json.dumps(to_dict(config), indent=2, sort_keys=True)
 
 
 def get(tree, dotted: str):
+  """A field of a nested dict by its dotted name.
+
+  Args:
+    tree: nested dicts (a config's `to_dict`).
+    dotted: 'a.b.c'.
+
+  Returns:
+    tree['a']['b']['c'].
+  """
   for part in dotted.split("."):
     tree = tree[part]
   return tree
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  """Nested dicts as one dict of dotted keys: {'a': {'b': 1}} -> {'a.b': 1}.
+
+  Args:
+    tree: nested dicts.
+    prefix: prepended to every key.
+
+  Returns:
+    {dotted name: leaf value}.
+  """
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
@@ -202,7 +263,16 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def diff(old: dict, new: dict, *, ignore=()) -> list[str]:
-  """'field: old -> new' for every field that differs (fields present in one only included)."""
+  """The fields that differ between two configs.
+
+  Args:
+    old: a config as a dict.
+    new: another.
+    ignore: dotted fields to leave out.
+
+  Returns:
+    'field: old -> new' for every differing field (a field present in one only included).
+  """
   a, b = flatten(to_dict(old)), flatten(to_dict(new))
   return [
     f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)
@@ -219,7 +289,14 @@ def _is_int(value) -> bool:
 
 
 def validate(config) -> None:
-  """Raises ConfigError naming the field, its value and what is allowed, before any work starts."""
+  """Checks every field of a config before any work starts.
+
+  Args:
+    config: the ConfigDict.
+
+  Raises:
+    ConfigError: naming the field, its value and what is allowed.
+  """
   config = ml_collections.ConfigDict(to_dict(config)) if isinstance(config, dict) else config
   version = config.get("version")
   if version != VERSION:
@@ -290,14 +367,27 @@ def _check_member_datasets(config, names) -> None:
 
 
 def member_datasets(config) -> list[str]:
-  """The dataset variant of each member of the config's population: config.population.dataset, or dataset.name for
-  all."""
+  """The dataset variant of each member of the config's population.
+
+  Args:
+    config: the ConfigDict (`num_seeds` members).
+
+  Returns:
+    config.population.dataset, or dataset.name for every member.
+  """
   given = (config.get("population") or {}).get("dataset")
   return [str(name) for name in given] if given else [config.dataset.name] * config.num_seeds
 
 
 def input_shape(config) -> tuple[int, int, int]:
-  """(H, W, C) of the images of the config's dataset."""
+  """The image shape of the config's dataset.
+
+  Args:
+    config: the ConfigDict.
+
+  Returns:
+    (H, W, C).
+  """
   size = data_lib.VARIANTS[config.dataset.name].size
   return (size, size, 1)
 
@@ -318,7 +408,20 @@ class Budget:
 
 
 def budget(config, steps_per_epoch: int) -> Budget:
-  """Converts the epoch budgets to steps (rounded, at least 1); a `*_steps` field that is set wins."""
+  """The config's budgets in steps.
+
+  Epoch budgets are converted to steps (rounded, at least 1); a `*_steps` field that is set wins over its twin.
+
+  Args:
+    config: the ConfigDict.
+    steps_per_epoch: steps in one epoch of the train split at the config's batch size.
+
+  Returns:
+    A Budget (num_train_steps, eval_every_steps, checkpoint_every_steps, steps_per_epoch).
+
+  Raises:
+    ConfigError: a budget past MAX_STEPS steps (the int32 step counters).
+  """
   resolved = {}
   for steps_field, epochs_field in BUDGET_FIELDS:
     value = get(config, steps_field)
@@ -340,11 +443,17 @@ def budget(config, steps_per_epoch: int) -> Budget:
 
 
 def migrate(old: dict) -> dict:
-  """A config.json of any version -> the current layout, describing the same run.
+  """A config.json of any version in the current layout, describing the same run.
 
   Version 1 (no `version` field) gave budgets in steps and the model options as flat fields (`loc_hidden`,
   `cnn_features`, ...); version 2 gives budgets in epochs (with `*_steps` overrides, which carry the old values) and
   the localisation net and classifier as sub-configs per kind, passed straight to their constructors.
+
+  Args:
+    old: a config.json's content.
+
+  Returns:
+    The current-version dict.
   """
   old = to_dict(old)
   version = old.get("version", 1)
@@ -405,9 +514,18 @@ EARLIER_SAMPLER = "xla"
 
 
 def with_defaults(config: dict) -> dict:
-  """A current-version config with the fields added since it was written filled in: ADDED_DEFAULTS, and model
-  options a constructor gained later at their defaults (a new option's default keeps the old behaviour); CNN options
-  written as one value for every layer become the 1-sequences that mean the same (PER_LAYER_OPTIONS)."""
+  """A current-version config with the fields added since it was written filled in.
+
+  ADDED_DEFAULTS, and model options a constructor gained later, at their defaults (a new option's default keeps the
+  old behaviour); CNN options written as one value for every layer become the 1-sequences that mean the same
+  (PER_LAYER_OPTIONS).
+
+  Args:
+    config: a current-version config as a dict.
+
+  Returns:
+    The completed dict.
+  """
   config = dict(config)
   for key, value in ADDED_DEFAULTS.items():
     config.setdefault(key, value)
@@ -430,8 +548,14 @@ def with_defaults(config: dict) -> dict:
 
 
 def from_dict(d: dict) -> ml_collections.ConfigDict:
-  """A config.json's content (any version) as a current-layout ConfigDict, its lists as tuples (as config files
-  write sequences)."""
+  """A config.json's content as a current-layout ConfigDict.
+
+  Args:
+    d: the content, any version (migrated).
+
+  Returns:
+    The ConfigDict, its lists as tuples (as config files write sequences).
+  """
 
   def tuples(tree):
     if isinstance(tree, dict):
@@ -447,14 +571,27 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
 
 
 def member_seeds(config) -> list[int]:
-  """The seed of each member of the config's population: config.population.seed, or seed, seed + 1, ..."""
+  """The seed of each member of the config's population.
+
+  Args:
+    config: the ConfigDict (`num_seeds` members).
+
+  Returns:
+    config.population.seed, or seed, seed + 1, ...
+  """
   given = (config.get("population") or {}).get("seed")
   return [int(s) for s in given] if given else [config.seed + k for k in range(config.num_seeds)]
 
 
 def in_use(config: dict) -> dict:
-  """The config without the options of the localisation-net and classifier kinds it does not use (they cannot change
-  what it computes)."""
+  """The config without the options of the model kinds it does not use (they cannot change what it computes).
+
+  Args:
+    config: a config as a dict.
+
+  Returns:
+    The dict without the unused localisation-net and classifier kinds' sub-configs.
+  """
   config = to_dict(config)
   for section in ("localization", "classifier"):
     part = config["model"][section]
@@ -463,17 +600,33 @@ def in_use(config: dict) -> dict:
 
 
 def summary(config) -> str:
-  """The config as the trainer logs it: one `field: value` line per field in use (JSON values; the options of model
-  kinds it does not use left out: config.json has everything)."""
+  """The config as the trainer logs it.
+
+  Args:
+    config: the ConfigDict.
+
+  Returns:
+    One `field: value` line per field in use (JSON values; the options of model kinds it does not use are left out:
+    config.json has everything).
+  """
   fields = flatten(in_use(config))
   return "\n".join(f"  {field}: {json.dumps(value)}" for field, value in fields.items())
 
 
 def resolve_auto(config, stored=None, backend: str | None = None):
-  """`config` with every conv option and the sampler 'auto' replaced by a concrete choice, so that config.json records
-  what the run computes: the stored run's value where `stored` (a workdir's config.json, any version) has one
-  (existing workdirs keep theirs), else the backend's (models.resolve_conv, models.resolve_sampler). Returns a new
-  ConfigDict."""
+  """The config with every 'auto' replaced by a concrete choice, so that config.json records what the run computes.
+
+  Every conv option and the sampler: the stored run's value where `stored` has one (existing workdirs keep theirs),
+  else the backend's (models.resolve_conv, models.resolve_sampler).
+
+  Args:
+    config: the ConfigDict.
+    stored: a workdir's config.json content (any version), or None.
+    backend: JAX's backend to choose for (default: the default backend).
+
+  Returns:
+    A new ConfigDict.
+  """
   data = to_dict(config)
   previous = flatten(migrate(to_dict(stored))) if stored is not None else {}
 
@@ -496,11 +649,19 @@ def resolve_auto(config, stored=None, backend: str | None = None):
 
 
 def resume_differences(old, new, steps_per_epoch: int) -> tuple[list[str], tuple[int, int]]:
-  """(the differences that forbid resuming a run of `old` with `new`, (old total steps, new total steps)).
+  """What forbids resuming a run of one config with another, and the two totals.
 
   Fields in FREE_FIELDS and the options of unused model kinds may differ; the budgets are compared in steps, so a
   total given in epochs or in steps is the same total. A longer total continues the run (see
   optim.learning_rate_schedule); a shorter one is refused.
+
+  Args:
+    old: the workdir's config (a dict or ConfigDict).
+    new: the command's config.
+    steps_per_epoch: steps in one epoch of the train split.
+
+  Returns:
+    (the differing fields as 'field: old -> new', (old total steps, new total steps)).
   """
   old = to_dict(resolve_auto(from_dict(to_dict(old))))  # 'auto' is what the run chose (the backend's if unrecorded)
   new = to_dict(resolve_auto(from_dict(to_dict(new)), old))
@@ -518,12 +679,26 @@ def resume_differences(old, new, steps_per_epoch: int) -> tuple[list[str], tuple
 
 
 def field_docs() -> dict[str, str]:
+  """The documentation of every field: DOCS, and the model's from its constructors' docstrings.
+
+  Returns:
+    {dotted field: one-line description}.
+  """
   return {**DOCS, **{f"model.{k}": v for k, v in models.config_docs().items()}}
 
 
 def describe(config, *, markdown: bool = False, sweep: list[dict] | None = None) -> str:
-  """Every field of `config` with its value and documentation: a markdown table or aligned text. With `sweep` (the
-  override dicts of the file's sweep, `sweep_overrides`), a field a run sets shows the values the runs give it."""
+  """Every field of a config with its value and documentation.
+
+  Args:
+    config: the ConfigDict.
+    markdown: a markdown table (docs/training.md's is made so) instead of aligned text.
+    sweep: the override dicts of the file's sweep (`sweep_overrides`): a field a run sets shows the values the runs
+      give it.
+
+  Returns:
+    The text.
+  """
 
   def show(value):
     value = list(value) if isinstance(value, tuple) else value

@@ -28,7 +28,14 @@ def _cluster_detected() -> bool:
 
 
 def maybe_initialize(distributed_config) -> bool:
-  """Initialises JAX's distributed runtime if asked to; returns whether it did."""
+  """Initialises JAX's distributed runtime when asked to ('auto': when a coordinator or cluster is found).
+
+  Args:
+    distributed_config: config.distributed.
+
+  Returns:
+    Whether it initialised.
+  """
   d = distributed_config  # validated by config_lib.validate
   wanted = d.initialize == "always" or (d.initialize == "auto" and (d.coordinator_address or _cluster_detected()))
   if not wanted:
@@ -52,7 +59,14 @@ def maybe_initialize(distributed_config) -> bool:
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
-  """A 1-D mesh over the first `num_devices` devices (0: all of them), its one axis named 'data'."""
+  """A 1-D mesh over the first devices, its one axis named 'data' (its axis type explicit).
+
+  Args:
+    num_devices: how many devices (0: all of them).
+
+  Returns:
+    The mesh.
+  """
   devices = jax.devices()
   n = num_devices or len(devices)
   if jax.process_count() > 1 and n != len(devices):
@@ -63,37 +77,82 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
 
 
 def check_divisible(mesh: jax.sharding.Mesh, **batch_sizes: int) -> None:
-  """Every global batch must split evenly over the mesh's devices (named config fields: batch_size=128, ...)."""
+  """Checks that every global batch splits evenly over the mesh's devices.
+
+  Args:
+    mesh: the data mesh.
+    **batch_sizes: the named config fields, e.g. batch_size=128.
+
+  Raises:
+    ConfigError: naming the field that does not divide.
+  """
   for name, size in batch_sizes.items():
     if size % mesh.size:
       raise ConfigError(f"config.{name} ({size}) must be a multiple of the {mesh.size} devices.")
 
 
-def shard_batch(mesh: jax.sharding.Mesh, batch: dict, *, seed_axis: bool = False) -> dict:
-  """This process's rows of a global batch -> global arrays split over the mesh's 'data' axis.
+def shard_batch(mesh: jax.sharding.Mesh, batch: dict, *, member_axis: bool = False) -> dict:
+  """This process's rows of a global batch as global arrays split over the mesh's 'data' axis.
 
-  With `seed_axis`, the arrays are (K, rows, ...): one batch per seed, each split over 'data' along its rows.
+  Args:
+    mesh: the data mesh.
+    batch: {name: this process's rows}.
+    member_axis: the arrays are (K, rows, ...): one batch per member, each split over 'data' along its rows.
+
+  Returns:
+    {name: global jax.Array}.
   """
-  spec = jax.sharding.PartitionSpec(None, "data") if seed_axis else jax.sharding.PartitionSpec("data")
+  spec = jax.sharding.PartitionSpec(None, "data") if member_axis else jax.sharding.PartitionSpec("data")
   sharding = jax.sharding.NamedSharding(mesh, spec)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
 def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """The sharding that replicates an array on every device of the mesh.
+
+  Args:
+    mesh: the data mesh.
+
+  Returns:
+    The NamedSharding.
+  """
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
 def replicate(mesh: jax.sharding.Mesh, tree):
+  """A tree placed on every device of the mesh.
+
+  Args:
+    mesh: the data mesh.
+    tree: arrays.
+
+  Returns:
+    The tree of replicated global arrays.
+  """
   return jax.device_put(tree, replicated(mesh))
 
 
 def local_copy(tree):
-  """This process's copy of replicated (possibly multi-host) arrays, as numpy."""
+  """This process's copy of replicated (possibly multi-host) arrays.
+
+  Args:
+    tree: replicated global arrays.
+
+  Returns:
+    The tree as numpy arrays.
+  """
   return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
 
 
 def process_0_value(value: float) -> float:
-  """Process 0's `value` on every process (a replicated value, e.g. a clock reading, must agree everywhere)."""
+  """Process 0's value on every process (a replicated value, e.g. a clock reading, must agree everywhere).
+
+  Args:
+    value: this process's value.
+
+  Returns:
+    Process 0's.
+  """
   if jax.process_count() == 1:
     return value
   from jax.experimental import multihost_utils

@@ -1,7 +1,7 @@
 """The training input pipeline: uint8 batches on the device, a chunk of steps at a time.
 
 `TrainFeed.chunk(step, num_steps)` returns (data, start): `data` holds uint8 images (steps, B, S, S) and int32 labels
-(steps, B) — (K, steps, B, ...) for a population of K seeds — as global arrays split over the mesh's 'data' axis along
+(steps, B) — (K, steps, B, ...) for a population of K members — as global arrays split over the mesh's 'data' axis along
 B (each process holds only its own rows of every batch), and step `step + i` trains on row `start + i`. The rows are
 those of `stn_jax.data.epoch_rows`, so every step sees exactly the batch `stn_jax.data.train_batch` gives it, whichever
 pipeline serves it:
@@ -35,14 +35,33 @@ CPU_BUDGET_BYTES = 4 << 30
 
 
 def epoch_bytes(dataset: DistortedMnist, batch_size: int, num_seeds: int) -> int:
-  """The bytes one epoch of this process's rows takes on the device (uint8 images and int32 labels)."""
+  """The bytes one epoch of this process's rows takes on the device (uint8 images and int32 labels).
+
+  Args:
+    dataset: the train split.
+    batch_size: the global batch size.
+    num_seeds: K, the members (each with its own order of the epoch).
+
+  Returns:
+    The byte count.
+  """
   steps_per_epoch = len(dataset) // batch_size
   rows = num_seeds * steps_per_epoch * batch_size // jax.process_count()
   return rows * (dataset.image_size**2 + 4)
 
 
 def choose(pipeline: str, dataset: DistortedMnist, batch_size: int, num_seeds: int) -> str:
-  """'device' or 'host' for `pipeline` ('auto' decides by the device's memory)."""
+  """The input pipeline a run uses.
+
+  Args:
+    pipeline: 'auto' (device when two epochs fit in a quarter of the device's memory), 'device' or 'host'.
+    dataset: the train split.
+    batch_size: the global batch size.
+    num_seeds: K, the members.
+
+  Returns:
+    'device' or 'host'.
+  """
   if pipeline != "auto":
     return pipeline
   stats = jax.local_devices()[0].memory_stats() or {}
@@ -51,9 +70,18 @@ def choose(pipeline: str, dataset: DistortedMnist, batch_size: int, num_seeds: i
 
 
 class TrainFeed:
-  """See the module docstring. `seeds` are the shuffle seeds of the population (one per model); `dataset` is one
-  dataset for all of them, or a list of one per member (a population whose members differ in their variant: member k
-  gets the rows of its seed in its own dataset's images; all hold the same number of examples)."""
+  """The training input of a run (see the module docstring): the epochs on the device, or prefetched host chunks.
+
+  Args:
+    dataset: one DistortedMnist for every member, or a list of one per member (a population whose members differ in
+      their variant: member k gets the rows of its seed in its own dataset's images; all hold the same number of
+      examples).
+    batch_size: the global batch size.
+    seeds: the shuffle seeds of the population, one per model.
+    mesh: the data mesh the batches are split over.
+    pipeline: 'device' or 'host' (`choose`).
+    total_steps: the run's total; the device pipeline prepares no epoch beyond the one holding the last step.
+  """
 
   def __init__(
     self,
@@ -70,7 +98,7 @@ class TrainFeed:
     self.datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset] * len(seeds)
     if len(self.datasets) != len(seeds) or len({len(d) for d in self.datasets}) != 1:
       raise ValueError(
-        f"need one dataset per seed, all of one size; got {len(self.datasets)} for {len(seeds)} seeds, sizes "
+        f"need one dataset per member, all of one size; got {len(self.datasets)} for {len(seeds)} members, sizes "
         f"{sorted({len(d) for d in self.datasets})}."
       )
     dataset = self.datasets[0]
@@ -149,9 +177,19 @@ class TrainFeed:
 
 
 def chunks(start: int, total: int, steps_per_dispatch: int, steps_per_epoch: int):
-  """(step, num_steps) of the dispatches from `start` to `total`: each ends at the next multiple of
-  `steps_per_dispatch`, the end of an epoch or `total`, whichever comes first, so chunk boundaries are the same for
-  a run and for any resume of it."""
+  """The dispatches of a run: each ends at the next multiple of `steps_per_dispatch`, the end of an epoch or `total`.
+
+  So chunk boundaries are the same for a run and for any resume of it.
+
+  Args:
+    start: the first step.
+    total: the run's total.
+    steps_per_dispatch: the steps of a full call.
+    steps_per_epoch: steps in an epoch.
+
+  Yields:
+    (step, num_steps) of each dispatch from `start` to `total`.
+  """
   step = start
   while step < total:
     end = min((step // steps_per_dispatch + 1) * steps_per_dispatch, (step // steps_per_epoch + 1) * steps_per_epoch)
@@ -161,9 +199,20 @@ def chunks(start: int, total: int, steps_per_dispatch: int, steps_per_epoch: int
 
 
 def steps_per_dispatch(requested: int, intervals: dict[str, int]) -> int:
-  """The steps one jitted call runs. `requested` > 0 must divide every interval (log, evaluation, checkpoint), so
-  that each of them falls at the end of a call; 0 picks 1 on CPU (where one step is long enough to hide the dispatch)
-  and elsewhere the largest divisor of the intervals' greatest common divisor up to 10."""
+  """The steps one jitted call runs.
+
+  Args:
+    requested: config.steps_per_dispatch: > 0 must divide every interval, so that each falls at the end of a call;
+      0 picks 1 on CPU (where one step is long enough to hide the dispatch) and elsewhere the largest divisor of the
+      intervals' greatest common divisor up to 10.
+    intervals: {name: steps} of the log, evaluation and checkpoint intervals.
+
+  Returns:
+    The steps per call.
+
+  Raises:
+    ConfigError: a requested count that does not divide an interval.
+  """
   if requested:
     for name, every in intervals.items():
       if every % requested:

@@ -18,8 +18,15 @@ def pyplot():
 
 
 def mosaic(images: np.ndarray, columns: int | None = None) -> np.ndarray:
-  """(N, H, W) -> one (rows * (H + 1) - 1, columns * (W + 1) - 1) image with 1-px white gaps (columns default
-  to a square layout)."""
+  """Images tiled into one, with 1-px white gaps.
+
+  Args:
+    images: (N, H, W).
+    columns: tiles per row (default: a square layout).
+
+  Returns:
+    (rows * (H + 1) - 1, columns * (W + 1) - 1).
+  """
   images = np.asarray(images)
   columns = columns or int(np.ceil(np.sqrt(len(images))))
   n, h, w = images.shape
@@ -32,7 +39,14 @@ def mosaic(images: np.ndarray, columns: int | None = None) -> np.ndarray:
 
 
 def save_input_output_pair(inputs: np.ndarray, outputs: np.ndarray, path: str | Path, *, title: str = "") -> None:
-  """The seed's Fig 4 / Fig 5 side by side: distorted inputs and the transformer's outputs for the same digits."""
+  """The seed's Fig 4 / Fig 5 side by side: distorted inputs and the transformer's outputs for the same digits.
+
+  Args:
+    inputs: (N, H, W, 1) distorted images in [0, 1].
+    outputs: the transformer's outputs of them, (N, Ho, Wo, 1).
+    path: the .png to write.
+    title: the figure's title.
+  """
   plt = pyplot()
   inputs, outputs = np.asarray(inputs)[..., 0], np.asarray(outputs)[..., 0]
   columns = int(np.ceil(np.sqrt(len(inputs))))
@@ -51,7 +65,15 @@ def save_input_output_pair(inputs: np.ndarray, outputs: np.ndarray, path: str | 
 
 
 def save_grid_overlay(inputs: np.ndarray, grids: np.ndarray, path: str | Path, *, count: int = 8, every: int = 4):
-  """The sampling grid (normalised (x, y), align_corners=False) drawn over each input: where the output reads."""
+  """The sampling grid drawn over each input: where the output reads.
+
+  Args:
+    inputs: (N, H, W, 1) images.
+    grids: (N, Ho, Wo, 2) normalised (x, y) grids, align_corners=False.
+    path: the .png to write.
+    count: how many inputs to draw.
+    every: draw every this many grid lines (and the last).
+  """
   plt = pyplot()
   inputs, grids = np.asarray(inputs)[:count, ..., 0], np.asarray(grids)[:count]
   fig, axes = plt.subplots(1, len(inputs), figsize=(2.2 * len(inputs), 2.4), squeeze=False)
@@ -73,9 +95,19 @@ def save_grid_overlay(inputs: np.ndarray, grids: np.ndarray, path: str | Path, *
 
 
 def log_ticks(low: float, high: float, count: int = 4) -> list[float]:
-  """Between `count` and about 2 * `count` readable labels for a log axis over [low, high] (low > 0), at any range:
+  """Readable labels for a log axis at any range.
+
   1-2-5 steps per decade over wide ranges, every 1..9 within a decade, and evenly spaced 2-significant-digit values
-  over a range too narrow for those (a short run's 50-87 %)."""
+  over a range too narrow for those (a short run's 50-87 %).
+
+  Args:
+    low: the axis' lower end (> 0).
+    high: its upper end.
+    count: the fewest labels (up to about 2 * count are given).
+
+  Returns:
+    The tick values.
+  """
   decades = np.arange(np.floor(np.log10(low)), np.ceil(np.log10(high)) + 1)
   for subs in ((1.0,), (1.0, 2.0, 5.0), tuple(range(1, 10))):
     ticks = [float(f"{s * 10**d:.6g}") for d in decades for s in subs]
@@ -87,8 +119,15 @@ def log_ticks(low: float, high: float, count: int = 4) -> list[float]:
 
 
 def save_curves(metrics: list[dict], path: str | Path, *, steps_per_epoch: int | None = None) -> None:
-  """Loss and error % of train and validation against the step (and the epoch, on the top axis), both on log axes
-  with plain-number labels: late in training the interesting differences are fractions of a percent."""
+  """Loss and error % of train and validation against the step, on log axes with plain-number labels.
+
+  Late in training the interesting differences are fractions of a percent.
+
+  Args:
+    metrics: metrics.jsonl's rows.
+    path: the .png to write.
+    steps_per_epoch: with it, the epoch on the top axis.
+  """
   plt = pyplot()
   from matplotlib import ticker
 

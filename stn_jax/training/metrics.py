@@ -26,7 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
-  """The rows of a metrics.jsonl up to `up_to_step` (a line cut by a kill is skipped)."""
+  """The rows of a metrics.jsonl (a line cut by a kill is skipped).
+
+  Args:
+    path: the metrics.jsonl.
+    up_to_step: keep only rows of steps up to this one (None: all).
+
+  Returns:
+    The rows, as dicts.
+  """
   if not path.exists():
     return []
   rows = []
@@ -44,7 +52,11 @@ class EventFile:
   """A TensorBoard event file written synchronously: `write(event)` is on disk when it returns.
 
   (tensorboardX's SummaryWriter queues events for a background thread that its `flush()` does not wait for, so a kill
-  loses what was logged just before it.) `restart_step` begins the file with a restart marker at that step.
+  loses what was logged just before it.)
+
+  Args:
+    directory: the tensorboard/ directory the file goes in.
+    restart_step: begin the file with a restart marker at this step (a resumed run).
   """
 
   def __init__(self, directory: Path, *, restart_step: int | None = None):
@@ -77,10 +89,18 @@ class EventFile:
 
 
 class MetricWriter:
-  """`write_scalars(step, {...})` to TensorBoard (and, for evaluation rows, to metrics.jsonl); `write_images`; `run`
-  for any other file of the run (figures), so that a deferred writer holds it back with the rest.
+  """One writer for a run's metrics.jsonl and TensorBoard events.
 
-  Lists (one value per seed of a population) become one TensorBoard curve per seed: `name/k`.
+  `write_scalars(step, {...})` to TensorBoard (and, for evaluation rows, to metrics.jsonl); `write_images`; `run` for
+  any other file of the run (figures), so that a deferred writer holds it back with the rest. Lists (one value per
+  member of a population) become one TensorBoard curve per member: `name/k`.
+
+  Args:
+    workdir: the run's directory.
+    start_step: the step the run starts from (its checkpoint's): rows after it in metrics.jsonl are dropped.
+    enabled: write anything at all (only process 0 writes).
+    deferred: hold everything back until `commit()` (a command that changes a workdir's config writes nothing
+      before its first checkpoint).
   """
 
   def __init__(self, workdir: Path, *, start_step: int = 0, enabled: bool = True, deferred: bool = False):

@@ -29,26 +29,57 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(name: str):
-  """The jnp dtype of a config.compute_dtype name (one of COMPUTE_DTYPES)."""
+  """The jnp dtype of a config.compute_dtype name.
+
+  Args:
+    name: one of COMPUTE_DTYPES.
+
+  Returns:
+    jnp.float32 or jnp.bfloat16.
+  """
   if name not in COMPUTE_DTYPES:
     raise ValueError(f"compute_dtype must be one of {', '.join(map(repr, COMPUTE_DTYPES))}; got {name!r}.")
   return COMPUTE_DTYPES[name]
 
 
 def matmul_precision(name: str):
-  """A context in which traced products of the model run at `name` (one of MATMUL_PRECISIONS)."""
+  """A context in which traced products of the model run at a precision.
+
+  Args:
+    name: one of MATMUL_PRECISIONS.
+
+  Returns:
+    A context manager (jax.default_matmul_precision).
+  """
   if name not in MATMUL_PRECISIONS:
     raise ValueError(f"matmul_precision must be one of {', '.join(map(repr, MATMUL_PRECISIONS))}; got {name!r}.")
   return contextlib.nullcontext() if name == "default" else jax.default_matmul_precision(name)
 
 
 def cross_entropy(logits, labels):
+  """The mean softmax cross-entropy of integer labels.
+
+  Args:
+    logits: float (B, classes) (cast to float32).
+    labels: int32 (B,).
+
+  Returns:
+    A float32 scalar.
+  """
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def over_seeds(fn, in_axes, how: str):
-  """`fn` mapped over the leading seed axis of the arguments whose in_axes is 0: jax.vmap ('vmap'), or K copies of
-  `fn` in the one program, their outputs stacked ('unroll')."""
+def over_members(fn, in_axes, how: str):
+  """A function mapped over the leading member axis of some of its arguments.
+
+  Args:
+    fn: the function of one member.
+    in_axes: per argument, 0 (it has a leading member axis) or None (shared).
+    how: 'vmap' (jax.vmap) or 'unroll' (K copies of `fn` in the one program, their outputs stacked).
+
+  Returns:
+    The mapped function.
+  """
   if how == "vmap":
     return jax.vmap(fn, in_axes=in_axes)
 
@@ -64,37 +95,73 @@ def over_seeds(fn, in_axes, how: str):
 
 
 def resolve_seed_mapping(how: str, *, xla_convolutions: bool = True) -> str:
-  """'auto' -> 'vmap' on accelerators; on CPU 'unroll' where the model has lax.conv convolutions (XLA:CPU runs a
-  vmapped convolution with per-model weights as a grouped convolution, slower than K plain ones) and 'vmap' where it
-  has none (patch convolutions and dense layers batch well there too)."""
+  """What `seed_mapping='auto'` means for a model.
+
+  'vmap' on accelerators; on CPU 'unroll' where the model has lax.conv convolutions (XLA:CPU runs a vmapped
+  convolution with per-member weights as a grouped convolution, slower than K plain ones) and 'vmap' where it has none
+  (patch convolutions and dense layers batch well there too).
+
+  Args:
+    how: 'auto', 'vmap' or 'unroll'.
+    xla_convolutions: whether the model has lax.conv convolutions.
+
+  Returns:
+    'vmap' or 'unroll'.
+  """
   if how != "auto":
     return how
   return "unroll" if jax.default_backend() == "cpu" and xla_convolutions else "vmap"
 
 
 def zero_metric_sums(num_seeds: int = 1) -> dict:
-  """The running sums the train step accumulates between evaluations (one per seed when K > 1)."""
+  """The running sums the train step accumulates between evaluations.
+
+  Args:
+    num_seeds: K, the members (one set of sums per member when K > 1).
+
+  Returns:
+    {'loss', 'accuracy', 'count'}: zeros, scalars or (K,) arrays.
+  """
   shape = () if num_seeds == 1 else (num_seeds,)
   return {"loss": jnp.zeros(shape), "accuracy": jnp.zeros(shape), "count": jnp.zeros(shape, jnp.int32)}
 
 
-def seed_slice(tree, index: int, num_seeds: int):
-  """Model `index` of a K-seed state (the state itself when K = 1)."""
+def member_slice(tree, index: int, num_seeds: int):
+  """Member `index` of a K-member state.
+
+  Args:
+    tree: a pytree with a leading member axis of K (none when K = 1).
+    index: the member.
+    num_seeds: K.
+
+  Returns:
+    The member's pytree (the tree itself when K = 1).
+  """
   if num_seeds == 1:
     return tree
   return jax.tree.map(lambda a: a[index], tree)
 
 
 def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default"):
-  """The pure update `(params, opt_state, sums, batch, step) -> (params, opt_state, sums)` on a float batch, not yet
-  jitted (`make_train_step` jits it; `make_train_loop` unrolls it N times in one program).
+  """The pure update of one training step on a float batch, not yet jitted.
 
-  With `num_seeds` = K > 1, params, opt_state, sums and the batch carry a leading axis of K independent models (model
-  k's dropout is that of a run with seed + k, or with seed[k] when `seed` is a list), updated together, vmapped over
-  the seed axis (`seed_mapping='vmap'`) or as K copies of the step side by side in the program ('unroll': on XLA:CPU a
-  vmapped convolution with per-seed weights becomes a grouped convolution, much slower than K plain ones: the README's
-  seeds section). The
-  model's products run at `precision` (MATMUL_PRECISIONS).
+  `(params, opt_state, sums, batch, step) -> (params, opt_state, sums)`; `make_train_step` jits it and
+  `make_train_loop` unrolls it N times in one program. With K > 1 members, params, opt_state, sums and the batch
+  carry a leading axis of K independent models (model k's dropout is that of a run with seed + k, or with seed[k]
+  when `seed` is a list), updated together, vmapped over the member axis or as K copies of the step side by side in
+  the program ('unroll': on XLA:CPU a vmapped convolution with per-member weights becomes a grouped convolution, much
+  slower than K plain ones; docs/benchmarks.md, populations).
+
+  Args:
+    graphdef: the model's graph definition (nnx.split).
+    tx: the optax optimiser (optim.create_optimizer).
+    seed: the run's seed, or a list of the members' seeds (dropout keys fold in the step).
+    num_seeds: K, the members.
+    seed_mapping: 'vmap' or 'unroll' (resolve_seed_mapping).
+    precision: the model's products' precision (MATMUL_PRECISIONS).
+
+  Returns:
+    The update function.
   """
 
   def one_step(params, opt_state, sums, batch, step, seed):
@@ -119,14 +186,26 @@ def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str =
     with matmul_precision(precision):
       if num_seeds == 1:
         return one_step(params, opt_state, sums, batch, step, seed[0])
-      mapped = over_seeds(one_step, (0, 0, 0, 0, None, 0), seed_mapping)
+      mapped = over_members(one_step, (0, 0, 0, 0, None, 0), seed_mapping)
       return mapped(params, opt_state, sums, batch, step, seeds)
 
   return update
 
 
 def make_train_step(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision="default"):
-  """`make_update`'s update, jitted once, its state (params, opt_state, sums) donated."""
+  """`make_update`'s update, jitted once, its state (params, opt_state, sums) donated.
+
+  Args:
+    graphdef: the model's graph definition.
+    tx: the optax optimiser.
+    seed: the run's seed, or the members' seeds.
+    num_seeds: K, the members.
+    seed_mapping: 'vmap' or 'unroll'.
+    precision: one of MATMUL_PRECISIONS.
+
+  Returns:
+    step(params, opt_state, sums, batch, step) -> (params, opt_state, sums).
+  """
   return jax.jit(make_update(graphdef, tx, seed, num_seeds, seed_mapping, precision), donate_argnums=(0, 1, 2))
 
 
@@ -136,17 +215,23 @@ _UINT8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
 def device_to_float(images: jax.Array) -> jax.Array:
-  """uint8 (..., H, W) -> float32 (..., H, W, 1) in [0, 1] on the device: bitwise what stn_jax.data.to_float gives on
-  the host."""
+  """Device images as the model's input: bitwise what stn_jax.data.to_float gives on the host.
+
+  Args:
+    images: uint8 (..., H, W) on the device.
+
+  Returns:
+    float32 (..., H, W, 1) in [0, 1].
+  """
   return jnp.asarray(_UINT8_TO_FLOAT)[images.astype(jnp.int32)][..., None]
 
 
 def make_train_loop(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision="default"):
-  """`num_steps` updates in one jitted call, on batches that are already on the device:
+  """`num_steps` updates in one jitted call, on batches that are already on the device.
 
     run(params, opt_state, sums, data, start, step, *, num_steps) -> (params, opt_state, sums, done)
 
-  `data` holds uint8 images (steps, B, S, S) and int32 labels (steps, B) — with K seeds (K, steps, B, ...) — and
+  `data` holds uint8 images (steps, B, S, S) and int32 labels (steps, B) (with K members (K, steps, B, ...)), and
   update i uses row `start + i` of it, converted to float inside the program, as training step `step + i`. The state
   is donated; `num_steps` is static (one compilation per distinct chunk length). `done` is a copy of the sums' step
   count, not donated: a token the caller can wait on to bound how far it dispatches ahead (utils.DispatchWindow).
@@ -154,6 +239,17 @@ def make_train_loop(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: s
   The updates are unrolled in the program rather than a `lax.scan`: XLA:CPU compiles a loop body differently (its
   results differ in the last bits), while N unrolled updates give bitwise the results of N calls of
   `make_train_step`, so how many steps one call runs never changes a run. Compile time grows with `num_steps`.
+
+  Args:
+    graphdef: the model's graph definition.
+    tx: the optax optimiser.
+    seed: the run's seed, or the members' seeds.
+    num_seeds: K, the members.
+    seed_mapping: 'vmap' or 'unroll'.
+    precision: one of MATMUL_PRECISIONS.
+
+  Returns:
+    The jitted `run`.
   """
   update = make_update(graphdef, tx, seed, num_seeds, seed_mapping, precision)
   axis = 0 if num_seeds == 1 else 1
@@ -172,8 +268,18 @@ def make_train_loop(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: s
 def make_eval_step(
   graphdef, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default", *, member_batches: bool = False
 ):
-  """Jitted sums of loss, correct and count over a masked batch; with K seeds, (K,) sums from one shared batch, or
-  with `member_batches` from a (K, B, ...) batch, member k's own rows (a population whose members differ in data)."""
+  """Jitted sums of loss, correct and count over a masked batch.
+
+  Args:
+    graphdef: the model's graph definition.
+    num_seeds: K, the members: (K,) sums from one shared batch.
+    seed_mapping: 'vmap' or 'unroll'.
+    precision: one of MATMUL_PRECISIONS.
+    member_batches: take a (K, B, ...) batch, member k's own rows (a population whose members differ in data).
+
+  Returns:
+    step(params, batch) -> {'loss', 'correct', 'count'} sums.
+  """
 
   def one_eval(params, batch):
     logits = nnx.merge(graphdef, params)(batch["image"])
@@ -182,7 +288,7 @@ def make_eval_step(
     correct = jnp.where(mask, logits.argmax(-1) == batch["label"], False).sum()
     return {"loss": loss, "correct": correct, "count": mask.sum()}
 
-  evaluate = one_eval if num_seeds == 1 else over_seeds(one_eval, (0, 0 if member_batches else None), seed_mapping)
+  evaluate = one_eval if num_seeds == 1 else over_members(one_eval, (0, 0 if member_batches else None), seed_mapping)
 
   @jax.jit
   def eval_step(params, batch):

@@ -42,7 +42,14 @@ MAX_DISPATCHES_IN_FLIGHT = 4
 
 
 def load_datasets(config) -> dict:
-  """{'train', 'validation', 'test'}: the config's distorted-MNIST variant."""
+  """The config's distorted-MNIST variant, every split.
+
+  Args:
+    config: the ConfigDict (its `dataset` section).
+
+  Returns:
+    {'train', 'validation', 'test'}: DistortedMnist datasets (train distorted afresh each epoch if the config says so).
+  """
   mnist = data_lib.load_mnist(
     data_dir=config.dataset.data_dir, source=config.dataset.source, path=config.dataset.mnist_path
   )
@@ -55,8 +62,18 @@ def load_datasets(config) -> dict:
 
 
 def member_sets(config, datasets: dict) -> dict[str, list]:
-  """{split: [member k's dataset]}: each member's variant (config_lib.member_datasets) of the given splits, the same
-  digits distorted as that variant's own run would see them; members of one variant share one dataset object."""
+  """Each member's dataset variant of the given splits.
+
+  The same digits distorted as that variant's own run would see them; members of one variant share one dataset
+  object.
+
+  Args:
+    config: the ConfigDict (config_lib.member_datasets gives each member's variant).
+    datasets: {split: DistortedMnist} of dataset.name.
+
+  Returns:
+    {split: [member k's dataset]}.
+  """
   names = config_lib.member_datasets(config)
   out = {}
   for split, base in datasets.items():
@@ -68,11 +85,20 @@ def member_sets(config, datasets: dict) -> dict[str, list]:
   return out
 
 
-def seed_batches(config, train_set, step: int) -> dict:
-  """This process's rows of step `step`'s batch, as floats on the host (what the training feed's batches equal);
-  with K members, (K, rows, ...): member k's data order is that of a run with its seed (config_lib.member_seeds),
-  its images those of its variant (`train_set` a list of one dataset per member, or one for all; the distortions are
-  a function of config.dataset.seed)."""
+def population_batch(config, train_set, step: int) -> dict:
+  """This process's rows of a training step's batch, as floats on the host (what the training feed's batches equal).
+
+  Member k's data order is that of a run with its seed (config_lib.member_seeds), its images those of its variant
+  (the distortions are a function of config.dataset.seed).
+
+  Args:
+    config: the ConfigDict (`num_seeds` = K members).
+    train_set: a DistortedMnist for every member, or a list of one per member.
+    step: the training step.
+
+  Returns:
+    dict(image=float32 (rows, S, S, 1), label=int32 (rows,)); with K > 1 members (K, rows, ...).
+  """
   seeds = config_lib.member_seeds(config)
   sets = train_set if isinstance(train_set, (list, tuple)) else [train_set] * len(seeds)
 
@@ -98,8 +124,16 @@ def seed_batches(config, train_set, step: int) -> dict:
 
 
 def create_params(config, image_size: int):
-  """(graphdef, params) of the config's model; with config.num_seeds = K > 1 the params of K models, initialised
-  from the members' seeds (config_lib.member_seeds), stacked on a leading axis."""
+  """The config's model, split into its graph definition and parameters.
+
+  Args:
+    config: the ConfigDict; with config.num_seeds = K > 1, K models initialised from the members' seeds
+      (config_lib.member_seeds).
+    image_size: S of the (S, S, 1) input images.
+
+  Returns:
+    (graphdef, params): params with a leading axis of K when K > 1.
+  """
   stacked = []
   dtype = steps.compute_dtype(config.get("compute_dtype", "float32"))
   for seed in config_lib.member_seeds(config):
@@ -110,18 +144,25 @@ def create_params(config, image_size: int):
   return graphdef, params
 
 
-def init_optimizer_state(tx, params, num_seeds: int = 1):
-  return tx.init(params) if num_seeds == 1 else jax.vmap(tx.init)(params)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Evaluation.
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 def evaluate(eval_step, params, dataset, batch_size: int, mesh: jax.sharding.Mesh | None = None) -> dict:
-  """Mean loss and accuracy over `dataset`: floats, or (K,) arrays for an eval step of K seeds. `dataset` may be a
-  list of one dataset per member (an eval step made with member_batches=True), each member evaluated on its own."""
+  """Mean loss and accuracy over a dataset.
+
+  Args:
+    eval_step: a step of `steps.make_eval_step`.
+    params: the parameters (a leading axis of K for K members).
+    dataset: a DistortedMnist, or a list of one per member (an eval step made with member_batches=True: each member
+      evaluated on its own).
+    batch_size: the global evaluation batch size.
+    mesh: the data mesh batches are split over (None: one device).
+
+  Returns:
+    {'loss', 'accuracy'}: floats, or (K,) arrays for an eval step of K members.
+  """
   totals = {"loss": 0.0, "correct": 0, "count": 0}
   sharding = {"process_index": jax.process_index(), "process_count": jax.process_count()} if mesh else {}
   per_member = isinstance(dataset, (list, tuple))
@@ -134,7 +175,7 @@ def evaluate(eval_step, params, dataset, batch_size: int, mesh: jax.sharding.Mes
     batches = data_lib.eval_batches(dataset, batch_size, **sharding)
   for batch in batches:
     if mesh is not None:
-      batch = distributed.shard_batch(mesh, batch, seed_axis=per_member)
+      batch = distributed.shard_batch(mesh, batch, member_axis=per_member)
     out = distributed.local_copy(eval_step(params, batch))
     for k in totals:
       totals[k] += out[k]
@@ -145,8 +186,17 @@ def evaluate(eval_step, params, dataset, batch_size: int, mesh: jax.sharding.Mes
   return {"loss": loss, "accuracy": accuracy}
 
 
-def seed_summary(name: str, values) -> dict:
-  """{name: value} for one seed; for K seeds {name: mean, name_std: sample std (ddof 1), name_per_seed: [...]}."""
+def member_summary(name: str, values) -> dict:
+  """A metric of one model, or its mean, spread and values over K members.
+
+  Args:
+    name: the metric's name (e.g. 'test_accuracy').
+    values: a scalar, or (K,) values.
+
+  Returns:
+    {name: value}; for K members {name: mean, name_std: sample std (ddof 1), name_per_seed: [...]} (the keys
+    results.json has always had).
+  """
   values = np.asarray(values, np.float64)
   if values.ndim == 0:
     return {name: float(values)}
@@ -158,7 +208,16 @@ def seed_summary(name: str, values) -> dict:
 
 
 def transformer_outputs(graphdef, params, images):
-  """(outputs, grids) of the model's spatial transformer (None, None without one)."""
+  """What the model's spatial transformer makes of some images.
+
+  Args:
+    graphdef: the model's graph definition.
+    params: one model's parameters.
+    images: float32 (N, H, W, C).
+
+  Returns:
+    (outputs (N, Ho, Wo, C), grids (N, Ho, Wo, 2)), or (None, None) for a model without a transformer.
+  """
   model = nnx.merge(graphdef, params)
   if model.transformer is None:
     return None, None
@@ -176,13 +235,21 @@ def train_and_evaluate(
 ) -> dict:
   """Trains and evaluates the model `config` describes in `workdir`, resuming any run of the same config there.
 
-  Writes workdir/config.json, checkpoints/, metrics.jsonl, tensorboard/, figures/ and at the end results.json.
-  `datasets` ({'train', 'validation', 'test'} DistortedMnist) replaces loading MNIST (tests use synthetic digits). A
+  Writes workdir/config.json, checkpoints/, metrics.jsonl, tensorboard/, figures/ and at the end results.json. A
   finished run of the same config is left as it is (its results are returned); one of a smaller total is continued
-  to the config's only with `continue_run` (else a WorkdirConflictError says how).
+  to the config's only with `continue_run`.
+
+  Args:
+    config: the run's ConfigDict (validated by the caller or here).
+    workdir: the run's directory.
+    datasets: {'train', 'validation', 'test'} DistortedMnist, instead of loading MNIST (tests use synthetic digits).
+    continue_run: allow a larger total than the workdir's run to continue it.
 
   Returns:
     The results dict (also written to results.json).
+
+  Raises:
+    ConfigError: a bad config, or a workdir holding another run (WorkdirConflictError, saying how to proceed).
   """
   config_lib.validate(config)
   workdir = Path(workdir)
@@ -231,17 +298,13 @@ def train_and_evaluate(
 
   # --- State: model, optimiser, the newest checkpoint. ---
   graphdef, params = create_params(config, train_set.image_size)
-  if optim.varies(config):  # members with their own hyperparameters
-    tx = optim.create_population_optimizer(config, steps.seed_slice(params, 0, num_seeds), total)
-    opt_state = optim.init_population(tx, params, config)
-  else:
-    tx = optim.create_optimizer(config, steps.seed_slice(params, 0, num_seeds), total)
-    opt_state = init_optimizer_state(tx, params, num_seeds)
+  tx = optim.create_optimizer(config, steps.member_slice(params, 0, num_seeds), total)
+  opt_state = optim.init_state(config, params, total)  # members with their own hyperparameters in the state
   schedule = optim.learning_rate_schedule(config, total)
   state = checkpoints.checkpoint_state(params, opt_state, num_seeds=num_seeds)
   state = distributed.replicate(mesh, state)
-  num_params = models.count_params(nnx.merge(graphdef, steps.seed_slice(params, 0, num_seeds)))
-  log.info("model: %d parameters%s", num_params, f", {num_seeds} seeds in one program" if num_seeds > 1 else "")
+  num_params = models.count_params(nnx.merge(graphdef, steps.member_slice(params, 0, num_seeds)))
+  log.info("model: %d parameters%s", num_params, f", {num_seeds} models in one program" if num_seeds > 1 else "")
   manager = checkpoints.manager(workdir, keep=config.checkpoints_to_keep)
   start_step = 0
   restored = checkpoints.restore_newest(manager, checkpoints.abstract(state, distributed.replicated(mesh)))
@@ -279,7 +342,7 @@ def train_and_evaluate(
     if not is_main:
       return
     outputs, grids = transformer_outputs(
-      graphdef, steps.seed_slice(distributed.local_copy(params), 0, num_seeds), sample
+      graphdef, steps.member_slice(distributed.local_copy(params), 0, num_seeds), sample
     )
     if outputs is None:
       return
@@ -323,10 +386,10 @@ def train_and_evaluate(
           s = distributed.local_copy(sums)
           val = evaluate(eval_step, params, sets["validation"], config.eval_batch_size, mesh)
           row = {
-            **seed_summary("train_loss", s["loss"] / np.maximum(s["count"], 1)),
-            **seed_summary("train_accuracy", s["accuracy"] / np.maximum(s["count"], 1)),
-            **seed_summary("val_loss", val["loss"]),
-            **seed_summary("val_accuracy", val["accuracy"]),
+            **member_summary("train_loss", s["loss"] / np.maximum(s["count"], 1)),
+            **member_summary("train_accuracy", s["accuracy"] / np.maximum(s["count"], 1)),
+            **member_summary("val_loss", val["loss"]),
+            **member_summary("val_accuracy", val["accuracy"]),
             "steps_per_sec": interval_rate,  # since the previous evaluation; compilation and evaluation excluded
           }
           writer.write_scalars(done, row, jsonl=True, tensorboard_skip=("train_loss",))  # logged above, finer
@@ -353,9 +416,9 @@ def train_and_evaluate(
   # --- Test and results. ---
   test = evaluate(eval_step, params, sets["test"], config.eval_batch_size, mesh)
   results = {
-    **seed_summary("test_accuracy", test["accuracy"]),
-    **seed_summary("test_loss", test["loss"]),
-    **seed_summary("test_error", 1.0 - np.asarray(test["accuracy"])),
+    **member_summary("test_accuracy", test["accuracy"]),
+    **member_summary("test_loss", test["loss"]),
+    **member_summary("test_error", 1.0 - np.asarray(test["accuracy"])),
     "num_seeds": num_seeds,
     "num_train_steps": total,
     "num_epochs": total / budget.steps_per_epoch,

@@ -13,19 +13,41 @@ import jax
 
 
 def atomic_write(path: Path, text: str) -> None:
-  """Writes `text` to `path` through a temporary file, so a kill never leaves half a file."""
+  """Writes a file through a temporary one, so a kill never leaves half a file.
+
+  Args:
+    path: the file.
+    text: its content.
+  """
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
   os.replace(tmp, path)
 
 
 def first_few(items: list[str], limit: int) -> str:
-  """The first `limit` of `items` joined by '; ', and how many more there are: what a one-line error lists."""
+  """What a one-line error lists: the first few items, and how many more there are.
+
+  Args:
+    items: the items.
+    limit: how many to show.
+
+  Returns:
+    The first `limit` of `items` joined by '; ', then '; and N more'.
+  """
   return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def itstime(step: int, every: int, total: int) -> bool:
-  """Whether a periodic action (every `every` steps, and at the last step) is due after `step` steps."""
+  """Whether a periodic action is due after a step.
+
+  Args:
+    step: the steps done.
+    every: the action's interval in steps.
+    total: the run's total (the action is also due at the last step).
+
+  Returns:
+    True when `step` is a multiple of `every` or the total.
+  """
   return step % every == 0 or step == total
 
 
@@ -33,14 +55,15 @@ class DispatchWindow:
   """Keeps at most `depth` jitted calls in flight: the host waits for the oldest once it is `depth` calls ahead.
 
   JAX dispatches asynchronously, so a loop that never reads its results runs ahead of the devices without bound. On
-  XLA:CPU with several devices that deadlocks: each device admits a bounded number of computations in flight (about
-  32 in jaxlib 0.10: 30 queued dispatches of a two-device training step completed, 40 aborted), a multi-device
-  program's per-device launches take those slots in no fixed order, and a later step holding a slot on one device
-  waits for an earlier step that cannot start there, whose collectives then time out on the other devices
-  (`Termination timeout for all gather RendezvousKey ...`, exit status 134). A small window keeps every queue short on
-  every backend and costs nothing while the devices are the bottleneck.
+  XLA:CPU with several devices that deadlocks: each device admits a bounded number of computations in flight, a
+  multi-device program's per-device launches take those slots in no fixed order, and a later step holding a slot on
+  one device waits for an earlier step that cannot start there, whose collectives then time out on the other devices
+  (`Termination timeout for all gather RendezvousKey ...`, exit status 134; docs/devices.md). A small window keeps
+  every queue short on every backend and costs nothing while the devices are the bottleneck. `add(token)` after each
+  call, with an output of that call that is not donated to a later one.
 
-  `add(token)` after each call, with an output of that call that is not donated to a later one.
+  Args:
+    depth: the calls allowed in flight.
   """
 
   def __init__(self, depth: int):
@@ -62,7 +85,10 @@ class Chrono:
   to finish and stops it, and `with chrono.excluded(wait_for=...)` leaves a block (evaluation, checkpointing) out.
   The trainer starts it once the first step of a process has finished, so compilation is never counted.
   `lap(step, name)` gives the steps per second of counted time since the previous lap of that name (or since the
-  clock first started); `total` carries the counted seconds across resumes.
+  clock first started).
+
+  Args:
+    total: the counted seconds carried across resumes.
   """
 
   def __init__(self, total: float = 0.0):

@@ -189,8 +189,8 @@ def test_a_vmapped_population_of_patch_convolutions_has_no_grouped_convolution(c
   if conv == "cpu_kernel":  # layers the kernel runs: stride 1 (the default's are stride 2), pooled
     config.model.classifier.cnn.strides, config.model.classifier.cnn.pool = (1,), (True,)
   graphdef, params = train.create_params(config, 32)
-  tx = optim.create_optimizer(config, steps.seed_slice(params, 0, k), 12)
-  state = (params, train.init_optimizer_state(tx, params, k), steps.zero_metric_sums(k))
+  tx = optim.create_optimizer(config, steps.member_slice(params, 0, k), 12)
+  state = (params, optim.init_state(config, params, 12), steps.zero_metric_sums(k))
   batch = {"image": jnp.zeros((k, 16, 32, 32, 1)), "label": jnp.zeros((k, 16), jnp.int32)}
   step = steps.make_train_step(graphdef, tx, 0, num_seeds=k, seed_mapping="vmap")
   hlo = step.lower(*state, batch, 0).compile().as_text()

@@ -265,7 +265,8 @@ def test_legitimate_small_or_channels_last_images_do_not_warn(shape):
 
 
 def test_forward_mode_works_in_every_mode():
-  # docs/sampling.md's "Autodiff" bullet; tests/spatial/test_forward_mode.py checks every padding mode and align_corners too.
+  # docs/sampling.md's "Autodiff" bullet; tests/spatial/test_forward_mode.py checks every padding mode and
+  # align_corners too.
   rng = np.random.default_rng()
   image = jnp.asarray(helpers.random_image(rng, (1, 5, 6, 2)))
   # points mostly inside the image, so that the grid derivative is large somewhere (checked below)

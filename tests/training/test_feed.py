@@ -30,7 +30,7 @@ def test_every_steps_batch_is_the_host_pipelines(datasets, pipeline, num_seeds):
       images, labels = np.asarray(data["image"]), np.asarray(data["label"])
       axis = 0 if num_seeds == 1 else 1
       for j in range(n):
-        want = train.seed_batches(config, train_set, step + j)
+        want = train.population_batch(config, train_set, step + j)
         got_images, got_labels = (np.take(a, start + j, axis=axis) for a in (images, labels))
         np.testing.assert_array_equal(np.asarray(steps.device_to_float(got_images)), want["image"])
         np.testing.assert_array_equal(got_labels, want["label"])
@@ -49,7 +49,7 @@ def test_members_of_different_variants_get_their_own_variants_batches(datasets, 
     for i, (step, n) in enumerate(plan):
       data, start = train_feed.chunk(step, n, next_chunk=plan[i + 1] if i + 1 < len(plan) else None)
       for j in range(n):
-        want = train.seed_batches(config, sets, step + j)
+        want = train.population_batch(config, sets, step + j)
         got = np.take(np.asarray(data["image"]), start + j, axis=1)
         np.testing.assert_array_equal(np.asarray(steps.device_to_float(got)), want["image"])
         np.testing.assert_array_equal(np.take(np.asarray(data["label"]), start + j, axis=1), want["label"])

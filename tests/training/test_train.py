@@ -459,12 +459,12 @@ def test_vmap_and_unroll_seed_mappings_match_a_single_seed_step(datasets):
 
   config = tiny_config(num_seeds=3, seed=5)
   graphdef, params = train.create_params(config, datasets["train"].image_size)
-  tx = optim.create_optimizer(config, steps.seed_slice(params, 0, 3), 12)
-  batch = train.seed_batches(config, datasets["train"], 7)
+  tx = optim.create_optimizer(config, steps.member_slice(params, 0, 3), 12)
+  batch = train.population_batch(config, datasets["train"], 7)
   assert batch["image"].shape == (3, 16, 32, 32, 1)
   results = {}
   for how in ("vmap", "unroll"):
-    state = jax.tree.map(np.array, (params, train.init_optimizer_state(tx, params, 3), steps.zero_metric_sums(3)))
+    state = jax.tree.map(np.array, (params, optim.init_state(config, params, 12), steps.zero_metric_sums(3)))
     step = steps.make_train_step(graphdef, tx, config.seed, 3, how)
     results[how] = jax.tree.map(np.asarray, step(*state, batch, 7))
   # the reference: seed 5 + 2 trained alone, from its own init, on its own data order
@@ -472,10 +472,11 @@ def test_vmap_and_unroll_seed_mappings_match_a_single_seed_step(datasets):
   graphdef1, params1 = train.create_params(single, datasets["train"].image_size)
   state1 = (params1, tx.init(params1), steps.zero_metric_sums())
   ref = jax.tree.map(
-    np.asarray, steps.make_train_step(graphdef1, tx, 7)(*state1, train.seed_batches(single, datasets["train"], 7), 7)
+    np.asarray,
+    steps.make_train_step(graphdef1, tx, 7)(*state1, train.population_batch(single, datasets["train"], 7), 7),
   )
   for how, out in results.items():
-    for got, want in zip(jax.tree.leaves(steps.seed_slice(out, 2, 3)), jax.tree.leaves(ref), strict=True):
+    for got, want in zip(jax.tree.leaves(steps.member_slice(out, 2, 3)), jax.tree.leaves(ref), strict=True):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=how)
   loss = results["vmap"][2]["loss"]
   assert len(set(np.round(loss, 6))) == 3  # three different models and batches
