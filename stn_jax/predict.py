@@ -87,12 +87,12 @@ def load_run(workdir: str | Path, seed_index: int = 0):
     raise PredictError(f"{workdir} has no config.json: not a training workdir.")
   try:
     size = input_size(config)
-    num_seeds = int(config.get("num_seeds", 1))
+    num_members = int(config.get("num_seeds", 1))
   except (KeyError, AttributeError, TypeError, ValueError) as e:
     raise PredictError(f"{workdir / 'config.json'}: not a config of this stn_jax ({one_line(e)}).") from None
-  if isinstance(seed_index, bool) or not isinstance(seed_index, int | np.integer) or not 0 <= seed_index < num_seeds:
+  if isinstance(seed_index, bool) or not isinstance(seed_index, int | np.integer) or not 0 <= seed_index < num_members:
     raise PredictError(
-      f"seed_index must be in [0, {num_seeds}) for this run of {num_seeds} model(s); got {seed_index}."
+      f"seed_index must be in [0, {num_members}) for this run of {num_members} model(s); got {seed_index}."
     )
   if not (workdir / "checkpoints").is_dir() or not any((workdir / "checkpoints").iterdir()):
     raise PredictError(f"{workdir} has no checkpoints yet: train first (python -m stn_jax.main ...).")
@@ -104,7 +104,7 @@ def load_run(workdir: str | Path, seed_index: int = 0):
   if restored is None:
     raise PredictError(f"{workdir / 'checkpoints'} holds no readable checkpoint of this run's model.")
   step, params = restored
-  return config, graphdef, steps.member_slice(params, seed_index, num_seeds), step
+  return config, graphdef, steps.member_slice(params, seed_index, num_members), step
 
 
 def input_size(config) -> int:

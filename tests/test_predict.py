@@ -100,7 +100,7 @@ def test_a_current_run_predicts_its_test_accuracy(current_run, datasets, test_np
 def test_seed_index_picks_a_model_of_a_multi_seed_run(tmp_path, test_npz, cli):
   config = _tiny_config(num_seeds=2)
   graphdef, params = train.create_params(config, 32)
-  state = checkpoints.checkpoint_state(params, optim.init_state(config, params, 4), num_seeds=2)
+  state = checkpoints.checkpoint_state(params, optim.init_state(config, params, 4), num_members=2)
   checkpoints.open_run(tmp_path, config, steps_per_epoch=6)
   with checkpoints.manager(tmp_path) as manager:
     manager.save(3, args=ocp.args.StandardSave(state))

@@ -3,7 +3,14 @@
 MNIST is by Yann LeCun and Corinna Cortes, licensed CC BY-SA 3.0.
 """
 
-from stn_jax.data.datasets import DistortedMnist, epoch_rows, eval_batches, to_float, train_batch, train_batches
+from stn_jax.data.datasets import (
+  DistortedMnist,
+  epoch_rows,
+  eval_batches,
+  train_batch,
+  train_batches,
+  uint8_to_unit_float,
+)
 from stn_jax.data.distortions import NAMES, VARIANTS, distort
 from stn_jax.data.mnist import SPLITS, Mnist, MnistUnavailableError, default_data_dir, load_mnist
 
@@ -19,7 +26,7 @@ __all__ = [
   "epoch_rows",
   "eval_batches",
   "load_mnist",
-  "to_float",
   "train_batch",
   "train_batches",
+  "uint8_to_unit_float",
 ]

@@ -86,14 +86,14 @@ class DistortedMnist:
       return cached[1]
 
 
-def to_float(images: np.ndarray) -> np.ndarray:
+def uint8_to_unit_float(images: np.ndarray) -> np.ndarray:
   """Host images as the model's input.
 
   Args:
     images: uint8 (..., H, W).
 
   Returns:
-    float32 (..., H, W, 1) in [0, 1] (steps.device_to_float is its bitwise twin on the device).
+    float32 (..., H, W, 1) in [0, 1] (steps.uint8_to_unit_float_by_table is its bitwise twin on the device).
   """
   return (np.asarray(images, np.float32) / 255.0)[..., None]
 
@@ -140,7 +140,7 @@ def train_batch(
   epoch, within = divmod(step, max(steps_per_epoch, 1))
   rows = epoch_rows(dataset, epoch, batch_size, shuffle_seed=shuffle_seed, process_index=process_index,
                     process_count=process_count)[within]  # fmt: skip
-  return {"image": to_float(dataset.images(epoch)[rows]), "label": dataset.labels[rows]}
+  return {"image": uint8_to_unit_float(dataset.images(epoch)[rows]), "label": dataset.labels[rows]}
 
 
 def epoch_rows(
@@ -217,4 +217,4 @@ def eval_batches(
     rows = _process_rows(np.arange(start, start + batch_size), process_index, process_count)
     mask = rows < len(dataset)
     rows = np.where(mask, rows, 0)
-    yield {"image": to_float(images[rows]), "label": dataset.labels[rows], "mask": mask}
+    yield {"image": uint8_to_unit_float(images[rows]), "label": dataset.labels[rows], "mask": mask}

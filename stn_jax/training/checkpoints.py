@@ -175,7 +175,7 @@ def has_checkpoint(workdir: Path) -> bool:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def checkpoint_state(params, opt_state, sums=None, train_time=None, *, num_seeds: int = 1) -> dict:
+def checkpoint_state(params, opt_state, sums=None, train_time=None, *, num_members: int = 1) -> dict:
   """What a checkpoint holds.
 
   Args:
@@ -183,12 +183,12 @@ def checkpoint_state(params, opt_state, sums=None, train_time=None, *, num_seeds
     opt_state: the optimiser state.
     sums: the metric sums since the last evaluation (default: zeros).
     train_time: the training seconds so far (default: 0).
-    num_seeds: K, the members.
+    num_members: K, the members.
 
   Returns:
     {'params', 'opt_state', 'accum' (the sums, under the key checkpoints have always had), 'train_time'}.
   """
-  sums = zero_metric_sums(num_seeds) if sums is None else sums
+  sums = zero_metric_sums(num_members) if sums is None else sums
   train_time = jnp.zeros(()) if train_time is None else train_time
   # "accum" is the key the sums have always had in checkpoints; keeping it keeps old checkpoints readable.
   return {"params": params, "opt_state": opt_state, "accum": sums, "train_time": train_time}

@@ -34,30 +34,30 @@ PIPELINES = ("auto", "device", "host")
 CPU_BUDGET_BYTES = 4 << 30
 
 
-def epoch_bytes(dataset: DistortedMnist, batch_size: int, num_seeds: int) -> int:
+def epoch_bytes(dataset: DistortedMnist, batch_size: int, num_members: int) -> int:
   """The bytes one epoch of this process's rows takes on the device (uint8 images and int32 labels).
 
   Args:
     dataset: the train split.
     batch_size: the global batch size.
-    num_seeds: K, the members (each with its own order of the epoch).
+    num_members: K, the members (each with its own order of the epoch).
 
   Returns:
     The byte count.
   """
   steps_per_epoch = len(dataset) // batch_size
-  rows = num_seeds * steps_per_epoch * batch_size // jax.process_count()
+  rows = num_members * steps_per_epoch * batch_size // jax.process_count()
   return rows * (dataset.image_size**2 + 4)
 
 
-def choose(pipeline: str, dataset: DistortedMnist, batch_size: int, num_seeds: int) -> str:
+def choose(pipeline: str, dataset: DistortedMnist, batch_size: int, num_members: int) -> str:
   """The input pipeline a run uses.
 
   Args:
     pipeline: 'auto' (device when two epochs fit in a quarter of the device's memory), 'device' or 'host'.
     dataset: the train split.
     batch_size: the global batch size.
-    num_seeds: K, the members.
+    num_members: K, the members.
 
   Returns:
     'device' or 'host'.
@@ -66,7 +66,7 @@ def choose(pipeline: str, dataset: DistortedMnist, batch_size: int, num_seeds: i
     return pipeline
   stats = jax.local_devices()[0].memory_stats() or {}
   budget = stats.get("bytes_limit", 4 * CPU_BUDGET_BYTES) // 4
-  return "device" if 2 * epoch_bytes(dataset, batch_size, num_seeds) <= budget else "host"
+  return "device" if 2 * epoch_bytes(dataset, batch_size, num_members) <= budget else "host"
 
 
 class TrainFeed:

@@ -113,36 +113,36 @@ def resolve_seed_mapping(how: str, *, xla_convolutions: bool = True) -> str:
   return "unroll" if jax.default_backend() == "cpu" and xla_convolutions else "vmap"
 
 
-def zero_metric_sums(num_seeds: int = 1) -> dict:
+def zero_metric_sums(num_members: int = 1) -> dict:
   """The running sums the train step accumulates between evaluations.
 
   Args:
-    num_seeds: K, the members (one set of sums per member when K > 1).
+    num_members: K, the members (one set of sums per member when K > 1).
 
   Returns:
     {'loss', 'accuracy', 'count'}: zeros, scalars or (K,) arrays.
   """
-  shape = () if num_seeds == 1 else (num_seeds,)
+  shape = () if num_members == 1 else (num_members,)
   return {"loss": jnp.zeros(shape), "accuracy": jnp.zeros(shape), "count": jnp.zeros(shape, jnp.int32)}
 
 
-def member_slice(tree, index: int, num_seeds: int):
+def member_slice(tree, index: int, num_members: int):
   """Member `index` of a K-member state.
 
   Args:
     tree: a pytree with a leading member axis of K (none when K = 1).
     index: the member.
-    num_seeds: K.
+    num_members: K.
 
   Returns:
     The member's pytree (the tree itself when K = 1).
   """
-  if num_seeds == 1:
+  if num_members == 1:
     return tree
   return jax.tree.map(lambda a: a[index], tree)
 
 
-def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default"):
+def make_update(graphdef, tx, seed: int, num_members: int = 1, seed_mapping: str = "vmap", precision: str = "default"):
   """The pure update of one training step on a float batch, not yet jitted.
 
   `(params, opt_state, sums, batch, step) -> (params, opt_state, sums)`; `make_train_step` jits it and
@@ -156,7 +156,7 @@ def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str =
     graphdef: the model's graph definition (nnx.split).
     tx: the optax optimiser (optim.create_optimizer).
     seed: the run's seed, or a list of the members' seeds (dropout keys fold in the step).
-    num_seeds: K, the members.
+    num_members: K, the members.
     seed_mapping: 'vmap' or 'unroll' (resolve_seed_mapping).
     precision: the model's products' precision (MATMUL_PRECISIONS).
 
@@ -179,12 +179,12 @@ def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str =
     return params, opt_state, sums
 
   if isinstance(seed, int):  # the population's seeds: seed, seed + 1, ...; or given one per member
-    seed = [seed + k for k in range(num_seeds)]
+    seed = [seed + k for k in range(num_members)]
   seeds = jnp.asarray(seed, jnp.uint32)
 
   def update(params, opt_state, sums, batch, step):
     with matmul_precision(precision):
-      if num_seeds == 1:
+      if num_members == 1:
         return one_step(params, opt_state, sums, batch, step, seed[0])
       mapped = over_members(one_step, (0, 0, 0, 0, None, 0), seed_mapping)
       return mapped(params, opt_state, sums, batch, step, seeds)
@@ -192,30 +192,30 @@ def make_update(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str =
   return update
 
 
-def make_train_step(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision="default"):
+def make_train_step(graphdef, tx, seed: int, num_members: int = 1, seed_mapping: str = "vmap", precision="default"):
   """`make_update`'s update, jitted once, its state (params, opt_state, sums) donated.
 
   Args:
     graphdef: the model's graph definition.
     tx: the optax optimiser.
     seed: the run's seed, or the members' seeds.
-    num_seeds: K, the members.
+    num_members: K, the members.
     seed_mapping: 'vmap' or 'unroll'.
     precision: one of MATMUL_PRECISIONS.
 
   Returns:
     step(params, opt_state, sums, batch, step) -> (params, opt_state, sums).
   """
-  return jax.jit(make_update(graphdef, tx, seed, num_seeds, seed_mapping, precision), donate_argnums=(0, 1, 2))
+  return jax.jit(make_update(graphdef, tx, seed, num_members, seed_mapping, precision), donate_argnums=(0, 1, 2))
 
 
-# uint8 -> float32 in [0, 1] by table: bitwise stn_jax.data.to_float's host division (XLA may rewrite a division by a
-# constant into a multiplication by its reciprocal, which is not exact).
+# uint8 -> float32 in [0, 1] by table: bitwise stn_jax.data.uint8_to_unit_float's host division (XLA may rewrite a
+# division by a constant into a multiplication by its reciprocal, which is not exact).
 _UINT8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
-def device_to_float(images: jax.Array) -> jax.Array:
-  """Device images as the model's input: bitwise what stn_jax.data.to_float gives on the host.
+def uint8_to_unit_float_by_table(images: jax.Array) -> jax.Array:
+  """Device images as the model's input: bitwise what stn_jax.data.uint8_to_unit_float gives on the host.
 
   Args:
     images: uint8 (..., H, W) on the device.
@@ -226,7 +226,7 @@ def device_to_float(images: jax.Array) -> jax.Array:
   return jnp.asarray(_UINT8_TO_FLOAT)[images.astype(jnp.int32)][..., None]
 
 
-def make_train_loop(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: str = "vmap", precision="default"):
+def make_train_loop(graphdef, tx, seed: int, num_members: int = 1, seed_mapping: str = "vmap", precision="default"):
   """`num_steps` updates in one jitted call, on batches that are already on the device.
 
     run(params, opt_state, sums, data, start, step, *, num_steps) -> (params, opt_state, sums, done)
@@ -244,35 +244,40 @@ def make_train_loop(graphdef, tx, seed: int, num_seeds: int = 1, seed_mapping: s
     graphdef: the model's graph definition.
     tx: the optax optimiser.
     seed: the run's seed, or the members' seeds.
-    num_seeds: K, the members.
+    num_members: K, the members.
     seed_mapping: 'vmap' or 'unroll'.
     precision: one of MATMUL_PRECISIONS.
 
   Returns:
     The jitted `run`.
   """
-  update = make_update(graphdef, tx, seed, num_seeds, seed_mapping, precision)
-  axis = 0 if num_seeds == 1 else 1
+  update = make_update(graphdef, tx, seed, num_members, seed_mapping, precision)
+  axis = 0 if num_members == 1 else 1
 
   @functools.partial(jax.jit, donate_argnums=(0, 1, 2), static_argnames=("num_steps",))
   def run(params, opt_state, sums, data, start, step, *, num_steps: int):
     state = (params, opt_state, sums)
     for i in range(num_steps):
       row = {k: jax.lax.dynamic_index_in_dim(v, start + i, axis, keepdims=False) for k, v in data.items()}
-      state = update(*state, {"image": device_to_float(row["image"]), "label": row["label"]}, step + i)
+      state = update(*state, {"image": uint8_to_unit_float_by_table(row["image"]), "label": row["label"]}, step + i)
     return (*state, state[2]["count"] + 0)
 
   return run
 
 
 def make_eval_step(
-  graphdef, num_seeds: int = 1, seed_mapping: str = "vmap", precision: str = "default", *, member_batches: bool = False
+  graphdef,
+  num_members: int = 1,
+  seed_mapping: str = "vmap",
+  precision: str = "default",
+  *,
+  member_batches: bool = False,
 ):
   """Jitted sums of loss, correct and count over a masked batch.
 
   Args:
     graphdef: the model's graph definition.
-    num_seeds: K, the members: (K,) sums from one shared batch.
+    num_members: K, the members: (K,) sums from one shared batch.
     seed_mapping: 'vmap' or 'unroll'.
     precision: one of MATMUL_PRECISIONS.
     member_batches: take a (K, B, ...) batch, member k's own rows (a population whose members differ in data).
@@ -288,7 +293,7 @@ def make_eval_step(
     correct = jnp.where(mask, logits.argmax(-1) == batch["label"], False).sum()
     return {"loss": loss, "correct": correct, "count": mask.sum()}
 
-  evaluate = one_eval if num_seeds == 1 else over_members(one_eval, (0, 0 if member_batches else None), seed_mapping)
+  evaluate = one_eval if num_members == 1 else over_members(one_eval, (0, 0 if member_batches else None), seed_mapping)
 
   @jax.jit
   def eval_step(params, batch):

@@ -282,7 +282,7 @@ def train_and_evaluate(
     log.info("%s holds this run, finished at step %d; its results: %s", workdir, results["num_train_steps"],
              {k: v for k, v in results.items() if not isinstance(v, (list, dict))})  # fmt: skip
     return results
-  total, num_seeds = budget.num_train_steps, config.num_seeds
+  total, num_members = budget.num_train_steps, config.num_seeds
   log.info("config (all of it in %s):\n%s", workdir / "config.json", config_lib.summary(config))
   log.info(
     "budget: %d steps of %d = %.4g epochs of %d; evaluation every %d steps, checkpoints every %d",
@@ -298,13 +298,13 @@ def train_and_evaluate(
 
   # --- State: model, optimiser, the newest checkpoint. ---
   graphdef, params = create_params(config, train_set.image_size)
-  tx = optim.create_optimizer(config, steps.member_slice(params, 0, num_seeds), total)
+  tx = optim.create_optimizer(config, steps.member_slice(params, 0, num_members), total)
   opt_state = optim.init_state(config, params, total)  # members with their own hyperparameters in the state
   schedule = optim.learning_rate_schedule(config, total)
-  state = checkpoints.checkpoint_state(params, opt_state, num_seeds=num_seeds)
+  state = checkpoints.checkpoint_state(params, opt_state, num_members=num_members)
   state = distributed.replicate(mesh, state)
-  num_params = models.count_params(nnx.merge(graphdef, steps.member_slice(params, 0, num_seeds)))
-  log.info("model: %d parameters%s", num_params, f", {num_seeds} models in one program" if num_seeds > 1 else "")
+  num_params = models.count_params(nnx.merge(graphdef, steps.member_slice(params, 0, num_members)))
+  log.info("model: %d parameters%s", num_params, f", {num_members} models in one program" if num_members > 1 else "")
   manager = checkpoints.manager(workdir, keep=config.checkpoints_to_keep)
   start_step = 0
   restored = checkpoints.restore_newest(manager, checkpoints.abstract(state, distributed.replicated(mesh)))
@@ -329,11 +329,13 @@ def train_and_evaluate(
   seed_mapping = steps.resolve_seed_mapping(
     config.seed_mapping, xla_convolutions=models.has_xla_convolutions(config.model)
   )
-  if num_seeds > 1:
-    log.info("%d seeds per step, mapped by %s", num_seeds, seed_mapping)
+  if num_members > 1:
+    log.info("%d members per step, mapped by %s", num_members, seed_mapping)
   seeds = config_lib.member_seeds(config)
-  train_loop = steps.make_train_loop(graphdef, tx, seeds, num_seeds, seed_mapping, config.matmul_precision)
-  eval_step = steps.make_eval_step(graphdef, num_seeds, seed_mapping, config.matmul_precision, member_batches=by_member)
+  train_loop = steps.make_train_loop(graphdef, tx, seeds, num_members, seed_mapping, config.matmul_precision)
+  eval_step = steps.make_eval_step(
+    graphdef, num_members, seed_mapping, config.matmul_precision, member_batches=by_member
+  )
   first = {split: sets[split][0] if by_member else sets[split] for split in sets}  # member 0's datasets
   sample = next(data_lib.eval_batches(first["test"], 64))["image"]
 
@@ -342,7 +344,7 @@ def train_and_evaluate(
     if not is_main:
       return
     outputs, grids = transformer_outputs(
-      graphdef, steps.member_slice(distributed.local_copy(params), 0, num_seeds), sample
+      graphdef, steps.member_slice(distributed.local_copy(params), 0, num_members), sample
     )
     if outputs is None:
       return
@@ -357,7 +359,7 @@ def train_and_evaluate(
 
   # --- The loop. ---
   logged = distributed.local_copy(sums)  # the sums at the last log line (a checkpoint's, on resume)
-  pipeline = feed.choose(config.input_pipeline, train_set, config.batch_size, num_seeds)
+  pipeline = feed.choose(config.input_pipeline, train_set, config.batch_size, num_members)
   train_feed = feed.TrainFeed(sets["train"], config.batch_size, seeds, mesh, pipeline=pipeline, total_steps=total)
   log.info("input pipeline: %s; %d step(s) per dispatch", pipeline, per_dispatch)
   dispatches = feed.chunks(start_step, total, per_dispatch, budget.steps_per_epoch)  # lazily: any budget starts at once
@@ -419,14 +421,14 @@ def train_and_evaluate(
     **member_summary("test_accuracy", test["accuracy"]),
     **member_summary("test_loss", test["loss"]),
     **member_summary("test_error", 1.0 - np.asarray(test["accuracy"])),
-    "num_seeds": num_seeds,
+    "num_seeds": num_members,
     "num_train_steps": total,
     "num_epochs": total / budget.steps_per_epoch,
     "train_time_s": clock.total,  # training steps only: not compilation, evaluation, logging or checkpointing
     "steps_per_sec": total / max(clock.total, 1e-9),  # over train_time_s (each process's compiling step untimed)
     "num_params": num_params,
   }
-  if num_seeds > 1:  # one row per member: its seed, hyperparameters and test metrics
+  if num_members > 1:  # one row per member: its seed, hyperparameters and test metrics
     values = {name: optim.member_values(config, name) for name in optim.MEMBER_HYPERPARAMETERS}
     variants = config_lib.member_datasets(config)
     results["members"] = [
@@ -447,6 +449,8 @@ def train_and_evaluate(
       figures.save_curves(writer.history, workdir / "figures" / "curves.png", steps_per_epoch=budget.steps_per_epoch)
     writer.write_scalars(total, {"test_accuracy": results["test_accuracy"]})
     writer.close()
-  spread = f" +- {100 * results['test_error_std']:.2f}" if num_seeds > 1 else ""
-  log.info("test error %.2f%s %% (%d seed(s)); results in %s", 100 * results["test_error"], spread, num_seeds, workdir)
+  spread = f" +- {100 * results['test_error_std']:.2f}" if num_members > 1 else ""
+  log.info(
+    "test error %.2f%s %% (%d model(s)); results in %s", 100 * results["test_error"], spread, num_members, workdir
+  )
   return results

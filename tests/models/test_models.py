@@ -192,7 +192,7 @@ def test_a_vmapped_population_of_patch_convolutions_has_no_grouped_convolution(c
   tx = optim.create_optimizer(config, steps.member_slice(params, 0, k), 12)
   state = (params, optim.init_state(config, params, 12), steps.zero_metric_sums(k))
   batch = {"image": jnp.zeros((k, 16, 32, 32, 1)), "label": jnp.zeros((k, 16), jnp.int32)}
-  step = steps.make_train_step(graphdef, tx, 0, num_seeds=k, seed_mapping="vmap")
+  step = steps.make_train_step(graphdef, tx, 0, num_members=k, seed_mapping="vmap")
   hlo = step.lower(*state, batch, 0).compile().as_text()
   groups = [int(g) for g in re.findall(r"feature_group_count=(\d+)", hlo)]
   if conv == "xla":  # what the issue found: every per-model convolution becomes a grouped one

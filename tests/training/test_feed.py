@@ -32,7 +32,7 @@ def test_every_steps_batch_is_the_host_pipelines(datasets, pipeline, num_seeds):
       for j in range(n):
         want = train.population_batch(config, train_set, step + j)
         got_images, got_labels = (np.take(a, start + j, axis=axis) for a in (images, labels))
-        np.testing.assert_array_equal(np.asarray(steps.device_to_float(got_images)), want["image"])
+        np.testing.assert_array_equal(np.asarray(steps.uint8_to_unit_float_by_table(got_images)), want["image"])
         np.testing.assert_array_equal(got_labels, want["label"])
   finally:
     train_feed.close()
@@ -51,7 +51,7 @@ def test_members_of_different_variants_get_their_own_variants_batches(datasets, 
       for j in range(n):
         want = train.population_batch(config, sets, step + j)
         got = np.take(np.asarray(data["image"]), start + j, axis=1)
-        np.testing.assert_array_equal(np.asarray(steps.device_to_float(got)), want["image"])
+        np.testing.assert_array_equal(np.asarray(steps.uint8_to_unit_float_by_table(got)), want["image"])
         np.testing.assert_array_equal(np.take(np.asarray(data["label"]), start + j, axis=1), want["label"])
         # R and P of one seed: the same digits in the same order, distorted differently
         np.testing.assert_array_equal(want["label"][0], want["label"][1])
