@@ -96,8 +96,9 @@ def affine_theta(
 
   Normalised coordinates run over [-1, 1] along both axes whatever the image's shape (torch's convention too), so on a
   non-square image a rotation in them is not rigid: squares become parallelograms. `aspect` = W / H of the image
-  (input and output of one shape) makes the linear part act in pixels instead, rigid as kornia's `rotate`:
-  theta's linear part is diag(1 / aspect, 1) @ A @ diag(aspect, 1) for the A above; the translation stays normalised.
+  (input and output of one shape, or of one aspect ratio) makes the linear part act in pixels instead, rigid as
+  kornia's `rotate`: theta's linear part is diag(1 / aspect, 1) @ A @ diag(aspect, 1) for the A above; the translation
+  stays normalised. `aspect=1.0` is the same theta, bit for bit, as `aspect=None`.
 
   Args:
     rotation: (...) radians.
@@ -112,8 +113,10 @@ def affine_theta(
   Returns:
     (..., 2, 3) theta mapping output to input coordinates.
   """
-  if aspect is not None and not (isinstance(aspect, (int, float)) and not isinstance(aspect, bool) and aspect > 0):
-    raise ValueError(f"affine_theta: aspect must be None or a positive width / height; got {aspect!r}.")
+  number = isinstance(aspect, (int, float, np.integer, np.floating)) and not isinstance(aspect, (bool, np.bool_))
+  if aspect is not None and not (number and np.isfinite(aspect) and aspect > 0):  # a static number, never an array
+    raise ValueError(f"affine_theta: aspect must be None or a positive width / height; got {v.describe(aspect)}.")
+  aspect = None if aspect is None else float(aspect)  # weakly typed: theta keeps `dtype`
   rotation, shear, scale = (jnp.asarray(a, dtype) for a in (rotation, shear, scale))
   translation = jnp.asarray(translation, dtype)
   v.check_trailing_shape("affine_theta", "translation", translation, (2,), what="(..., 2)")

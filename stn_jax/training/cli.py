@@ -10,6 +10,8 @@ from pathlib import Path
 
 from absl import flags
 
+from stn_jax.training import config_lib
+
 USAGE_ERROR = 2  # exit status of a bad command line, config or workdir
 
 
@@ -35,28 +37,39 @@ def one_line(error: BaseException) -> str:
   return re.sub(r"\s+", " ", text).strip()
 
 
-def unknown_key(error: BaseException, argv: list[str]) -> str | None:
-  """The error of a --config.a.b=v flag naming no field, when ml_collections raised KeyError('b') (nothing close to it).
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of --config ('path.py[:arg]') on a command line, given as --config=v or --config v."""
+  for i, arg in enumerate(argv):
+    if re.fullmatch(r"--?config=.*", arg):
+      return arg.split("=", 1)[1]
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def unknown_key(argv: list[str]) -> str | None:
+  """The error of the first --config.a.b=v flag naming no field of the config file's config, as one line.
+
+  ml_collections says "Did you mean" only for a close match in the same section, and with none raises a bare
+  KeyError('b'); `config_lib.field_error` names the section the key was looked for in, either way.
 
   Args:
-    error: the exception of flag parsing.
     argv: the command line.
 
   Returns:
-    The flag, the key and the section it was looked for in, as one line; None for another error.
+    '--config.a.b: config.a has no field 'b' (...)'; None when every override names a field (or the file fails).
   """
-  key = str(error).strip("'\"")
-  if not isinstance(error, KeyError) and not re.fullmatch(r"'[\w]+'", str(error).strip('"')):
+  spec = _config_spec(argv)
+  overrides = [m.group(1) for a in argv if (m := re.match(r"--?(?:no)?config\.([^=\[]+)(?:=|$)", a))]
+  if spec is None or not overrides:
     return None
-  for arg in argv:
-    if arg.startswith("--config.") and "=" in arg:
-      path = arg[len("--config.") : arg.index("=")].split(".")
-      if key in path:
-        section = ".".join(["config", *path[: path.index(key)]])
-        return (
-          f"--config.{'.'.join(path)}: {section} has no field {key!r} (every field: python -m stn_jax.main "
-          "--config=... --list)"
-        )
+  try:
+    config = config_lib.load(spec)
+  except Exception:  # the file's own error: one_line reports it
+    return None
+  for dotted in overrides:
+    if message := config_lib.field_error(config, dotted):
+      return f"--config.{dotted}: {message}"
   return None
 
 
@@ -75,11 +88,11 @@ def parse_flags(argv: list[str]) -> list[str]:
       flags.FLAGS.config.get("version")  # ml_collections loads the file lazily: surface its errors here
     return rest
   except Exception as e:
-    config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "").split(":")[0]
+    config_path = (_config_spec(argv) or "").split(":")[0]
     if config_path and not Path(config_path).is_file():
       sys.stderr.write(f"error: --config: no such file {config_path!r}\n")
     else:
-      sys.stderr.write(f"error: {unknown_key(e, argv) or one_line(e)}\n")
+      sys.stderr.write(f"error: {unknown_key(argv) or one_line(e)}\n")
     sys.exit(USAGE_ERROR)
 
 

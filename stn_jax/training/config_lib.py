@@ -5,6 +5,8 @@ import it). This module owns the rules every entry point applies to it:
 
 * `load(spec)`: 'path/to/file.py[:arg]' from any working directory; `import_sibling` lets config files import each
   other without the repository on sys.path.
+* `field_error(config, dotted)`: why a `--config.a.b=v` override names no field: where it was looked for, and the
+  field meant (in that section or another) or that section's fields.
 * `validate(config)`: one check per field, the allowed values imported from the module that defines them; a
   ValueError names the field, the value and what is allowed.
 * `budget(config, steps_per_epoch)`: budgets are given in epochs (`num_epochs`, `eval_every_epochs`,
@@ -17,6 +19,7 @@ import it). This module owns the rules every entry point applies to it:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import inspect
 import json
@@ -260,6 +263,60 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     else:
       out[f"{prefix}{key}"] = value
   return out
+
+
+def _paths(node, prefix: str = "config") -> list[str]:
+  """Every dotted name in a config, its sections included: ['config.batch_size', 'config.model', 'config.model.x']."""
+  out = []
+  for key, value in node.items():
+    out.append(f"{prefix}.{key}")
+    if isinstance(value, ml_collections.ConfigDict):
+      out += _paths(value, f"{prefix}.{key}")
+  return out
+
+
+def field_error(config, dotted: str) -> str | None:
+  """Why an override `--config.<dotted>=v` names no field of `config`, as one line; None when it names one.
+
+  ml_collections refuses such a flag with a close match in the same section ("Did you mean") or, with none, with a bare
+  KeyError('b'); this says where the key was looked for in both cases, and points to a field of that name (or a close
+  one) in another section.
+
+  Args:
+    config: a ConfigDict (a config file's, before overrides).
+    dotted: 'a.b.c', without the 'config.' prefix.
+
+  Returns:
+    E.g. "config.model has no field 'tranform' (did you mean 'transform'?)", "config.model has no field
+    'compute_dtype' (did you mean 'config.compute_dtype'?)" or "config.model has no field 'foo' (its fields: ...)";
+    None for a field.
+  """
+  node, where = config, "config"
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      kind = "None" if node is None else f"a {type(node).__name__} ({node!r})"
+      return f"{where} is {kind}, not a section: it has no field {part!r}"
+    if part not in node:
+      fields = list(node.keys())
+      if close := difflib.get_close_matches(part, fields, 1, 0.75):  # ml_collections' own rule
+        return f"{where} has no field {part!r} (did you mean {close[0]!r}?)"
+      elsewhere = [p for p in _paths(config) if p.rsplit(".", 1)[0] != where]
+      names = {p: p.rsplit(".", 1)[1] for p in elsewhere}
+      same = sorted((p for p in elsewhere if names[p] == part), key=lambda p: p.count("."))  # the shallowest first
+      near = difflib.get_close_matches(part, sorted(set(names.values())), 3, 0.75)
+      candidates = same or [p for name in near for p in elsewhere if names[p] == name]
+      if candidates:
+        quoted = [repr(p) for p in candidates[:3]]
+        options = f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+        return f"{where} has no field {part!r} (did you mean {options}?)"
+      if len(fields) <= 10:
+        return f"{where} has no field {part!r} (its fields: {', '.join(fields)})"
+      return (
+        f"{where} has no field {part!r} (its {len(fields)} fields: {', '.join(fields[:6])}, ...; "
+        "python -m stn_jax.main --config=... --list prints them all)"
+      )
+    node, where = node[part], f"{where}.{part}"
+  return None
 
 
 def diff(old: dict, new: dict, *, ignore=()) -> list[str]:

@@ -258,6 +258,52 @@ def test_a_rotation_with_the_aspect_keeps_a_non_square_checkerboards_cells_squar
   assert abs(rows - cols) >= 1, runs  # not rigid without it
 
 
-def test_a_bad_aspect_is_a_one_line_error():
-  with pytest.raises(ValueError, match=r"^affine_theta: aspect must be None or a positive width / height; got -1\.$"):
-    stn_jax.affine_theta(rotation=0.3, aspect=-1)
+def test_a_quarter_turn_with_the_aspect_is_numpys_rot90_of_the_centre_square():
+  # 48 x 64 (H x W) image: with aspect = W / H, output pixel (dx, dy) from the centre samples input (-dy, dx) in pixels,
+  # so the output's middle 48 columns are np.rot90 of the input's middle 48 x 48 square, at pixel centres (exact); the
+  # columns outside it sample beyond the input's rows (zeros). Without the aspect the turn is stretched: not rot90.
+  h, w = 48, 64
+  image = jax.random.uniform(jax.random.key(7), (h, w, 3))
+  centre = slice((w - h) // 2, (w + h) // 2)
+  expected = np.rot90(np.asarray(image)[:, centre])
+  for run in (lambda f, *a: f(*a), lambda f, *a: jax.jit(f)(*a)):
+    theta = stn_jax.affine_theta(rotation=np.pi / 2, aspect=w / h)
+    out = np.asarray(run(lambda im, t: stn_jax.warp(im[None], t[None])[0], image, theta))
+    np.testing.assert_allclose(out[:, centre], expected, atol=1e-5)
+    np.testing.assert_allclose(out[:, : centre.start], 0, atol=1e-5)
+    np.testing.assert_allclose(out[:, centre.stop :], 0, atol=1e-5)
+  stretched = np.asarray(stn_jax.warp(image[None], stn_jax.affine_theta(rotation=np.pi / 2)[None])[0])
+  assert np.abs(stretched[:, centre] - expected).mean() > 0.1
+  # aspect=1 is today's theta, bit for bit
+  angles = jax.random.uniform(jax.random.key(8), (5,), minval=-3, maxval=3)
+  np.testing.assert_array_equal(
+    stn_jax.affine_theta(rotation=angles, shear=0.2, aspect=1.0), stn_jax.affine_theta(rotation=angles, shear=0.2)
+  )
+
+
+@pytest.mark.parametrize(
+  "aspect, shown",
+  [
+    (-1, "-1"),
+    (0.0, "0.0"),
+    (float("inf"), "inf"),
+    (float("nan"), "nan"),
+    (True, "True"),
+    ("4/3", "'4/3'"),
+    ((4, 3), r"\(4, 3\)"),
+    (jnp.float32(1.5), r"an array of shape \(\) and dtype float32"),  # a static number, never an array
+  ],
+)
+def test_a_bad_aspect_is_a_one_line_error(aspect, shown):
+  with pytest.raises(
+    ValueError, match=rf"^affine_theta: aspect must be None or a positive width / height; got {shown}\.$"
+  ):
+    stn_jax.affine_theta(rotation=0.3, aspect=aspect)
+
+
+def test_a_numpy_aspect_is_taken_as_a_number_and_keeps_the_dtype():
+  expected = stn_jax.affine_theta(rotation=0.3, aspect=64 / 48)
+  for aspect in (np.float64(64 / 48), np.float32(64 / 48)):
+    theta = stn_jax.affine_theta(rotation=0.3, aspect=aspect)
+    assert theta.dtype == jnp.float32
+    np.testing.assert_allclose(theta, expected, rtol=1e-6)

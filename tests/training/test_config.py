@@ -1,6 +1,9 @@
 """Configs: validation, budgets in epochs, the v1 -> v2 migration, resume rules, field docs; the loop's helpers."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -184,6 +187,61 @@ def test_cli_errors_are_one_line():
   )
   assert cli.one_line(traceback) == "bad"  # the config file's own error, without its class name
   assert cli.one_line(ValueError("a\n   b")) == "a b"
+
+
+@pytest.mark.parametrize(
+  "dotted, message",
+  [
+    ("model.transform", None),
+    ("optimizer.decay_steps", None),
+    # a close match in the section looked in (ml_collections' own "Did you mean"), the section named
+    ("model.tranform", "config.model has no field 'tranform' (did you mean 'transform'?)"),
+    ("lerning_rate", "config has no field 'lerning_rate' (did you mean 'learning_rate'?)"),
+    # the field lives in another section (was: error: "'compute_dtype'")
+    ("model.compute_dtype", "config.model has no field 'compute_dtype' (did you mean 'config.compute_dtype'?)"),
+    ("model.seed", "config.model has no field 'seed' (did you mean 'config.seed', 'config.dataset.seed' or "),
+    ("optimizer.lerning_rate", "config.optimizer has no field 'lerning_rate' (did you mean 'config.learning_rate'"),
+    # nothing close anywhere: the section's fields (all of a small section's)
+    ("model.foo", "config.model has no field 'foo' (its fields: classifier, localization, match_params_of, "),
+    ("zzz.a", "config has no field 'zzz' (its 25 fields: batch_size, checkpoint_every_epochs, "),
+    ("learning_rate.foo", "config.learning_rate is a float (0.002), not a section: it has no field 'foo'"),
+  ],
+)
+def test_an_unknown_override_names_where_it_was_looked_for_and_the_field_meant(dotted, message):
+  error = config_lib.field_error(_default(), dotted)
+  assert error == message if message is None else error.startswith(message), error
+
+
+def _entry_point(*args, cwd):
+  """stn_jax.main's exit status and stderr, JAX left to probe its backends as in a user's shell (no JAX_PLATFORMS)."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # conftest's cpu would skip the probing
+  command = [sys.executable, "-m", "stn_jax.main", f"--config={ROOT / 'configs' / 'default.py'}", *args]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+  return result.returncode, result.stderr
+
+
+def test_the_entry_point_names_an_unknown_key_and_its_section_in_one_line(tmp_path):
+  # the second flag is the bad one: the first, a field, is not blamed
+  flags = [f"--workdir={tmp_path}", "--config.model.transform=tps", "--config.compute_dtyp=bfloat16", "--config.zz=1"]
+  status, stderr = _entry_point(*flags, cwd=tmp_path)
+  assert status == cli.USAGE_ERROR, stderr[-2000:]
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert lines == [
+    "error: --config.compute_dtyp: config has no field 'compute_dtyp' (did you mean 'compute_dtype'?)"
+  ], stderr[-2000:]
+  status, stderr = _entry_point(f"--workdir={tmp_path}", "--config.model.compute_dtype=bfloat16", cwd=tmp_path)
+  assert status == cli.USAGE_ERROR and stderr.strip() == (
+    "error: --config.model.compute_dtype: config.model has no field 'compute_dtype' "
+    "(did you mean 'config.compute_dtype'?)"
+  ), stderr[-2000:]
+
+
+def test_the_entry_points_log_leaves_out_jaxs_probing_of_absent_backends(tmp_path):
+  # the config is valid until validate() asks JAX for its devices (JAX starts its backends there) and finds too few
+  status, stderr = _entry_point(f"--workdir={tmp_path}", "--config.num_devices=999", cwd=tmp_path)
+  assert status == cli.USAGE_ERROR and "config.num_devices=999 but only" in stderr, stderr[-2000:]
+  assert "libtpu" not in stderr and "Unable to initialize backend" not in stderr, stderr[-2000:]
+  assert [line for line in stderr.splitlines() if line.strip()][-1].startswith("error: config.num_devices=999")
 
 
 def test_a_workdir_without_a_checkpoint_takes_any_config(tmp_path):
