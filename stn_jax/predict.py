@@ -50,8 +50,13 @@ class PredictError(ValueError):
 
 
 class Inputs(NamedTuple):
-  """What `read_images` read: float32 (N, H, W, 1) images in [0, 1], int labels (N,) or None, and the file names
-  (image inputs) or None (an .npz)."""
+  """What `read_images` read.
+
+  Attributes:
+    images: float32 (N, H, W, 1) images in [0, 1].
+    labels: int labels (N,), or None.
+    names: the file names (image inputs), or None (an .npz).
+  """
 
   images: np.ndarray
   labels: np.ndarray | None
@@ -162,6 +167,9 @@ def read_image_file(path: str | Path) -> np.ndarray:
   Returns:
     (H, W, C): uint8 (8-bit images) or uint16 (16-bit ones), C in 1 to 4 (grey, grey + alpha, RGB, RGBA; palette
     and other modes become RGB or RGBA).
+
+  Raises:
+    PredictError: 32-bit integer pixels beyond 16 bits.
   """
   from PIL import Image
 
@@ -195,6 +203,9 @@ def prepare_images(
       larger images are refused) or 'resize' (bilinear).
     grey: convert colour RGB to luminance, 0.299 R + 0.587 G + 0.114 B (otherwise it is refused).
     source: what the images are (a file name), for the error messages.
+
+  Returns:
+    float32 (N, size, size, 1) in [0, 1] ((N, H, W, 1) where `size` is None).
 
   Raises:
     PredictError: naming `source`.
@@ -517,7 +528,7 @@ def main(argv: list[str]) -> int:
 
 
 def run():
-  """Console-script entry point (stn-predict)."""
+  """Console-script entry point (stn-predict): exits with `main`'s status."""
   sys.exit(main(sys.argv))
 
 

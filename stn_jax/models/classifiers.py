@@ -62,6 +62,10 @@ class CNNClassifier(nnx.Module):
     dtype: what the convolutions and dense layers compute in (config.compute_dtype; None = float32); the parameters
       are float32 whatever it is, and so are the logits returned.
     rngs: parameter initialisation.
+
+  Raises:
+    ValueError: naming the option at fault (features or hidden not positive ints, a bad per-layer option, an input
+      that the convolutions shrink to nothing).
   """
 
   def __init__(
@@ -112,6 +116,9 @@ class FCNClassifier(nnx.Module):
     num_classes: number of logits.
     dtype: what the dense layers compute in (None = float32); float32 parameters and logits whatever it is.
     rngs: parameter initialisation.
+
+  Raises:
+    ValueError: hidden widths that are not positive ints.
   """
 
   def __init__(

@@ -62,8 +62,12 @@ class Conv(nnx.Conv):
 
   Args:
     *args: nnx.Conv's (in_features, out_features, kernel_size).
-    impl: 'xla', 'patches' or 'cpu_kernel'.
+    impl: 'xla', 'patches' or 'cpu_kernel' ('auto': `resolve_conv`'s choice for the default backend and one device).
     **kwargs: nnx.Conv's (strides, padding, dtype, param_dtype, rngs, ...).
+
+  Raises:
+    ValueError: an `impl` not in CONV_CHOICES; on a call, impl='patches' (or a layer the CPU kernel does not take)
+      with an input other than (N, H, W, C), or with dilation or feature groups.
   """
 
   def __init__(self, *args, impl: str = "xla", **kwargs):
@@ -125,6 +129,9 @@ def extract_patches(x: jax.Array, window: tuple[int, int], strides: tuple[int, i
 
   Returns:
     (N, H', W', kh * kw * C), features ordered (kh, kw, C).
+
+  Raises:
+    ValueError: a padding other than 'SAME' or 'VALID'.
   """
   (kh, kw), (sh, sw) = window, strides
   _, h, w, _ = x.shape

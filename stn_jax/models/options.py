@@ -54,7 +54,19 @@ def default_options(cls) -> ml_collections.ConfigDict:
 
 
 def option_docs(cls) -> dict[str, str]:
-  """{option: its one-paragraph description} from the 'Args:' section of the class docstring."""
+  """{option: its one-paragraph description} from the 'Args:' section of the class docstring.
+
+  The section is what follows the docstring's first 'Args:'. After `inspect.getdoc`, an entry is a line
+  `  name: text` (two spaces in) and the lines four spaces in under it; the first line that is not indented (the
+  next section, e.g. 'Raises:') ends the section.
+
+  Args:
+    cls: the class.
+
+  Returns:
+    {option: its description}, the entry's lines joined by spaces, without trailing full stops; {} without an 'Args:'
+    section.
+  """
   doc = inspect.getdoc(cls) or ""
   section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
   docs: dict[str, str] = {}

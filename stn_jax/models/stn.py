@@ -64,6 +64,9 @@ class FCNLocalization(nnx.Module):
     dtype: what the hidden layers compute in (None = float32); the final layer, the parameters and the transform
       parameters returned are float32 whatever it is.
     rngs: parameter initialisation.
+
+  Raises:
+    ValueError: hidden widths that are not positive ints, a dropout rate outside [0, 1), an unknown activation.
   """
 
   def __init__(
@@ -95,8 +98,10 @@ class FCNLocalization(nnx.Module):
 
 
 class CNNLocalization(nnx.Module):
-  """(max-pool `downsample`x) -> conv ReLU (-> 2x2 max-pool) per entry of `features` -> flatten -> dense `hidden`
-  ReLU -> dropout -> dense to the transform parameters.
+  """A CNN localisation net: convolutions, then dense ReLU layers, dropout and dense to the transform parameters.
+
+  (max-pool `downsample`x) -> conv ReLU (-> 2x2 max-pool) per entry of `features` -> flatten -> dense `hidden` ReLU
+  -> dropout -> dense to the transform parameters.
 
   The paper's ST-CNN localisation net (its Appendix A): downsample=2, features=(20, 20), kernel_size=(5,),
   padding=('VALID',), pool=(True, False) (max-pooling between the two convolutions), hidden=(50,), dropout=0.
@@ -115,6 +120,11 @@ class CNNLocalization(nnx.Module):
     dtype: what the convolutions and hidden layers compute in (None = float32); the final layer, the parameters and
       the transform parameters returned are float32 whatever it is.
     rngs: parameter initialisation.
+
+  Raises:
+    ValueError: naming the option at fault (downsample, features or hidden not positive ints, a dropout rate outside
+      [0, 1), an input smaller than `downsample`, a bad per-layer option, an input the convolutions shrink to
+      nothing).
   """
 
   def __init__(
@@ -185,6 +195,9 @@ def resolve_sampler(sampler: str, backend: str | None = None, num_devices: int =
 
   Returns:
     'xla' or 'cpu_kernel'.
+
+  Raises:
+    ValueError: a `sampler` not in SAMPLERS.
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}.")
@@ -213,6 +226,10 @@ class SpatialTransformer(nnx.Module):
     dtype: what the localisation net's convolutions and hidden layers compute in (None = float32). The transform
       parameters, the grid and the sampling are float32 whatever it is (the sampler computes in at least float32).
     rngs: parameter initialisation.
+
+  Raises:
+    ValueError: a sampler, transform or localization not among those allowed, num_control_points not a perfect
+      square >= 4 (tps), or a localisation option that net refuses.
   """
 
   def __init__(
@@ -245,7 +262,17 @@ class SpatialTransformer(nnx.Module):
     )
 
   def params_and_grid(self, x, *, train: bool = False, rngs=None):
-    """The predicted transform parameters (N, *param_shape) and sampling grid (N, H_out, W_out, 2)."""
+    """The predicted transform parameters (N, *param_shape) and sampling grid (N, H_out, W_out, 2).
+
+    Args:
+      x: (N, H, W, C) inputs, channels-last, of the transformer's `in_shape`.
+      train: run the localisation net in training mode (dropout on).
+      rngs: dropout's randomness where `train` (nnx.Rngs or a key), else None.
+
+    Returns:
+      (params, grid): the transform parameters (N, *param_shape) and the sampling grid (N, H_out, W_out, 2) of
+      normalised input (x, y).
+    """
     params = self.localization(x, train=train, rngs=rngs)
     grid = stn_jax.params_to_grid(params, self.out_size, kind=self.transform, align_corners=self.align_corners)
     return params, grid
@@ -496,6 +523,10 @@ def create_model(model_config, in_shape: Sequence[int], *, seed: int, dtype=None
 
   Returns:
     The STNClassifier.
+
+  Raises:
+    ValueError: an option its constructors refuse, or `match_params_of` with an FCN classifier without a hidden
+      layer.
   """
   m = model_config
   width = None

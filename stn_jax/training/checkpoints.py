@@ -55,8 +55,17 @@ def read_config(workdir: str | os.PathLike):
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
-  """What `open_run` found: the changes to the workdir's config this command brings (written by `commit_run`, at its
-  first checkpoint) and the totals before and after."""
+  """What `open_run` found: the changes to the workdir's config this command brings, and the totals before and after.
+
+  The changes are written by `commit_run`, at the command's first checkpoint.
+
+  Attributes:
+    changes: the differences of this command's config from the workdir's.
+    previous_total: the workdir's run's total steps where this command changes it (a continuation), else None.
+    finished: the workdir holds this run, finished: nothing to do (nothing was written).
+    config_text: config.json as this command would leave it, where it changes (else None).
+    stored: config.json as the workdir holds it (kept as config.v<N>.json when it is migrated).
+  """
 
   changes: tuple[str, ...] = ()
   previous_total: int | None = None

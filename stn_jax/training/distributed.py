@@ -66,6 +66,9 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
 
   Returns:
     The mesh.
+
+  Raises:
+    ConfigError: more devices than are visible, or a part of them in a multi-host run (there it must be 0).
   """
   devices = jax.devices()
   n = num_devices or len(devices)

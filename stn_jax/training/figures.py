@@ -8,7 +8,11 @@ import numpy as np
 
 
 def pyplot():
-  """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+  """matplotlib.pyplot on the file-only Agg backend (no display needed).
+
+  Returns:
+    The matplotlib.pyplot module, its backend set to Agg.
+  """
   import matplotlib
 
   matplotlib.use("Agg")

@@ -63,7 +63,10 @@ class DispatchWindow:
   call, with an output of that call that is not donated to a later one.
 
   Args:
-    depth: the calls allowed in flight.
+    depth: the calls allowed in flight (>= 1).
+
+  Raises:
+    ValueError: a depth below 1.
   """
 
   def __init__(self, depth: int):
@@ -73,6 +76,11 @@ class DispatchWindow:
     self._pending: collections.deque = collections.deque()
 
   def add(self, token) -> None:
+    """Records a call just dispatched; waits for the oldest calls while more than `depth` are in flight.
+
+    Args:
+      token: an output of that call that is not donated to a later one.
+    """
     self._pending.append(token)
     while len(self._pending) > self.depth:
       jax.block_until_ready(self._pending.popleft())
@@ -99,15 +107,25 @@ class Chrono:
 
   @property
   def running(self) -> bool:
+    """Whether the clock is counting now."""
     return self._since is not None
 
   def resume(self, step: int) -> None:
-    """Starts counting, at training step `step`."""
+    """Starts counting, at training step `step`.
+
+    Args:
+      step: the training step the clock starts at (its first start is where `lap`s first count from).
+    """
     if self._start is None:
       self._start = (step, self.total)
     self._since = time.perf_counter()
 
   def pause(self, wait_for=None) -> None:
+    """Waits for the device work in `wait_for` to finish, then stops the clock.
+
+    Args:
+      wait_for: arrays (a tree) to wait for first, or None.
+    """
     if wait_for is not None:
       jax.block_until_ready(wait_for)
     if self._since is not None:
@@ -116,6 +134,16 @@ class Chrono:
 
   @contextlib.contextmanager
   def excluded(self, wait_for=None):
+    """Leaves a block (evaluation, checkpointing) out of the counted time.
+
+    The clock is paused as `pause(wait_for)` does and, if it was running, restarted when the block ends.
+
+    Args:
+      wait_for: arrays (a tree) to wait for before the block, or None.
+
+    Yields:
+      None, for the excluded block.
+    """
     running = self.running
     self.pause(wait_for)
     try:
@@ -125,13 +153,29 @@ class Chrono:
         self._since = time.perf_counter()
 
   def counted(self, wait_for=None) -> float:
-    """The counted seconds so far, the running interval included."""
+    """The counted seconds so far, the running interval included.
+
+    Args:
+      wait_for: arrays (a tree) to wait for first, or None.
+
+    Returns:
+      The seconds.
+    """
     if wait_for is not None:
       jax.block_until_ready(wait_for)
     return self.total + (time.perf_counter() - self._since if self._since is not None else 0.0)
 
   def lap(self, step: int, name: str = "default", wait_for=None) -> float | None:
-    """Steps per second of counted time since the previous lap named `name` (None before the clock has run)."""
+    """Steps per second of counted time since the previous lap named `name`.
+
+    Args:
+      step: the training step now.
+      name: the lap's name: each name has its own previous lap (before its first, the clock's first start).
+      wait_for: arrays (a tree) to wait for first, or None.
+
+    Returns:
+      The steps per second; None before the clock has run, or where the step or the counted time has not advanced.
+    """
     if self._start is None:
       return None
     now = self.counted(wait_for)
