@@ -262,7 +262,7 @@ class SpatialTransformer(nnx.Module):
     )
 
   def params_and_grid(self, x, *, train: bool = False, rngs=None):
-    """The predicted transform parameters (N, *param_shape) and sampling grid (N, H_out, W_out, 2).
+    """The predicted transform parameters ``(N, *param_shape)`` and sampling grid (N, H_out, W_out, 2).
 
     Args:
       x: (N, H, W, C) inputs, channels-last, of the transformer's `in_shape`.
@@ -270,7 +270,7 @@ class SpatialTransformer(nnx.Module):
       rngs: dropout's randomness where `train` (nnx.Rngs or a key), else None.
 
     Returns:
-      (params, grid): the transform parameters (N, *param_shape) and the sampling grid (N, H_out, W_out, 2) of
+      (params, grid): the transform parameters ``(N, *param_shape)`` and the sampling grid (N, H_out, W_out, 2) of
       normalised input (x, y).
     """
     params = self.localization(x, train=train, rngs=rngs)

@@ -663,7 +663,7 @@ def summary(config) -> str:
     config: the ConfigDict.
 
   Returns:
-    One `field: value` line per field in use (JSON values; the options of model kinds it does not use are left out:
+    One 'field: value' line per field in use (JSON values; the options of model kinds it does not use are left out:
     config.json has everything).
   """
   fields = flatten(in_use(config))

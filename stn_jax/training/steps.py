@@ -229,7 +229,7 @@ def uint8_to_unit_float_by_table(images: jax.Array) -> jax.Array:
 def make_train_loop(graphdef, tx, seed: int, num_members: int = 1, seed_mapping: str = "vmap", precision="default"):
   """`num_steps` updates in one jitted call, on batches that are already on the device.
 
-    run(params, opt_state, sums, data, start, step, *, num_steps) -> (params, opt_state, sums, done)
+    ``run(params, opt_state, sums, data, start, step, *, num_steps) -> (params, opt_state, sums, done)``
 
   `data` holds uint8 images (steps, B, S, S) and int32 labels (steps, B) (with K members (K, steps, B, ...)), and
   update i uses row `start + i` of it, converted to float inside the program, as training step `step + i`. The state

@@ -114,7 +114,7 @@ class Chrono:
     """Starts counting, at training step `step`.
 
     Args:
-      step: the training step the clock starts at (its first start is where `lap`s first count from).
+      step: the training step the clock starts at (its first start is where the first `lap` counts from).
     """
     if self._start is None:
       self._start = (step, self.total)
