@@ -131,7 +131,7 @@ def test_every_shell_command_in_the_readme_and_the_pages_names_real_targets_scri
     if spec is not None and "config" in defined:
       if spec not in configs:
         assert (ROOT / spec.split(":")[0]).is_file(), f"{page}: --config={spec}: no such file"
-        config = config_lib.load(ROOT / spec) if ":" not in spec else config_lib.load(f"{ROOT / spec}")
+        config = config_lib.load(f"{ROOT / spec}")  # "path.py[:arg]"
         configs[spec] = {"config." + k for k in config_lib.flatten(config_lib.to_dict(config))}
       fields = configs[spec]
     for i, arg in enumerate(args):
