@@ -17,17 +17,21 @@ VECTOR_EXTENSIONS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx_vnni"
 
 
 def machine() -> str:
-  """The CPU's model name, core count and vector extensions (from /proc/cpuinfo), for every benchmark's header:
-  the project's VMs are not all one CPU type, and the ratios differ between them."""
+  """The CPU's model name, family and model numbers, core count and vector extensions (from /proc/cpuinfo), for
+  every benchmark's header: the project's VMs are not all one CPU type, and the ratios differ between them. The
+  numbers tell apart CPUs that a VM names only "AMD EPYC"."""
   import os
 
-  model, found = "unknown CPU", []
+  model, numbers, found = "unknown CPU", {}, []
   try:
     with open("/proc/cpuinfo") as f:
       text = f.read()
     for line in text.splitlines():
-      if line.startswith("model name") and model == "unknown CPU":
+      key = line.split(":", 1)[0].strip()
+      if key == "model name" and model == "unknown CPU":
         model = line.split(":", 1)[1].strip()
+      if key in ("cpu family", "model") and key not in numbers:
+        numbers[key] = line.split(":", 1)[1].strip()
       if line.startswith("flags"):
         present = set(line.split(":", 1)[1].split())
         found = [ext for ext in VECTOR_EXTENSIONS if ext in present]
@@ -36,4 +40,6 @@ def machine() -> str:
     import platform
 
     model = platform.processor() or platform.machine()
+  if numbers:
+    model += f" (family {numbers.get('cpu family', '?')}, model {numbers.get('model', '?')})"
   return f"{model}, {os.cpu_count()} cores, {' '.join(found) or 'no AVX2'}"
