@@ -47,7 +47,7 @@ def main(argv):
     if n > jax.device_count():
       continue
     mesh = distributed.make_mesh(n)
-    graphdef, params = train.create_params(config, 40)
+    graphdef, params = train.create_params(config)
     tx = optim.create_optimizer(config, params, num_train_steps=10_000)
     accum = steps.zero_metric_sums()
     params, opt_state, accum = distributed.replicate(mesh, (params, tx.init(params), accum))

@@ -41,7 +41,7 @@ def main(argv):
   datasets = train.load_datasets(base)
   train_set = datasets["train"]
   mesh = distributed.make_mesh(base.num_devices)
-  graphdef, params = train.create_params(base, train_set.image_size)
+  graphdef, params = train.create_params(base)
   tx = optim.create_optimizer(base, params, n)
   step_fn = steps.make_train_step(graphdef, tx, base.seed, precision=base.matmul_precision)
   fixed = distributed.shard_batch(mesh, train.population_batch(base, train_set, 0))

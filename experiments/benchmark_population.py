@@ -35,7 +35,7 @@ def time_population(base, k: int, mapping: str, conv: str, num_steps: int) -> fl
   config.num_seeds = k
   config.model.classifier.cnn.conv = config.model.localization.cnn.conv = conv
   size = config_lib.input_shape(config)[0]
-  graphdef, params = train.create_params(config, size)
+  graphdef, params = train.create_params(config)
   tx = optim.create_optimizer(config, steps.member_slice(params, 0, k), 1000)
   state = (params, optim.init_state(config, params, 1000), steps.zero_metric_sums(k))
   rng = np.random.default_rng(0)

@@ -174,7 +174,7 @@ def main(argv):
         config.compute_dtype = _DTYPE.value
       config = config_lib.resolve_auto(config)
       resolved = config.model.classifier.cnn.conv
-      graphdef, params = train.create_params(config, size)
+      graphdef, params = train.create_params(config)
       tx = optim.create_optimizer(config, params, num_train_steps=1_000_000)
       state = [params, tx.init(params), steps.zero_metric_sums()]
       step_fn = steps.make_train_step(graphdef, tx, config.seed)
@@ -186,7 +186,7 @@ def main(argv):
         jax.block_until_ready(state[0])
 
       fns[f"{conv} ({resolved})" if conv == "auto" else conv] = jax_step
-    model = nnx.merge(*train.create_params(base, size))
+    model = nnx.merge(*train.create_params(base))
     net = torch_network(model, torch, device)
     optimizer = torch_optimizer(base, net, torch)
     net.train()

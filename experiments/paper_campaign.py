@@ -1,4 +1,4 @@
-r"""The paper's Table 1 and TC at the `paper` budget, one accelerator window at a time.
+r"""The paper's Table 1, TC and MNIST addition at the `paper` budget, one accelerator window at a time.
 
   python experiments/paper_campaign.py --budget_s=420 --out=/tmp/campaign [--done=results/paper_runs] [--dry_run]
 
@@ -7,7 +7,8 @@ them (R, paper-P and paper-E of one architecture x 3 seeds: one program of 9 mod
 3-seed programs of their own). Programs whose results are already under --done (results/paper_runs/<group>/<program>/
 results.json at the program's total) are skipped; the others run one at a time (processes sharing a GPU take turns)
 in a priority order (RTS ST-CNN-Aff, RTS CNN, TC ST-CNN-Aff, TC CNN, then the fused Table 1 programs, ST-CNN first,
-then the rest), each to its full total or not at all:
+then the rest, then the 8 MNIST-addition programs of configs/paper_addition.py:paper, whose CNN row is what a
+2-core CPU cannot afford), each to its full total or not at all:
 
 * a program whose steps/s is known (--done/rates.json, written by earlier windows) starts only if its estimated
   time, compilation and evaluations included, fits what is left of --budget_s;
@@ -47,8 +48,13 @@ from stn_jax.training import config_lib  # noqa: E402
 from stn_jax.training.cli import USAGE_ERROR, one_line  # noqa: E402
 
 paper_table1 = config_lib.import_sibling(ROOT / "configs" / "default.py", "paper_table1")
+paper_addition = config_lib.import_sibling(ROOT / "configs" / "default.py", "paper_addition")
 
-SPECS = {"table1": "configs/paper_table1.py:paper", "tc": "configs/paper_tc.py:paper"}
+SPECS = {
+  "table1": "configs/paper_table1.py:paper",
+  "tc": "configs/paper_tc.py:paper",
+  "addition": "configs/paper_addition.py:paper",
+}
 # The cells to finish first: (column, row); then the fused Table 1 programs, ST-CNN rows first.
 PRIORITY = (("RTS", "ST-CNN-Aff"), ("RTS", "CNN"), ("TC", "ST-CNN-Aff"), ("TC", "CNN"))
 KEPT = ("results.json", "metrics.jsonl", "config.json", "figures/transform_final.png")
@@ -80,6 +86,8 @@ class Program:
 
 
 def _cell(config) -> tuple[str, str]:
+  if config.dataset.name == "addition":
+    return "addition", paper_addition.row_name(config_lib.to_dict(config))
   return paper_table1.column(config.dataset.name), paper_table1.row_name(config_lib.to_dict(config))
 
 
@@ -87,6 +95,8 @@ def priority(program: Program) -> tuple:
   ranks = [PRIORITY.index(c) for c in program.cells if c in PRIORITY]
   if ranks:
     return (0, min(ranks))
+  if program.group == "addition":
+    return (3, 0 if program.cells[0][1] == "CNN" else 1)
   fused = len(program.cells) > 1
   st_cnn = any(row.startswith("ST-CNN") for _, row in program.cells)
   return (1 if fused else 2, 0 if st_cnn else 1)

@@ -1,14 +1,16 @@
-r"""Our Table 1 and TC errors beside the paper's, from a campaign's results or finished sweeps; copies figures.
+r"""Our Table 1, TC and MNIST-addition errors beside the paper's, from a campaign's results or finished sweeps.
 
   python experiments/paper_table.py --runs=results/paper_runs            # experiments/paper_campaign.py's results
   python experiments/paper_table.py --table1=runs/table1_cpu --tc=runs/tc_cpu [--figures=docs/figures/table1]
+  python experiments/paper_table.py --addition=runs/addition_cpu [--figures=docs/figures/addition]
 
 Reads every results.json under the roots (with its config.json and metrics.jsonl), splits a fused program (a
 population of several variants, `config.population.dataset`) into its cells, and prints markdown tables of test
 error %: our mean ± standard deviation over the cell's seeds, the paper's number, the difference, and the step at
 which the cell's validation error (the mean over its seeds, at each evaluation) first reached the paper's test error:
 the cheapest budget of the paper's recipe that matches it, cell by cell ("not reached" if it never did). With
---figures, copies each dataset's ST-CNN (affine) input/output figure there as <dataset>.png.
+--figures, copies each dataset's ST-CNN (affine) input/output figure there as <dataset>.png, and each addition
+transformer model's as <row>.png (the paper's Table 4 pictures: what each transformer makes of the two digits).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from absl import app, flags
 from stn_jax.training import config_lib
 from stn_jax.training.metrics import read_metrics
 
-paper_table1 = config_lib.import_sibling(Path(__file__).resolve().parents[1] / "configs" / "default.py", "paper_table1")
+_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "default.py"
+paper_table1 = config_lib.import_sibling(_CONFIGS, "paper_table1")
+paper_addition = config_lib.import_sibling(_CONFIGS, "paper_addition")
+ADDITION = "addition"  # the column of the addition runs
 
 
 def _member_errors(row: dict, key: str, indices: list[int]) -> float | None:
@@ -50,7 +55,8 @@ def cells(run_dir: Path) -> dict[tuple[str, str], dict]:
   config = config_lib.migrate(json.loads((run_dir / "config.json").read_text()))  # any version
   results = json.loads((run_dir / "results.json").read_text())
   rows = read_metrics(run_dir / "metrics.jsonl")
-  row = paper_table1.row_name(config)
+  addition = config["dataset"]["name"] == ADDITION
+  row = paper_addition.row_name(config) if addition else paper_table1.row_name(config)
   variants = (config.get("population") or {}).get("dataset") or [config["dataset"]["name"]] * results.get(
     "num_seeds", 1
   )
@@ -60,6 +66,7 @@ def cells(run_dir: Path) -> dict[tuple[str, str], dict]:
   out = {}
   for name, indices in groups.items():
     col = paper_table1.column(name)
+    paper = paper_addition.PAPER.get(row) if addition else paper_table1.paper_number(row, col)
     if "members" in results:
       errors = np.array([results["members"][i]["test_error"] for i in indices], np.float64)
     else:
@@ -69,7 +76,8 @@ def cells(run_dir: Path) -> dict[tuple[str, str], dict]:
       "test_error_std": float(errors.std(ddof=1)) if len(errors) > 1 else float(results.get("test_error_std", 0.0)),
       "num_seeds": len(indices),
       "num_train_steps": results["num_train_steps"],
-      "reached": reached_step(rows, indices, paper_table1.paper_number(row, col)),
+      "reached": reached_step(rows, indices, paper),
+      "num_params": results.get("num_params"),
       "dir": run_dir,
       "figure": name == variants[0],  # a run's figures show its member 0
     }
@@ -84,16 +92,39 @@ def collect(root: Path) -> dict[tuple[str, str], dict]:
   return out
 
 
-def cell_text(result: dict | None, paper: float) -> str:
+def cell_text(result: dict | None, paper: float | None) -> str:
   if result is None:
-    return f"— ({paper})"
+    return f"— ({paper if paper is not None else 'n/a'})"
   mean, std = 100 * result["test_error"], 100 * result["test_error_std"]
+  if paper is None:
+    return f"{mean:.2f} ± {std:.2f} (n/a)"
   reached = f"{result['reached']:,}" if result["reached"] is not None else "not reached"
   return f"{mean:.2f} ± {std:.2f} ({paper}; {mean - paper:+.2f}; {reached})"
 
 
+def addition_table(found: dict[tuple[str, str], dict]) -> str:
+  """The markdown table of the addition runs (configs/paper_addition.py), one row per model."""
+  runs = {row: r for (row, col), r in found.items() if col == ADDITION}
+  budgets = sorted({(r["num_train_steps"], r["num_seeds"]) for r in runs.values()})
+  lines = [
+    f"MNIST addition, test error %: ours (the paper's; ours - paper; the first step at which our validation error "
+    f"reached it); budgets (steps, seeds): {budgets}",
+    "",
+    "| model | test error % | parameters |",
+    "|---|---:|---:|",
+  ]
+  for name, paper in paper_addition.PAPER.items():
+    result = runs.get(name)
+    params = f"{result['num_params']:,}" if result and result.get("num_params") else ""
+    lines.append(f"| {name} | {cell_text(result, paper)} | {params} |")
+  return "\n".join(lines)
+
+
 def tables(found: dict[tuple[str, str], dict]) -> str:
   """The markdown tables of Table 1 and TC."""
+  found = {key: r for key, r in found.items() if key[1] != ADDITION}
+  if not found:
+    return ""
   budgets = sorted({(r["num_train_steps"], r["num_seeds"]) for r in found.values()})
   lines = [
     "test error %: ours, mean ± std over seeds (the paper's; ours - paper; the first step at which our validation "
@@ -116,25 +147,28 @@ def define_flags() -> None:
   flags.DEFINE_string("runs", None, "Root of a campaign's results (results/paper_runs): Table 1 and TC.")
   flags.DEFINE_string("table1", None, "Root of the Table 1 sweep.")
   flags.DEFINE_string("tc", None, "Root of the TC sweep.")
-  flags.DEFINE_string("figures", None, "Copy each dataset's ST-CNN-Aff transform figure here.")
+  flags.DEFINE_string("addition", None, "Root of the MNIST-addition sweep (configs/paper_addition.py).")
+  flags.DEFINE_string("figures", None, "Copy each dataset's ST-CNN-Aff and each addition model's figure here.")
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
   found = {}
-  for root in (f.runs, f.table1, f.tc):
+  for root in (f.runs, f.table1, f.tc, f.addition):
     if root:
       found.update(collect(Path(root)))
-  print(tables(found))
+  print("\n\n".join(t for t in (tables(found), addition_table(found) if f.addition else "") if t))
   if f.figures:
     target = Path(f.figures)
     target.mkdir(parents=True, exist_ok=True)
     for (name, dataset), result in found.items():
       figure = result["dir"] / "figures" / "transform_final.png"
-      if name == "ST-CNN-Aff" and result["figure"] and figure.exists():
-        shutil.copy(figure, target / f"{dataset}.png")
-        print(f"copied {figure} -> {target / f'{dataset}.png'}")
+      wanted = (name == "ST-CNN-Aff" and result["figure"]) or (dataset == ADDITION and "ST-FCN" in name)
+      if wanted and figure.exists():
+        copy = target / f"{name if dataset == ADDITION else dataset}.png"
+        shutil.copy(figure, copy)
+        print(f"copied {figure} -> {copy}")
 
 
 if __name__ == "__main__":

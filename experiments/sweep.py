@@ -488,7 +488,9 @@ def main(argv):
     print("fixed for every run: " + " ".join(f"--config.{k}={flag_value(v)}" for k, v in fixed.items()))
   if _DRY_RUN.value:
     for r in runs:
-      params = models.param_count(r["config"].model, config_lib.input_shape(r["config"]))
+      params = models.param_count(
+        r["config"].model, config_lib.input_shape(r["config"]), config_lib.num_classes(r["config"])
+      )
       members = ""
       if "members" in r:
         members = f", {r['config'].num_seeds} members: {', '.join(m['name'] for m in r['members'])}"

@@ -7,15 +7,18 @@ Input: an .npz with `images` (N, H, W) or (N, H, W, C), uint8 or float in [0, 1]
 image file (.png, .jpg, .jpeg, any case); or a directory of them, read in natural order (2.png before 10.png; hidden
 files and other files are skipped). The models take one channel: an alpha channel is dropped, grey stored as RGB
 (three equal channels) is taken as it is, and colour images are refused unless --grey converts them to luminance
-(ITU-R 601: 0.299 R + 0.587 G + 0.114 B), the same way for both kinds of input. An image of another size than the
+(ITU-R 601: 0.299 R + 0.587 G + 0.114 B), the same way for both kinds of input. A model of C > 1 channels (the
+addition variant's 2) takes an .npz of (N, H, W, C) images only, each channel as it is; an .npz of 2-channel images
+is refused by a 1-channel model, naming both channel counts. An image of another size than the
 model's input is refused unless --pad (zero padding, centred as the datasets pad the 28x28 digits; larger images are
 refused) or --resize (bilinear) fits it.
 
 Without --output, prints one line per image (its file name, or its index in an .npz; the predicted class and its
 probability; the label where there are labels) and the accuracy when the input has labels. With --output, writes
 exactly that file (never over an existing one without --overwrite), an .npz of `predictions` (N,), `probabilities`
-(N, 10), `rectified` (the spatial transformer's outputs, N x H_out x W_out x 1), `theta` (the predicted transform
-parameters, N x param shape; empty without a transformer), and `names` (image inputs) and `labels` (where given).
+(N, classes), `rectified` (the spatial transformer's outputs, N x H_out x W_out x C, T x C channels for T transformers
+in parallel), `theta` (the predicted transform parameters, N x param shape, N x T x param shape for T > 1; empty
+without a transformer), and `names` (image inputs) and `labels` (where given).
 
 Every error (bad input or flags, a workdir without a config or checkpoints, a bad --seed_index) ends with one line
 `error: ...` on stderr and exit status 2. orbax's log lines are hidden unless --verbose. Console script: stn-predict.
@@ -91,7 +94,7 @@ def load_run(workdir: str | Path, seed_index: int = 0):
   if config is None:
     raise PredictError(f"{workdir} has no config.json: not a training workdir.")
   try:
-    size = input_size(config)
+    input_size(config)  # the dataset is one this stn_jax knows
     num_members = int(config.get("num_seeds", 1))
   except (KeyError, AttributeError, TypeError, ValueError) as e:
     raise PredictError(f"{workdir / 'config.json'}: not a config of this stn_jax ({one_line(e)}).") from None
@@ -102,7 +105,7 @@ def load_run(workdir: str | Path, seed_index: int = 0):
   if not (workdir / "checkpoints").is_dir() or not any((workdir / "checkpoints").iterdir()):
     raise PredictError(f"{workdir} has no checkpoints yet: train first (python -m stn_jax.main ...).")
   try:
-    graphdef, abstract_params = nnx.eval_shape(lambda: train.create_params(config, size))
+    graphdef, abstract_params = nnx.eval_shape(lambda: train.create_params(config))
   except Exception as e:
     raise PredictError(f"{workdir / 'config.json'}: cannot build its model: {one_line(e)}") from None
   restored = checkpoints.restore_params(workdir, abstract_params)
@@ -113,13 +116,13 @@ def load_run(workdir: str | Path, seed_index: int = 0):
 
 
 def input_size(config) -> int:
-  """The side of the square, one-channel images the config's model takes.
+  """The side of the square images the config's model takes.
 
   Args:
     config: the run's ConfigDict.
 
   Returns:
-    S of its (S, S, 1) inputs.
+    S of its (S, S, C) inputs.
   """
   return config_lib.input_shape(config)[0]
 
@@ -191,21 +194,29 @@ def read_image_file(path: str | Path) -> np.ndarray:
 
 
 def prepare_images(
-  images: np.ndarray, *, size: int | None = None, fit: str | None = None, grey: bool = False, source: str = "images"
+  images: np.ndarray,
+  *,
+  size: int | None = None,
+  fit: str | None = None,
+  grey: bool = False,
+  source: str = "images",
+  channels: int = 1,
 ) -> np.ndarray:
-  """Images as the 1-channel models take them: float32 (N, size, size, 1) in [0, 1].
+  """Images as the models take them: float32 (N, size, size, channels) in [0, 1].
 
   Args:
-    images: (N, H, W) or (N, H, W, C) with C in 1 to 4 (grey, grey + alpha, RGB, RGBA), uint8, uint16 or float in
+    images: for a 1-channel model, (N, H, W) or (N, H, W, C) with C in 1 to 4 (grey, grey + alpha, RGB, RGBA); for a
+      model of `channels` C > 1 (addition), (N, H, W, C), each channel taken as it is. uint8, uint16 or float in
       [0, 1]. An alpha channel is dropped; RGB with three equal channels is taken as grey.
     size: the model's input side (`input_size(config)`); None keeps (H, W).
     fit: None (images of another size are refused), 'pad' (zero padding, centred as the datasets pad 28x28 digits;
       larger images are refused) or 'resize' (bilinear).
     grey: convert colour RGB to luminance, 0.299 R + 0.587 G + 0.114 B (otherwise it is refused).
     source: what the images are (a file name), for the error messages.
+    channels: C of the model's inputs (`input_shape(config)[2]`).
 
   Returns:
-    float32 (N, size, size, 1) in [0, 1] ((N, H, W, 1) where `size` is None).
+    float32 (N, size, size, channels) in [0, 1] ((N, H, W, channels) where `size` is None).
 
   Raises:
     PredictError: naming `source`.
@@ -215,6 +226,9 @@ def prepare_images(
   images = np.asarray(images)
   if images.ndim == 3:
     images = images[..., None]
+  if channels > 1 and (images.ndim != 4 or images.shape[-1] != channels):
+    got = f"{images.shape[-1]} channel(s)" if images.ndim == 4 else f"shape {images.shape}"
+    raise PredictError(f"{source}: the model takes images of {channels} channels (N, H, W, {channels}); got {got}.")
   if images.ndim != 4 or not 1 <= images.shape[-1] <= 4:
     raise PredictError(f"{source}: images must be (N, H, W) or (N, H, W, C) with C in 1-4; got shape {images.shape}.")
   if images.dtype == np.uint8 or images.dtype == np.uint16:
@@ -225,6 +239,8 @@ def prepare_images(
     images = images.astype(np.float32)
   else:
     raise PredictError(f"{source}: images must be uint8 or float in [0, 1]; got dtype {images.dtype}.")
+  if channels > 1:
+    return images if size is None else fit_size(images, size, fit, source)
   if images.shape[-1] in (2, 4):  # grey + alpha, RGBA: drop the alpha channel
     images = images[..., :-1]
   if images.shape[-1] == 3:
@@ -244,13 +260,13 @@ def fit_size(images: np.ndarray, size: int, fit: str | None, source: str = "imag
   """Images brought to the model's input size.
 
   Args:
-    images: float32 (N, H, W, 1).
+    images: float32 (N, H, W, C).
     size: the model's S.
     fit: None (they must be S x S already), 'pad' (zero-padded, centred) or 'resize' (bilinear).
     source: what the error names.
 
   Returns:
-    float32 (N, S, S, 1).
+    float32 (N, S, S, C).
 
   Raises:
     PredictError: a wrong size without `fit`, or images larger than S with 'pad'.
@@ -269,32 +285,41 @@ def fit_size(images: np.ndarray, size: int, fit: str | None, source: str = "imag
   return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
 
 
-def read_images(path: str | Path, *, size: int | None = None, fit: str | None = None, grey: bool = False) -> Inputs:
+def read_images(
+  path: str | Path, *, size: int | None = None, fit: str | None = None, grey: bool = False, channels: int = 1
+) -> Inputs:
   """Reads images to classify: an .npz (`images`, optionally `labels`), an image file or a directory of them.
 
-  The images are prepared with `prepare_images(size=size, fit=fit, grey=grey)` (see the module docstring).
+  The images are prepared with `prepare_images(size=size, fit=fit, grey=grey, channels=channels)` (see the module
+  docstring). A model of several channels (addition) reads .npz files only; an .npz of 2-channel images for a
+  1-channel model is refused (an array carries no mode: grey + alpha and two digits look alike).
 
   Args:
     path: the .npz, image file or directory.
     size: the model's S (None: leave the size).
     fit: None, 'pad' or 'resize' (`fit_size`).
     grey: convert colour images to luminance (else they are refused).
+    channels: C of the model's inputs.
 
   Returns:
-    Inputs: float32 (N, H, W, 1) images in [0, 1], int labels (N,) or None, the file names or None.
+    Inputs: float32 (N, H, W, channels) images in [0, 1], int labels (N,) or None, the file names or None.
 
   Raises:
     PredictError: naming the file that cannot be read or used.
   """
   path = Path(path)
+  if path.is_file() and path.suffix.lower() == ".npz":
+    return _read_npz(path, size=size, fit=fit, grey=grey, channels=channels)
+  if channels > 1 and path.exists():
+    raise PredictError(
+      f"{path}: the model takes images of {channels} channels; give an .npz of images (N, H, W, {channels})."
+    )
   if path.is_dir():
     files = image_files(path)
     if not files:
       raise PredictError(f"{path} holds no {', '.join(IMAGE_SUFFIXES)} files.")
   elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
     files = [path]
-  elif path.is_file() and path.suffix.lower() == ".npz":
-    return _read_npz(path, size=size, fit=fit, grey=grey)
   elif path.exists():
     raise PredictError(f"{path}: not an .npz, an image ({', '.join(IMAGE_SUFFIXES)}) or a directory of images.")
   else:
@@ -324,7 +349,7 @@ def read_images(path: str | Path, *, size: int | None = None, fit: str | None = 
   return Inputs(np.concatenate(images), None, tuple(f.name for f in files))
 
 
-def _read_npz(path: Path, *, size, fit, grey) -> Inputs:
+def _read_npz(path: Path, *, size, fit, grey, channels) -> Inputs:
   try:
     with np.load(path, allow_pickle=False) as z:
       if "images" not in z.files:
@@ -335,7 +360,12 @@ def _read_npz(path: Path, *, size, fit, grey) -> Inputs:
     raise
   except Exception as e:
     raise PredictError(f"{path}: cannot read it as an .npz ({type(e).__name__}: {one_line(e)}).") from None
-  images = prepare_images(images, size=size, fit=fit, grey=grey, source=str(path))
+  if channels == 1 and images.ndim == 4 and images.shape[-1] == 2:
+    raise PredictError(
+      f"{path}: images of 2 channels and the model takes 1 (2-channel arrays are the addition variant's images; "
+      "for grey + alpha, keep images[..., 0])."
+    )
+  images = prepare_images(images, size=size, fit=fit, grey=grey, source=str(path), channels=channels)
   if labels is not None:
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
       raise PredictError(
@@ -367,11 +397,11 @@ def predict(config, graphdef, params, images: np.ndarray, *, batch_size: int = 5
   Raises:
     PredictError: the images are not of the model's input shape, or there are none.
   """
-  size = input_size(config)
+  size, _, channels = config_lib.input_shape(config)
   images = np.asarray(images, np.float32)
-  if images.ndim != 4 or images.shape[1:] != (size, size, 1):
+  if images.ndim != 4 or images.shape[1:] != (size, size, channels):
     got = "x".join(map(str, images.shape[1:])) if images.ndim == 4 else f"shape {images.shape}"
-    raise PredictError(f"the model takes {size}x{size}x1 images ({config.dataset.name}); got {got}.")
+    raise PredictError(f"the model takes {size}x{size}x{channels} images ({config.dataset.name}); got {got}.")
   if len(images) == 0:
     raise PredictError("no images to classify.")
 
@@ -505,7 +535,8 @@ def main(argv: list[str]) -> int:
   fit = "pad" if options.pad else "resize" if options.resize else None
   try:
     config, graphdef, params, step = load_run(options.workdir, options.seed_index)
-    inputs = read_images(options.input, size=input_size(config), fit=fit, grey=options.grey)
+    channels = config_lib.input_shape(config)[2]
+    inputs = read_images(options.input, size=input_size(config), fit=fit, grey=options.grey, channels=channels)
     result = predict(config, graphdef, params, inputs.images)
     if output is None:
       print("\n".join(prediction_lines(result, inputs.names, inputs.labels)))

@@ -9,11 +9,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 from PIL import Image
 
+from stn_jax import data as data_lib
 from stn_jax import predict
 from stn_jax.training import checkpoints, config_lib, optim, steps, train
-from tests.helpers import synthetic_datasets, tiny_config
+from tests.helpers import synthetic_datasets, synthetic_digits, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 V1_WORKDIRS = ROOT / "tests" / "fixtures"
@@ -99,7 +101,7 @@ def test_a_current_run_predicts_its_test_accuracy(current_run, datasets, test_np
 
 def test_seed_index_picks_a_model_of_a_multi_seed_run(tmp_path, test_npz, cli):
   config = _tiny_config(num_seeds=2)
-  graphdef, params = train.create_params(config, 32)
+  graphdef, params = train.create_params(config)
   state = checkpoints.checkpoint_state(params, optim.init_state(config, params, 4), num_members=2)
   checkpoints.open_run(tmp_path, config, steps_per_epoch=6)
   with checkpoints.manager(tmp_path) as manager:
@@ -181,7 +183,6 @@ def test_channels_are_handled_alike_for_npz_and_image_files(tmp_path):
   luminance = (0.299 * colour[..., 0] + 0.587 * colour[..., 1] + 0.114 * colour[..., 2])[..., None] / 255
   cases = {
     "grey": (grey, expected_grey),
-    "grey_alpha": (np.concatenate([grey[..., None], alpha], -1), expected_grey),
     "rgb_grey": (rgb_grey, expected_grey),
     "rgba_grey": (np.concatenate([rgb_grey, alpha], -1), expected_grey),
     "rgba_colour_grey": (np.concatenate([colour, alpha], -1), luminance),
@@ -199,6 +200,15 @@ def test_channels_are_handled_alike_for_npz_and_image_files(tmp_path):
     np.testing.assert_allclose(from_npz, expected, rtol=1e-6, err_msg=name)
     np.testing.assert_array_equal(from_files, from_npz, err_msg=name)
     assert from_npz.shape == (2, 32, 32, 1)
+  # Grey + alpha: dropped from image files; an .npz of two channels is the addition variant's, refused by name.
+  grey_alpha = np.concatenate([grey[..., None], alpha], -1)
+  (tmp_path / "grey_alpha").mkdir()
+  for i, image in enumerate(grey_alpha):
+    _save(tmp_path / "grey_alpha" / f"{i}.png", image)
+  np.testing.assert_allclose(predict.read_images(tmp_path / "grey_alpha").images, expected_grey, rtol=1e-6)
+  np.savez(tmp_path / "grey_alpha.npz", images=grey_alpha)
+  with pytest.raises(predict.PredictError, match=r"grey_alpha.npz: images of 2 channels and the model takes 1"):
+    predict.read_images(tmp_path / "grey_alpha.npz")
   np.savez(tmp_path / "colour.npz", images=colour)
   with pytest.raises(predict.PredictError, match=r"colour.npz: colour image.*pass --grey"):
     predict.read_images(tmp_path / "colour.npz")
@@ -357,3 +367,37 @@ def test_data_cli_writes_exactly_the_given_name(tmp_path, monkeypatch):
   assert [p.name for p in tmp_path.iterdir()] == ["samples"]
   with np.load(out) as z:
     assert z["images"].shape == (2, 32, 32) and list(z["labels"]) == [0, 1]
+
+
+def test_a_two_channel_run_predicts_npz_inputs_and_refuses_one_channel_ones(tmp_path, cli):
+  """An addition-shaped run (2 channels, 19 classes, two transformers) on synthetic data: predict gives the model's
+  own outputs, and inputs of the wrong channel count are one-line errors naming both counts."""
+  rng = np.random.default_rng(5)
+  sets = {}
+  for split, n in (("train", 64), ("validation", 16), ("test", 16)):
+    digits, labels = synthetic_digits(rng, n)
+    sets[split] = data_lib.DistortedMnist("addition", split, digits, labels, seed=0)
+  config = tiny_config(**{"dataset.name": "addition", "model.num_transformers": 2, "model.classifier.kind": "fcn"})
+  config.num_epochs, config.num_train_steps = 0, 4
+  config.eval_every_steps = config.checkpoint_every_steps = config.log_every_steps = 4
+  train.train_and_evaluate(config, tmp_path / "run", datasets=sets)
+  images, labels = sets["test"].images(), sets["test"].epoch_labels()
+  np.savez(tmp_path / "pairs.npz", images=images, labels=labels)
+  loaded, graphdef, params, _ = predict.load_run(tmp_path / "run")
+  inputs = predict.read_images(tmp_path / "pairs.npz", size=42, channels=2)
+  result = predict.predict(loaded, graphdef, params, inputs.images)
+  model = nnx.merge(graphdef, params)
+  x = data_lib.uint8_to_unit_float(images, 2)
+  np.testing.assert_allclose(result["probabilities"], np.asarray(jax.nn.softmax(model(x))), rtol=1e-5, atol=1e-6)
+  assert result["probabilities"].shape == (16, 19)
+  assert result["rectified"].shape == (16, 42, 42, 4) and result["theta"].shape == (16, 2, 2, 3)
+  status, out, err = cli("--workdir", tmp_path / "run", "--input", tmp_path / "pairs.npz")
+  assert status == 0 and f"on {len(labels)} labelled images" in out
+  np.savez(tmp_path / "single.npz", images=images[..., 0])
+  status, _, err = cli("--workdir", tmp_path / "run", "--input", tmp_path / "single.npz")
+  assert status == 2 and "takes images of 2 channels (N, H, W, 2); got 1 channel(s)" in err and err.count("\n") == 1
+  _save(tmp_path / "one.png", images[0, ..., 0])
+  status, _, err = cli("--workdir", tmp_path / "run", "--input", tmp_path / "one.png")
+  assert status == 2 and "give an .npz of images (N, H, W, 2)" in err
+  with pytest.raises(predict.PredictError, match=r"the model takes 42x42x2 images \(addition\); got 42x42x1"):
+    predict.predict(loaded, graphdef, params, x[..., :1])

@@ -2,7 +2,9 @@ r"""Writes distorted-MNIST samples to an .npz (and optionally a labelled preview
 
   python -m stn_jax.data --dataset=seed40 --split=train --num=1000 --seed=0 --out=FILE.npz [--preview=FILE.png]
 
-The .npz holds `images` uint8 (N, H, W) and `labels` int32 (N,): the first N examples of the split.
+The .npz holds `images` uint8 (N, H, W) ((N, H, W, C) for a variant of C > 1 channels: addition's two digits) and
+`labels` int32 (N,) (addition: the sum of the two digits): the first N examples of the split. The preview shows an
+image's channels side by side.
 """
 
 from __future__ import annotations
@@ -28,17 +30,20 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out / --preview if
 
 
 def preview_figure(images: np.ndarray, labels: np.ndarray, path: str, *, title: str = "", columns: int = 8) -> None:
-  """Saves a grid of up to 64 images with their labels."""
-  from stn_jax.training.figures import pyplot
+  """Saves a grid of up to 64 images with their labels (an image's channels side by side)."""
+  from stn_jax.training.figures import channels_side_by_side, pyplot
 
   plt = pyplot()
   n = min(len(images), 64)
+  images = np.asarray(images[:n], np.float32) / 255.0
+  images = channels_side_by_side(images if images.ndim == 4 else images[..., None])
+  wide = images.shape[2] / images.shape[1]
   rows = -(-n // columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25 + 0.4), squeeze=False)
+  fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1 * wide, rows * 1.25 + 0.4), squeeze=False)
   for i, ax in enumerate(axes.flat):
     ax.axis("off")
     if i < n:
-      ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+      ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
       ax.set_title(str(int(labels[i])), fontsize=8)
   if title:
     fig.suptitle(title, fontsize=9)
@@ -61,10 +66,9 @@ def main(argv):
   if _NUM.value > len(digits):
     sys.exit(f"error: --num={_NUM.value} exceeds the {len(digits)} examples of the {_SPLIT.value} split")
   # The whole split goes in (TC draws its clutter from it); only the first N examples come out.
-  images = distortions.distort(
-    _DATASET.value, digits, seed=_SEED.value, split=_SPLIT.value, indices=np.arange(_NUM.value)
-  )
-  labels = labels[: _NUM.value]
+  where = dict(seed=_SEED.value, split=_SPLIT.value, indices=np.arange(_NUM.value))
+  images = distortions.distort(_DATASET.value, digits, **where)
+  labels = distortions.distort_labels(_DATASET.value, labels, **where)
   if _OUT.value:
     Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
     with open(_OUT.value, "wb") as f:  # a file handle: given a name without .npz, numpy would append it

@@ -65,6 +65,15 @@ class DistortedMnist:
   def image_size(self) -> int:
     return distortions.VARIANTS[self.name].size
 
+  @property
+  def channels(self) -> int:
+    """C of the images: uint8 (N, S, S) when 1, (N, S, S, C) otherwise."""
+    return distortions.VARIANTS[self.name].channels
+
+  @property
+  def num_classes(self) -> int:
+    return distortions.VARIANTS[self.name].num_classes
+
   def __len__(self) -> int:
     return len(self.labels)
 
@@ -75,27 +84,53 @@ class DistortedMnist:
       epoch: the epoch (ignored unless `fresh_each_epoch`).
 
     Returns:
-      uint8 (N, S, S), made once per epoch and cached.
+      uint8 (N, S, S) ((N, S, S, C) for C > 1 channels), made once per epoch and cached.
     """
+    return self._epoch(epoch)[0]
+
+  def epoch_labels(self, epoch: int = 0) -> np.ndarray:
+    """The labels of `images(epoch)`: `labels` itself, except for a variant whose label depends on the epoch's
+    pairing of digits (addition: the sum of the two digits' labels).
+
+    Args:
+      epoch: the epoch (ignored unless `fresh_each_epoch`).
+
+    Returns:
+      int32 (N,).
+    """
+    return self._epoch(epoch)[1]
+
+  def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     epoch = epoch if self.fresh_each_epoch else 0
     with self._lock:
       cached = self._epoch_images
       if cached is None or cached[0] != epoch:
-        cached = (epoch, distortions.distort(self.name, self.digits, seed=self.seed, split=self.split, epoch=epoch))
+        where = dict(seed=self.seed, split=self.split, epoch=epoch)
+        images = distortions.distort(self.name, self.digits, **where)
+        cached = (epoch, (images, distortions.distort_labels(self.name, self.labels, **where)))
         self._epoch_images = cached
       return cached[1]
 
 
-def uint8_to_unit_float(images: np.ndarray) -> np.ndarray:
+def uint8_to_unit_float(images: np.ndarray, channels: int = 1) -> np.ndarray:
   """Host images as the model's input.
 
   Args:
-    images: uint8 (..., H, W).
+    images: uint8 (..., H, W) for one channel, (..., H, W, C) for `channels` = C > 1.
+    channels: C of the images (a dataset's `channels`).
 
   Returns:
-    float32 (..., H, W, 1) in [0, 1] (steps.uint8_to_unit_float_by_table is its bitwise twin on the device).
+    float32 (..., H, W, C) in [0, 1] (steps.uint8_to_unit_float_by_table is its bitwise twin on the device).
+
+  Raises:
+    ValueError: images whose last axis is not `channels` long (for C > 1).
   """
-  return (np.asarray(images, np.float32) / 255.0)[..., None]
+  out = np.asarray(images, np.float32) / 255.0
+  if channels == 1:
+    return out[..., None]
+  if out.ndim < 3 or out.shape[-1] != channels:
+    raise ValueError(f"images of {channels} channels must end with a channel axis of {channels}; got {out.shape}.")
+  return out
 
 
 def _check_sharding(batch_size: int, process_index: int, process_count: int) -> None:
@@ -134,13 +169,14 @@ def train_batch(
     process_count: P, the number of processes (each gets its rows of the global batch).
 
   Returns:
-    dict(image=float32 (B / P, S, S, 1) in [0, 1], label=int32 (B / P,)).
+    dict(image=float32 (B / P, S, S, C) in [0, 1], label=int32 (B / P,)).
   """
   steps_per_epoch = len(dataset) // batch_size
   epoch, within = divmod(step, max(steps_per_epoch, 1))
   rows = epoch_rows(dataset, epoch, batch_size, shuffle_seed=shuffle_seed, process_index=process_index,
                     process_count=process_count)[within]  # fmt: skip
-  return {"image": uint8_to_unit_float(dataset.images(epoch)[rows]), "label": dataset.labels[rows]}
+  images = uint8_to_unit_float(dataset.images(epoch)[rows], dataset.channels)
+  return {"image": images, "label": dataset.epoch_labels(epoch)[rows]}
 
 
 def epoch_rows(
@@ -209,12 +245,12 @@ def eval_batches(
     process_count: P, the number of processes.
 
   Yields:
-    dict(image=float32 (B / P, S, S, 1), label=int32 (B / P,), mask=bool (B / P,): which rows are real examples).
+    dict(image=float32 (B / P, S, S, C), label=int32 (B / P,), mask=bool (B / P,): which rows are real examples).
   """
   _check_sharding(batch_size, process_index, process_count)
-  images = dataset.images()
+  images, labels = dataset.images(), dataset.epoch_labels()
   for start in range(0, len(dataset), batch_size):
     rows = _process_rows(np.arange(start, start + batch_size), process_index, process_count)
     mask = rows < len(dataset)
     rows = np.where(mask, rows, 0)
-    yield {"image": uint8_to_unit_float(images[rows]), "label": dataset.labels[rows], "mask": mask}
+    yield {"image": uint8_to_unit_float(images[rows], dataset.channels), "label": labels[rows], "mask": mask}

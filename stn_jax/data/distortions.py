@@ -30,6 +30,12 @@ source of each setting); new names, so that the variants above keep their meanin
                     anywhere in random digits of the same split) at uniformly random positions; everything added and
                     clipped to [0, 1].
 
+The paper's MNIST addition (its Appendix A.1), as images of two channels:
+
+  addition   42x42x2  channel 0 the split's digit i, channel 1 a partner digit j of the same split (uniformly random,
+                      drawn from example i's key: a function of (seed, split, epoch, i) like the distortions), each
+                      distorted independently as paper-RTS; the label is the sum of the two digits' labels (0-18).
+
 The content transform A (where a point of the digit goes) is sampled; the sampler reads output -> input, so the
 warp uses its inverse.
 """
@@ -57,11 +63,15 @@ class Variant:
     name: its name (NAMES).
     size: S of its (S, S) images.
     description: one line on what it does.
+    channels: C of its images: uint8 (S, S) when 1, (S, S, C) otherwise.
+    num_classes: its labels are 0 .. num_classes - 1.
   """
 
   name: str
   size: int
   description: str
+  channels: int = 1
+  num_classes: int = 10
 
 
 VARIANTS = {
@@ -75,6 +85,7 @@ VARIANTS = {
   "paper-P": Variant("paper-P", 32, "the paper's P: scale 0.75-1, corners moved by N(0, 5 px)"),
   "paper-E": Variant("paper-E", 32, "the paper's E: scale 0.75-1, 16-point TPS moved by N(0, 1.5 px)"),
   "paper-TC": Variant("paper-TC", 60, "the paper's TC: placed in 60x60, 6 random 6x6 crops added and clipped"),
+  "addition": Variant("addition", 42, "two paper-RTS digits in two channels; the label is their sum", 2, 19),
 }
 NAMES = tuple(VARIANTS)
 
@@ -202,6 +213,25 @@ def _cluttered(key, digit, others, *, size=60, pieces=8, piece=6):
   return _paste(canvas, digit, offset, jnp.maximum)
 
 
+def partner(key: jax.Array, count: int) -> jax.Array:
+  """The partner digit of an addition example.
+
+  Args:
+    key: the example's key (`example_keys`).
+    count: the split's digits.
+
+  Returns:
+    The partner's index in the split, int32 in [0, count).
+  """
+  return jax.random.randint(jax.random.fold_in(key, 1), (), 0, count)
+
+
+def _addition(key, digit, others):
+  k = jax.random.split(key, 2)
+  other = others[partner(key, others.shape[0])]
+  return jnp.stack([_paper_rts(k[0], digit, None), _paper_rts(k[1], other, None)], axis=-1)
+
+
 _FUNCTIONS = {
   "seed40": _seed40,
   "R": _rotated,
@@ -213,8 +243,10 @@ _FUNCTIONS = {
   "paper-P": functools.partial(_projective, sigma=5 * 2 / 32),
   "paper-E": _paper_elastic,
   "paper-TC": _paper_cluttered,
+  "addition": _addition,
 }
 CLUTTERED = ("TC", "paper-TC")  # variants drawing their clutter from the other digits of the split
+_FROM_SPLIT = (*CLUTTERED, "addition")  # variants that read other digits of the split than their own
 
 
 def example_keys(seed: int, split: str, epoch: int, indices) -> jax.Array:
@@ -258,11 +290,12 @@ def check_name(name: str) -> Variant:
 
 
 def distort(name: str, digits: np.ndarray, *, seed: int, split: str, epoch: int = 0, indices=None, chunk: int = 10_000):
-  """Distorts uint8 digits (N, 28, 28) into uint8 (N, S, S) images of variant `name`.
+  """Distorts uint8 digits (N, 28, 28) into uint8 (N, S, S) images of variant `name` ((N, S, S, C) for C > 1).
 
   Args:
     name: one of NAMES.
-    digits: the split's MNIST digits, uint8 (N, 28, 28); for TC also the source of the clutter.
+    digits: the split's MNIST digits, uint8 (N, 28, 28); for TC also the source of the clutter, for addition of the
+      partners.
     seed: the distortions' seed (config.dataset.seed); with `split` and `epoch` it selects the randomness (see the
       module docstring).
     split: 'train', 'validation' or 'test'.
@@ -272,21 +305,49 @@ def distort(name: str, digits: np.ndarray, *, seed: int, split: str, epoch: int 
     chunk: examples per jitted call (bounds memory).
 
   Returns:
-    uint8 (len(indices), S, S).
+    uint8 (len(indices), S, S), or (len(indices), S, S, C) for a variant of C > 1 channels.
 
   Raises:
     ValueError: an unknown variant name or split.
   """
-  check_name(name)
-  if split not in SPLIT_IDS:
-    raise ValueError(f"split must be one of {', '.join(map(repr, SPLIT_IDS))}; got {split!r}.")
+  _check_name_and_split(name, split)
   digits = np.asarray(digits)
   indices = np.arange(len(digits)) if indices is None else np.asarray(indices)
-  others = jnp.asarray(digits, jnp.float32) / 255.0 if name in CLUTTERED else jnp.zeros((1, 28, 28))
+  others = jnp.asarray(digits, jnp.float32) / 255.0 if name in _FROM_SPLIT else jnp.zeros((1, 28, 28))
   out = []
   for start in range(0, len(indices), chunk):
     idx = indices[start : start + chunk]
     keys = example_keys(seed, split, epoch, idx)
     out.append(np.asarray(_distort_batch(name, keys, jnp.asarray(digits[idx]), others)))
-  size = VARIANTS[name].size
-  return np.concatenate(out) if out else np.zeros((0, size, size), np.uint8)
+  variant = VARIANTS[name]
+  empty = (0, variant.size, variant.size) + ((variant.channels,) if variant.channels > 1 else ())
+  return np.concatenate(out) if out else np.zeros(empty, np.uint8)
+
+
+def distort_labels(name: str, labels: np.ndarray, *, seed: int, split: str, epoch: int = 0, indices=None):
+  """The labels of `distort`'s images: the digits' own, or for `addition` the sum of each pair's.
+
+  Args:
+    name: one of NAMES.
+    labels: the split's MNIST labels, int (N,).
+    seed: as `distort` takes it.
+    split: as `distort` takes it.
+    epoch: as `distort` takes it.
+    indices: as `distort` takes them (default: all).
+
+  Returns:
+    int32 (len(indices),).
+  """
+  _check_name_and_split(name, split)
+  labels = np.asarray(labels, np.int32)
+  indices = np.arange(len(labels)) if indices is None else np.asarray(indices, np.int64)
+  if name != "addition" or not len(indices):
+    return labels[indices]
+  partners = jax.vmap(lambda k: partner(k, len(labels)))(example_keys(seed, split, epoch, indices))
+  return labels[indices] + labels[np.asarray(partners)]
+
+
+def _check_name_and_split(name: str, split: str) -> None:
+  check_name(name)
+  if split not in SPLIT_IDS:
+    raise ValueError(f"split must be one of {', '.join(map(repr, SPLIT_IDS))}; got {split!r}.")

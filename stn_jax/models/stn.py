@@ -283,22 +283,82 @@ class SpatialTransformer(nnx.Module):
     return stn_jax.warp(x, params, **options, implementation=self.implementation)
 
 
-class STNClassifier(nnx.Module):
-  """An optional spatial transformer in front of a classifier (FCN, CNN, ST-FCN, ST-CNN).
+class ParallelTransformers(nnx.Module):
+  """Spatial transformers side by side (the paper's 2xST-FCN): each sees the whole input, and their outputs are
+  concatenated along channels, transformer 0's channels first.
 
   Args:
-    transformer: the SpatialTransformer, or None (a baseline).
-    classifier: the classifier module (CLASSIFIERS), taking the transformer's output.
+    transformers: the SpatialTransformers, all of one output size.
   """
 
-  def __init__(self, transformer: SpatialTransformer | None, classifier: nnx.Module):
-    self.transformer = transformer
-    self.classifier = classifier
+  def __init__(self, transformers: Sequence[SpatialTransformer]):
+    self.members = nnx.List(list(transformers))
+
+  @property
+  def out_size(self) -> tuple[int, int]:
+    return self.members[0].out_size
+
+  def params_and_grid(self, x, *, train: bool = False, rngs=None):
+    """Each transformer's parameters and grid, stacked along axis 1.
+
+    Args:
+      x: (N, H, W, C) inputs.
+      train: the localisation nets in training mode.
+      rngs: dropout's randomness where `train`.
+
+    Returns:
+      (params ``(N, T, *param_shape)``, grids (N, T, H_out, W_out, 2)) for T transformers.
+    """
+    pairs = [t.params_and_grid(x, train=train, rngs=_member_rngs(rngs, i)) for i, t in enumerate(self.members)]
+    return tuple(jnp.stack(parts, axis=1) for parts in zip(*pairs, strict=True))
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
+    outputs = [t(x, train=train, rngs=_member_rngs(rngs, i)) for i, t in enumerate(self.members)]
+    return jnp.concatenate(outputs, axis=-1)
+
+
+def _member_rngs(rngs, index: int):
+  """Dropout's randomness for transformer `index`: its own key when given a key (an nnx.Rngs draws anew anyway)."""
+  return jax.random.fold_in(rngs, index) if isinstance(rngs, jax.Array) else rngs
+
+
+class STNClassifier(nnx.Module):
+  """An optional spatial transformer (or several in parallel) in front of a classifier (FCN, CNN, ST-FCN, ST-CNN).
+
+  Args:
+    transformer: the SpatialTransformer, a ParallelTransformers, or None (a baseline).
+    classifier: the classifier module (CLASSIFIERS), taking the transformer's output.
+    in_channels: C of the inputs the model takes (checked at every call); None = not checked.
+
+  Raises:
+    ValueError: at a call, an input whose channels are not `in_channels`.
+  """
+
+  def __init__(self, transformer: SpatialTransformer | None, classifier: nnx.Module, in_channels: int | None = None):
+    self.transformer = transformer
+    self.classifier = classifier
+    self.in_channels = in_channels
+
+  def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
+    check_channels(x, self.in_channels)
     if self.transformer is not None:
       x = self.transformer(x, train=train, rngs=rngs)
     return self.classifier(x)
+
+
+def check_channels(x, channels: int | None) -> None:
+  """Refuses inputs of another channel count than a model's.
+
+  Args:
+    x: the (N, H, W, C) inputs.
+    channels: C of the model's inputs, or None (anything goes).
+
+  Raises:
+    ValueError: naming both channel counts.
+  """
+  if channels is not None and (x.ndim != 4 or x.shape[-1] != channels):
+    got = f"{x.shape[-1]} channel(s), shape {tuple(x.shape)}" if x.ndim == 4 else f"shape {tuple(x.shape)}"
+    raise ValueError(f"the model takes (N, H, W, {channels}) images of {channels} channel(s); got {got}.")
 
 
 def count_params(model: nnx.Module) -> int:
@@ -332,6 +392,8 @@ def default_config() -> ml_collections.ConfigDict:
   m.num_control_points = 16  # tps only: a perfect square
   m.stn_output_size = ()  # () = the input's size
   m.match_params_of = ""  # baselines only: widen the classifier to this transform's parameter count
+  m.num_transformers = 1  # spatial transformers in parallel, their outputs concatenated along channels
+  m.match_transformers = 0  # > 0: widen the classifier to the count of the model with this many transformers
   m.sampler = "auto"  # SAMPLERS: how the bilinear sampling runs
   m.localization = ml_collections.ConfigDict({"kind": "fcn"})
   for kind, cls in LOCALIZATIONS.items():
@@ -354,6 +416,11 @@ def config_docs() -> dict[str, str]:
     "stn_output_size": "the transformer's output (H, W); () = the input's",
     "match_params_of": "baselines only: widen the classifier's first hidden layer (a CNN without one: its last "
     "convolution) to the parameter count of this transform's model ('' = off)",
+    "num_transformers": "spatial transformers in parallel (the paper's 2xST-FCN: 2), each with its own localisation "
+    "net seeing the whole input; their outputs are concatenated along channels for the classifier",
+    "match_transformers": "0 = off; N > 0: the reference model of the parameter match has N transformers (of "
+    "match_params_of's transform for a baseline, of its own for a transformer model, which is then widened as a "
+    "baseline is): every model of a table the size of, say, the 2-transformer one",
     "sampler": "how the transformer's bilinear sampling runs: auto (the C++ CPU kernel on CPU when it is built, "
     "else xla; a run records its choice), xla or cpu_kernel (the same function to float32 rounding)",
     "localization.kind": f"the localisation net: {', '.join(LOCALIZATIONS)}",
@@ -372,29 +439,37 @@ def _options(section) -> dict:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(section[section.kind]).items()}
 
 
-def _build(m, in_shape, seed, *, transform, first_width=None, dtype=None) -> STNClassifier:
+def _build(
+  m, in_shape, seed, *, transform, num_transformers=1, first_width=None, dtype=None, num_classes=10
+) -> STNClassifier:
   rngs = nnx.Rngs(params=seed)
   transformer = None
   classifier_in = tuple(in_shape)
   if transform != "none":
     out_size = tuple(m.stn_output_size) if m.stn_output_size else tuple(in_shape[:2])
-    transformer = SpatialTransformer(
-      in_shape,
-      transform=transform,
-      out_size=out_size,
-      localization=m.localization.kind,
-      localization_options=_options(m.localization),
-      num_control_points=m.num_control_points,
-      sampler=m.get("sampler", "xla"),
-      dtype=dtype,
-      rngs=rngs,
-    )
-    classifier_in = (*out_size, in_shape[2])
+    members = [
+      SpatialTransformer(
+        in_shape,
+        transform=transform,
+        out_size=out_size,
+        localization=m.localization.kind,
+        localization_options=_options(m.localization),
+        num_control_points=m.num_control_points,
+        sampler=m.get("sampler", "xla"),
+        dtype=dtype,
+        rngs=rngs,
+      )
+      for _ in range(num_transformers)
+    ]
+    transformer = members[0] if num_transformers == 1 else ParallelTransformers(members)
+    classifier_in = (*out_size, in_shape[2] * num_transformers)
   classifier_options = _options(m.classifier)
   if first_width:
     classifier_options.update(_widened(m.classifier.kind, classifier_options, first_width))
-  classifier = CLASSIFIERS[m.classifier.kind](classifier_in, **classifier_options, dtype=dtype, rngs=rngs)
-  return STNClassifier(transformer, classifier)
+  classifier = CLASSIFIERS[m.classifier.kind](
+    classifier_in, **classifier_options, num_classes=num_classes, dtype=dtype, rngs=rngs
+  )
+  return STNClassifier(transformer, classifier, in_channels=in_shape[2])
 
 
 def _widened(kind: str, classifier_options: dict, width: int) -> dict:
@@ -408,22 +483,46 @@ def _widened(kind: str, classifier_options: dict, width: int) -> dict:
   raise ValueError("config.model.match_params_of needs a classifier with a hidden layer (or a CNN); got fcn with none.")
 
 
-def _abstract_count(m, in_shape, transform, first_width=None) -> int:
-  abstract = nnx.eval_shape(lambda: _build(m, in_shape, 0, transform=transform, first_width=first_width))
+def _abstract_count(m, in_shape, transform, num_transformers, first_width=None, num_classes=10) -> int:
+  options = dict(transform=transform, num_transformers=num_transformers, first_width=first_width)
+  abstract = nnx.eval_shape(lambda: _build(m, in_shape, 0, **options, num_classes=num_classes))
   return count_params(abstract)
 
 
-def param_count(model_config, in_shape: Sequence[int]) -> int:
+def param_count(model_config, in_shape: Sequence[int], num_classes: int = 10) -> int:
   """The number of parameters of the model a config's `model` section describes (built abstractly: no memory).
 
   Args:
     model_config: config.model.
     in_shape: the input's (H, W, C).
+    num_classes: the classifier's logits.
 
   Returns:
     The count.
   """
-  return count_params(nnx.eval_shape(lambda: create_model(model_config, in_shape, seed=0)))
+  return count_params(nnx.eval_shape(lambda: create_model(model_config, in_shape, seed=0, num_classes=num_classes)))
+
+
+def num_transformers(model_config) -> int:
+  """The spatial transformers of the model a config's `model` section describes (0 for a baseline).
+
+  Args:
+    model_config: config.model (a config.json without the field: 1).
+
+  Returns:
+    The count.
+  """
+  return 0 if model_config.transform == "none" else int(model_config.get("num_transformers", 1))
+
+
+def _reference(m) -> tuple[str, int] | None:
+  """(transform, transformers) of the model whose parameter count this one is widened to, or None."""
+  match = int(m.get("match_transformers", 0) or 0)
+  if m.transform == "none":
+    return (m.match_params_of, match or int(m.get("num_transformers", 1))) if m.get("match_params_of") else None
+  if match and match != num_transformers(m):
+    return (m.transform, match)
+  return None
 
 
 def has_xla_convolutions(model_config) -> bool:
@@ -440,27 +539,36 @@ def has_xla_convolutions(model_config) -> bool:
   return any(part.kind == "cnn" and resolve_conv(part.cnn.get("conv", "xla")) == "xla" for part in parts)
 
 
-def budget_width(model_config, in_shape: Sequence[int]) -> int:
-  """The width that gives a baseline the parameter count of its spatial-transformer counterpart.
+def budget_width(model_config, in_shape: Sequence[int], num_classes: int = 10) -> int:
+  """The width that gives a model the parameter count of its reference model.
 
   The width (see `_widened`) of a baseline (`transform='none'`) that matches the same config with
-  `model.match_params_of` as its transform (the paper compares models of equal size). The count is affine in that
-  width, so two evaluations give it exactly.
+  `model.match_params_of` as its transform (the paper compares models of equal size), with `match_transformers`
+  transformers when it is set; or of a transformer model with `match_transformers` set, matching the same config with
+  that many transformers. The count is affine in that width, so two evaluations give it exactly.
 
   Args:
-    model_config: config.model of the baseline.
+    model_config: config.model of the model.
     in_shape: the input's (H, W, C).
+    num_classes: the classifier's logits.
 
   Returns:
     The width.
+
+  Raises:
+    ValueError: a model with nothing to match (neither option set).
   """
   m = model_config
-  target = _abstract_count(m, in_shape, m.match_params_of)
-  at_1, at_2 = (_abstract_count(m, in_shape, "none", w) for w in (1, 2))
+  reference = _reference(m)
+  if reference is None:
+    raise ValueError("config.model: nothing to match (match_params_of for a baseline, match_transformers otherwise).")
+  target = _abstract_count(m, in_shape, *reference, num_classes=num_classes)
+  own = (m.transform, num_transformers(m))
+  at_1, at_2 = (_abstract_count(m, in_shape, *own, w, num_classes=num_classes) for w in (1, 2))
   return max(1, round(1 + (target - at_1) / (at_2 - at_1)))
 
 
-def check_config(model_config, in_shape: Sequence[int]) -> None:
+def check_config(model_config, in_shape: Sequence[int], num_classes: int = 10) -> None:
   """Checks a config's `model` section by building the model abstractly (no parameters are allocated).
 
   So every option the constructors refuse is caught before any work.
@@ -468,6 +576,7 @@ def check_config(model_config, in_shape: Sequence[int]) -> None:
   Args:
     model_config: config.model.
     in_shape: the input's (H, W, C).
+    num_classes: the classifier's logits.
 
   Raises:
     ValueError: naming the `config.model` field at fault.
@@ -489,12 +598,16 @@ def check_config(model_config, in_shape: Sequence[int]) -> None:
   if m.match_params_of and m.match_params_of not in stn_jax.KINDS:
     allowed = ", ".join(map(repr, stn_jax.KINDS))
     raise ValueError(f"config.model.match_params_of must be '' or one of {allowed}; got {m.match_params_of!r}.")
+  for field, low in (("num_transformers", 1), ("match_transformers", 0)):
+    value = m.get(field, low)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      raise ValueError(f"config.model.{field} must be an int >= {low}; got {value!r}.")
   size = m.stn_output_size
   if size and (len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size)):
     raise ValueError(f"config.model.stn_output_size must be () or (height, width) > 0; got {tuple(size)!r}.")
   # Build each part abstractly (no parameters are allocated), so every option the constructors refuse is named.
   out_size = tuple(size) if size else tuple(in_shape[:2])
-  parts = [("classifier", CLASSIFIERS, (*out_size, in_shape[2]), ())]
+  parts = [("classifier", CLASSIFIERS, (*out_size, in_shape[2] * max(num_transformers(m), 1)), ())]
   if m.transform != "none":
     identity = transforms.identity_array(m.transform, num_control_points=m.num_control_points)
     parts.insert(0, ("localization", LOCALIZATIONS, tuple(in_shape), (identity,)))
@@ -508,11 +621,15 @@ def check_config(model_config, in_shape: Sequence[int]) -> None:
       raise ValueError(f"config.model.{section}.{m[section].kind}: {e}") from None
 
 
-def create_model(model_config, in_shape: Sequence[int], *, seed: int, dtype=None) -> STNClassifier:
+def create_model(
+  model_config, in_shape: Sequence[int], *, seed: int, dtype=None, num_classes: int = 10
+) -> STNClassifier:
   """Builds the model a config's `model` section describes (see `default_config`).
 
   With `transform='none'` and `match_params_of` set to a transform, the classifier's first hidden layer is widened so
-  that the baseline has as many parameters as its spatial-transformer counterpart.
+  that the baseline has as many parameters as its spatial-transformer counterpart (with `match_transformers`
+  transformers when set); a transformer model with `match_transformers` set is widened to the count of the same model
+  with that many transformers. `num_transformers` > 1 puts that many transformers in parallel (ParallelTransformers).
 
   Args:
     model_config: config.model.
@@ -520,6 +637,7 @@ def create_model(model_config, in_shape: Sequence[int], *, seed: int, dtype=None
     seed: the parameters' initialisation (and dropout's base key).
     dtype: config.compute_dtype (None or float32, or bfloat16): what the convolutions and dense layers compute in;
       parameters, the transform's parameters, the grid, the sampler and the logits stay float32.
+    num_classes: the classifier's logits (the dataset's classes: 19 for addition).
 
   Returns:
     The STNClassifier.
@@ -529,7 +647,9 @@ def create_model(model_config, in_shape: Sequence[int], *, seed: int, dtype=None
       layer.
   """
   m = model_config
-  width = None
-  if m.transform == "none" and m.get("match_params_of"):
-    width = budget_width(m, in_shape)
-  return _build(m, in_shape, seed, transform=m.transform, first_width=width, dtype=dtype)
+  width = budget_width(m, in_shape, num_classes) if _reference(m) else None
+  count = max(num_transformers(m), 1)
+  return _build(
+    m, in_shape, seed, transform=m.transform, num_transformers=count, first_width=width, dtype=dtype,
+    num_classes=num_classes,
+  )  # fmt: skip

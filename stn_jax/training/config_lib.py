@@ -405,21 +405,23 @@ def validate(config) -> None:
   if not (isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0):
     raise ConfigError(f"config.learning_rate must be > 0; got {config.learning_rate!r}.")
   try:
-    models.check_config(config.model, input_shape(config))
+    models.check_config(config.model, input_shape(config), num_classes(config))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
 
 def _check_member_datasets(config, names) -> None:
-  size = data_lib.VARIANTS[config.dataset.name].size
+  base = data_lib.VARIANTS[config.dataset.name]
   for name in names:
     if name not in data_lib.VARIANTS:
       allowed = ", ".join(map(repr, data_lib.NAMES))
       raise ConfigError(f"config.population.dataset holds {name!r}; each must be one of {allowed}.")
-    if data_lib.VARIANTS[name].size != size:
+    v = data_lib.VARIANTS[name]
+    if (v.size, v.channels, v.num_classes) != (base.size, base.channels, base.num_classes):
       raise ConfigError(
-        f"config.population.dataset: {name!r} is {data_lib.VARIANTS[name].size}x{data_lib.VARIANTS[name].size} but "
-        f"dataset.name {config.dataset.name!r} is {size}x{size}; a population's variants share one image size."
+        f"config.population.dataset: {name!r} is {v.size}x{v.size}x{v.channels} with {v.num_classes} classes but "
+        f"dataset.name {config.dataset.name!r} is {base.size}x{base.size}x{base.channels} with {base.num_classes}; "
+        "a population's variants share one image shape and label set."
       )
 
 
@@ -445,8 +447,20 @@ def input_shape(config) -> tuple[int, int, int]:
   Returns:
     (H, W, C).
   """
-  size = data_lib.VARIANTS[config.dataset.name].size
-  return (size, size, 1)
+  variant = data_lib.VARIANTS[config.dataset.name]
+  return (variant.size, variant.size, variant.channels)
+
+
+def num_classes(config) -> int:
+  """The classes of the config's dataset (the model's logits).
+
+  Args:
+    config: the ConfigDict.
+
+  Returns:
+    10, or 19 for addition.
+  """
+  return data_lib.VARIANTS[config.dataset.name].num_classes
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -592,6 +606,8 @@ def with_defaults(config: dict) -> dict:
   model = config.get("model", {})
   if isinstance(model, dict):
     model.setdefault("sampler", EARLIER_SAMPLER)
+    model.setdefault("num_transformers", 1)  # one transformer (or none) in every run before the option
+    model.setdefault("match_transformers", 0)
   for section in ("localization", "classifier"):
     for kind, options in defaults[section].items():
       if isinstance(options, dict) and isinstance(model.get(section, {}).get(kind), dict):

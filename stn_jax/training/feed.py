@@ -47,7 +47,7 @@ def epoch_bytes(dataset: DistortedMnist, batch_size: int, num_members: int) -> i
   """
   steps_per_epoch = len(dataset) // batch_size
   rows = num_members * steps_per_epoch * batch_size // jax.process_count()
-  return rows * (dataset.image_size**2 + 4)
+  return rows * (dataset.image_size**2 * dataset.channels + 4)
 
 
 def choose(pipeline: str, dataset: DistortedMnist, batch_size: int, num_members: int) -> str:
@@ -130,7 +130,7 @@ class TrainFeed:
     """Rows first..last-1 of `epoch`'s steps, this process's share of each batch, as global device arrays."""
     rows = [r[first:last] for r in self._rows(epoch)]
     pairs = list(zip(self.datasets, rows, strict=True))
-    local = {"image": [d.images(epoch)[r] for d, r in pairs], "label": [d.labels[r] for d, r in pairs]}
+    local = {"image": [d.images(epoch)[r] for d, r in pairs], "label": [d.epoch_labels(epoch)[r] for d, r in pairs]}
     local = {k: v[0] if len(v) == 1 else np.stack(v) for k, v in local.items()}
     return {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in local.items()}
 

@@ -42,22 +42,48 @@ def mosaic(images: np.ndarray, columns: int | None = None) -> np.ndarray:
   return out
 
 
-def save_input_output_pair(inputs: np.ndarray, outputs: np.ndarray, path: str | Path, *, title: str = "") -> None:
-  """The seed's Fig 4 / Fig 5 side by side: distorted inputs and the transformer's outputs for the same digits.
+def channels_side_by_side(images: np.ndarray) -> np.ndarray:
+  """Each image's channels next to each other, split by a 1-px grey line.
 
   Args:
-    inputs: (N, H, W, 1) distorted images in [0, 1].
-    outputs: the transformer's outputs of them, (N, Ho, Wo, 1).
+    images: (N, H, W, C).
+
+  Returns:
+    (N, H, C * (W + 1) - 1): for C = 1, the images themselves.
+  """
+  images = np.asarray(images, np.float32)
+  n, h, w, c = images.shape
+  out = np.full((n, h, c * (w + 1) - 1), 0.5, np.float32)
+  for k in range(c):
+    out[:, :, k * (w + 1) : k * (w + 1) + w] = images[..., k]
+  return out
+
+
+def save_input_output_pair(
+  inputs: np.ndarray, outputs: np.ndarray, path: str | Path, *, title: str = "", transformers: int = 1
+) -> None:
+  """The seed's Fig 4 / Fig 5 side by side: distorted inputs and the transformer's outputs for the same digits.
+
+  Images of several channels show them next to each other (addition: the two digits); with T transformers in
+  parallel the outputs show transformer 1's channels, then transformer 2's, ... (the paper's Table 4 pictures).
+
+  Args:
+    inputs: (N, H, W, C) distorted images in [0, 1].
+    outputs: the transformers' outputs of them, (N, Ho, Wo, T * C).
     path: the .png to write.
     title: the figure's title.
+    transformers: T.
   """
   plt = pyplot()
-  inputs, outputs = np.asarray(inputs)[..., 0], np.asarray(outputs)[..., 0]
-  columns = int(np.ceil(np.sqrt(len(inputs))))
+  inputs, outputs = channels_side_by_side(inputs), channels_side_by_side(outputs)
+  count = 64 if inputs.shape[2] == inputs.shape[1] else 16  # several channels: fewer, larger tiles
+  inputs, outputs = inputs[:count], outputs[:count]
+  names = ("input (distorted)", "spatial transformer output")
+  if outputs.shape[2] != outputs.shape[1]:
+    names = ("input channels (distorted)", f"outputs: {transformers} transformer(s) x their channels")
   fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-  for ax, images, name in zip(
-    axes, (inputs, outputs), ("input (distorted)", "spatial transformer output"), strict=True
-  ):
+  for ax, images, name in zip(axes, (inputs, outputs), names, strict=True):
+    columns = int(np.ceil(np.sqrt(len(images) * images.shape[1] / images.shape[2])))  # a square mosaic of wide tiles
     ax.imshow(mosaic(np.clip(images, 0, 1), columns), cmap="gray", vmin=0, vmax=1)
     ax.set_title(name)
     ax.axis("off")
@@ -72,24 +98,30 @@ def save_grid_overlay(inputs: np.ndarray, grids: np.ndarray, path: str | Path, *
   """The sampling grid drawn over each input: where the output reads.
 
   Args:
-    inputs: (N, H, W, 1) images.
-    grids: (N, Ho, Wo, 2) normalised (x, y) grids, align_corners=False.
+    inputs: (N, H, W, C) images (several channels: drawn as their pixelwise maximum).
+    grids: (N, Ho, Wo, 2) normalised (x, y) grids, align_corners=False; (N, T, Ho, Wo, 2) for T transformers in
+      parallel, each drawn in its own colour.
     path: the .png to write.
     count: how many inputs to draw.
     every: draw every this many grid lines (and the last).
   """
   plt = pyplot()
-  inputs, grids = np.asarray(inputs)[:count, ..., 0], np.asarray(grids)[:count]
+  inputs, grids = np.asarray(inputs)[:count].max(axis=-1), np.asarray(grids)[:count]
+  if grids.ndim == 4:
+    grids = grids[:, None]
+  colours = ("tab:orange", "tab:cyan", "tab:pink", "tab:olive")
   fig, axes = plt.subplots(1, len(inputs), figsize=(2.2 * len(inputs), 2.4), squeeze=False)
-  for ax, image, grid in zip(axes[0], inputs, grids, strict=True):
+  for ax, image, members in zip(axes[0], inputs, grids, strict=True):
     h, w = image.shape
-    px = ((grid[..., 0] + 1) * w - 1) / 2
-    py = ((grid[..., 1] + 1) * h - 1) / 2
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-    for i in [*list(range(0, grid.shape[0], every)), grid.shape[0] - 1]:
-      ax.plot(px[i], py[i], color="tab:orange", lw=0.7)
-    for j in [*list(range(0, grid.shape[1], every)), grid.shape[1] - 1]:
-      ax.plot(px[:, j], py[:, j], color="tab:orange", lw=0.7)
+    for t, grid in enumerate(members):
+      px = ((grid[..., 0] + 1) * w - 1) / 2
+      py = ((grid[..., 1] + 1) * h - 1) / 2
+      colour = colours[t % len(colours)]
+      for i in [*list(range(0, grid.shape[0], every)), grid.shape[0] - 1]:
+        ax.plot(px[i], py[i], color=colour, lw=0.7)
+      for j in [*list(range(0, grid.shape[1], every)), grid.shape[1] - 1]:
+        ax.plot(px[:, j], py[:, j], color=colour, lw=0.7)
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.axis("off")

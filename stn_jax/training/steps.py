@@ -214,24 +214,36 @@ def make_train_step(graphdef, tx, seed: int, num_members: int = 1, seed_mapping:
 _UINT8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
-def uint8_to_unit_float_by_table(images: jax.Array) -> jax.Array:
+def uint8_to_unit_float_by_table(images: jax.Array, channels: int = 1) -> jax.Array:
   """Device images as the model's input: bitwise what stn_jax.data.uint8_to_unit_float gives on the host.
 
   Args:
-    images: uint8 (..., H, W) on the device.
+    images: uint8 (..., H, W) on the device; (..., H, W, C) for `channels` = C > 1.
+    channels: C of the images.
 
   Returns:
-    float32 (..., H, W, 1) in [0, 1].
+    float32 (..., H, W, C) in [0, 1].
   """
-  return jnp.asarray(_UINT8_TO_FLOAT)[images.astype(jnp.int32)][..., None]
+  out = jnp.asarray(_UINT8_TO_FLOAT)[images.astype(jnp.int32)]
+  return out[..., None] if channels == 1 else out
 
 
-def make_train_loop(graphdef, tx, seed: int, num_members: int = 1, seed_mapping: str = "vmap", precision="default"):
+def make_train_loop(
+  graphdef,
+  tx,
+  seed: int,
+  num_members: int = 1,
+  seed_mapping: str = "vmap",
+  precision="default",
+  *,
+  channels: int = 1,
+):
   """`num_steps` updates in one jitted call, on batches that are already on the device.
 
     ``run(params, opt_state, sums, data, start, step, *, num_steps) -> (params, opt_state, sums, done)``
 
-  `data` holds uint8 images (steps, B, S, S) and int32 labels (steps, B) (with K members (K, steps, B, ...)), and
+  `data` holds uint8 images (steps, B, S, S) (or (steps, B, S, S, C) for `channels` C > 1) and int32 labels
+  (steps, B) (with K members (K, steps, B, ...)), and
   update i uses row `start + i` of it, converted to float inside the program, as training step `step + i`. The state
   is donated; `num_steps` is static (one compilation per distinct chunk length). `done` is a copy of the sums' step
   count, not donated: a token the caller can wait on to bound how far it dispatches ahead (utils.DispatchWindow).
@@ -247,6 +259,7 @@ def make_train_loop(graphdef, tx, seed: int, num_members: int = 1, seed_mapping:
     num_members: K, the members.
     seed_mapping: 'vmap' or 'unroll'.
     precision: one of MATMUL_PRECISIONS.
+    channels: C of the images (the dataset's `channels`).
 
   Returns:
     The jitted `run`.
@@ -259,7 +272,8 @@ def make_train_loop(graphdef, tx, seed: int, num_members: int = 1, seed_mapping:
     state = (params, opt_state, sums)
     for i in range(num_steps):
       row = {k: jax.lax.dynamic_index_in_dim(v, start + i, axis, keepdims=False) for k, v in data.items()}
-      state = update(*state, {"image": uint8_to_unit_float_by_table(row["image"]), "label": row["label"]}, step + i)
+      image = uint8_to_unit_float_by_table(row["image"], channels)
+      state = update(*state, {"image": image, "label": row["label"]}, step + i)
     return (*state, state[2]["count"] + 0)
 
   return run

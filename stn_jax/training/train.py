@@ -123,21 +123,21 @@ def population_batch(config, train_set, step: int) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def create_params(config, image_size: int):
+def create_params(config):
   """The config's model, split into its graph definition and parameters.
 
   Args:
     config: the ConfigDict; with config.num_seeds = K > 1, K models initialised from the members' seeds
-      (config_lib.member_seeds).
-    image_size: S of the (S, S, 1) input images.
+      (config_lib.member_seeds). Its dataset gives the input shape and the classes.
 
   Returns:
     (graphdef, params): params with a leading axis of K when K > 1.
   """
   stacked = []
   dtype = steps.compute_dtype(config.get("compute_dtype", "float32"))
+  in_shape, classes = config_lib.input_shape(config), config_lib.num_classes(config)
   for seed in config_lib.member_seeds(config):
-    model = models.create_model(config.model, (image_size, image_size, 1), seed=seed, dtype=dtype)
+    model = models.create_model(config.model, in_shape, seed=seed, dtype=dtype, num_classes=classes)
     graphdef, params = nnx.split(model)
     stacked.append(params)
   params = stacked[0] if config.num_seeds == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *stacked)
@@ -216,7 +216,8 @@ def transformer_outputs(graphdef, params, images):
     images: float32 (N, H, W, C).
 
   Returns:
-    (outputs (N, Ho, Wo, C), grids (N, Ho, Wo, 2)), or (None, None) for a model without a transformer.
+    (outputs (N, Ho, Wo, T * C), grids (N, Ho, Wo, 2), or (N, T, Ho, Wo, 2) for T > 1 transformers in parallel), or
+    (None, None) for a model without a transformer.
   """
   model = nnx.merge(graphdef, params)
   if model.transformer is None:
@@ -297,7 +298,7 @@ def train_and_evaluate(
            mesh.size, list(mesh.devices.flat))  # fmt: skip
 
   # --- State: model, optimiser, the newest checkpoint. ---
-  graphdef, params = create_params(config, train_set.image_size)
+  graphdef, params = create_params(config)
   tx = optim.create_optimizer(config, steps.member_slice(params, 0, num_members), total)
   opt_state = optim.init_state(config, params, total)  # members with their own hyperparameters in the state
   schedule = optim.learning_rate_schedule(config, total)
@@ -332,7 +333,9 @@ def train_and_evaluate(
   if num_members > 1:
     log.info("%d members per step, mapped by %s", num_members, seed_mapping)
   seeds = config_lib.member_seeds(config)
-  train_loop = steps.make_train_loop(graphdef, tx, seeds, num_members, seed_mapping, config.matmul_precision)
+  train_loop = steps.make_train_loop(
+    graphdef, tx, seeds, num_members, seed_mapping, config.matmul_precision, channels=train_set.channels
+  )
   eval_step = steps.make_eval_step(
     graphdef, num_members, seed_mapping, config.matmul_precision, member_batches=by_member
   )
@@ -348,14 +351,20 @@ def train_and_evaluate(
     )
     if outputs is None:
       return
-    title = f"{first['test'].name}, {config.model.transform} ST-{config.model.classifier.kind.upper()}, {tag}"
+    count = models.num_transformers(config.model)
+    family = f"{count}xST" if count > 1 else "ST"
+    title = f"{first['test'].name}, {config.model.transform} {family}-{config.model.classifier.kind.upper()}, {tag}"
     out = workdir / "figures"
     writer.run(out.mkdir, exist_ok=True)
-    writer.run(figures.save_input_output_pair, sample, outputs, out / f"transform_{tag}.png", title=title)
+    transformers = models.num_transformers(config.model)
+    pair = dict(title=title, transformers=transformers)
+    writer.run(figures.save_input_output_pair, sample, outputs, out / f"transform_{tag}.png", **pair)
     writer.run(figures.save_grid_overlay, sample, grids, out / f"grids_{tag}.png")
     if tensorboard:
       mosaics = {"transformer/input": sample, "transformer/output": outputs}
-      writer.write_images(step, {key: figures.mosaic(images[..., 0]) for key, images in mosaics.items()})
+      writer.write_images(
+        step, {key: figures.mosaic(figures.channels_side_by_side(images)) for key, images in mosaics.items()}
+      )
 
   # --- The loop. ---
   logged = distributed.local_copy(sums)  # the sums at the last log line (a checkpoint's, on resume)

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from stn_jax import data
-from stn_jax.data import distortions, mnist
+from stn_jax.data import datasets, distortions, mnist
 
 SMALL = {"train": 40, "validation": 12, "test": 16}
 
@@ -194,9 +194,10 @@ def digits():
 
 @pytest.mark.parametrize("name", distortions.NAMES)
 def test_each_variant_size_determinism_and_seed_dependence(name, digits):
-  size = distortions.VARIANTS[name].size
+  variant = distortions.VARIANTS[name]
   a = distortions.distort(name, digits, seed=0, split="train")
-  assert a.shape == (len(digits), size, size) and a.dtype == np.uint8
+  channels = (variant.channels,) if variant.channels > 1 else ()
+  assert a.shape == (len(digits), variant.size, variant.size, *channels) and a.dtype == np.uint8
   np.testing.assert_array_equal(a, distortions.distort(name, digits, seed=0, split="train"))
   assert not np.array_equal(a, distortions.distort(name, digits, seed=1, split="train"))
   assert not np.array_equal(a, distortions.distort(name, digits, seed=0, split="test"))
@@ -245,7 +246,7 @@ def test_paper_tc_adds_six_crops_and_clips():
 
 
 def test_unknown_dataset_or_split():
-  with pytest.raises(ValueError, match=r"dataset must be one of 'seed40', 'R', 'RTS', .*'paper-TC'; got 'X'"):
+  with pytest.raises(ValueError, match=r"dataset must be one of 'seed40', 'R', .*'paper-TC', 'addition'; got 'X'"):
     distortions.distort("X", np.zeros((1, 28, 28), np.uint8), seed=0, split="train")
   with pytest.raises(ValueError, match=r"split must be one of .*'validation'.*got 'dev'"):
     distortions.distort("R", np.zeros((1, 28, 28), np.uint8), seed=0, split="dev")
@@ -333,3 +334,46 @@ def test_cli_writes_npz_and_preview_and_refuses_to_overwrite(tmp_path, small_spl
       cli.main([])
   finally:
     flags.FLAGS.unparse_flags()
+
+
+def test_addition_puts_the_digit_in_channel_0_and_its_partner_in_channel_1_and_labels_their_sum():
+  """Only digit m has ink: channel 0 is inked exactly for example m, channel 1 exactly where the partner (drawn from
+  the example's key by distortions.partner) is m; the label is labels[i] + labels[partner]."""
+  n, rng = 40, np.random.default_rng(0)
+  labels = rng.integers(0, 10, n).astype(np.int32)
+  for epoch in (0, 3):
+    keys = distortions.example_keys(7, "train", epoch, np.arange(n))
+    partners = np.array([int(distortions.partner(k, n)) for k in keys])
+    assert len(set(partners)) > n // 3  # drawn, not fixed
+    for m in (int(partners[0]), 11):
+      digits = np.zeros((n, 28, 28), np.uint8)
+      digits[m, 8:20, 10:18] = 255
+      images = distortions.distort("addition", digits, seed=7, split="train", epoch=epoch)
+      ink = images.reshape(n, -1, 2).astype(int).sum(1)
+      np.testing.assert_array_equal(ink[:, 0] > 0, np.arange(n) == m)
+      np.testing.assert_array_equal(ink[:, 1] > 0, partners == m)
+      assert ink[m, 0] > 0.4 * 96 * 255  # the digit's area scaled by s^2 >= 0.49
+    got = distortions.distort_labels("addition", labels, seed=7, split="train", epoch=epoch)
+    np.testing.assert_array_equal(got, labels + labels[partners])
+    assert got.dtype == np.int32 and got.min() >= 0 and got.max() <= 18
+    some = distortions.distort_labels("addition", labels, seed=7, split="train", epoch=epoch, indices=[3, 30])
+    np.testing.assert_array_equal(some, got[[3, 30]])
+  other = distortions.distort_labels("seed40", labels, seed=7, split="train", epoch=2)
+  np.testing.assert_array_equal(other, labels)
+
+
+def test_an_addition_dataset_feeds_two_channel_batches_with_the_epochs_labels(digits):
+  labels = np.arange(len(digits)) % 10
+  data = datasets.DistortedMnist("addition", "train", digits, labels, seed=2, fresh_each_epoch=True)
+  assert (data.channels, data.num_classes, data.image_size) == (2, 19, 42)
+  batch = datasets.train_batch(data, 5, 8, shuffle_seed=0)  # 3 steps an epoch: step 5 is in epoch 1
+  assert batch["image"].shape == (8, 42, 42, 2) and batch["image"].dtype == np.float32
+  rows = datasets.epoch_rows(data, 1, 8, shuffle_seed=0)[2]
+  np.testing.assert_array_equal(batch["image"], data.images(1)[rows].astype(np.float32) / 255.0)
+  expected = distortions.distort_labels("addition", labels, seed=2, split="train", epoch=1)
+  np.testing.assert_array_equal(batch["label"], expected[rows])
+  assert not np.array_equal(data.epoch_labels(0), data.epoch_labels(1))  # new pairs each epoch
+  evaluation = next(datasets.eval_batches(datasets.DistortedMnist("addition", "test", digits, labels, seed=2), 32))
+  assert evaluation["image"].shape == (32, 42, 42, 2) and evaluation["mask"].sum() == len(digits)
+  with pytest.raises(ValueError, match="channel axis of 2"):
+    datasets.uint8_to_unit_float(np.zeros((4, 42, 42), np.uint8), 2)

@@ -188,7 +188,7 @@ def test_a_vmapped_population_of_patch_convolutions_has_no_grouped_convolution(c
   config = tiny_config(**{"num_seeds": k, "model.classifier.cnn.conv": conv})
   if conv == "cpu_kernel":  # layers the kernel runs: stride 1 (the default's are stride 2), pooled
     config.model.classifier.cnn.strides, config.model.classifier.cnn.pool = (1,), (True,)
-  graphdef, params = train.create_params(config, 32)
+  graphdef, params = train.create_params(config)
   tx = optim.create_optimizer(config, steps.member_slice(params, 0, k), 12)
   state = (params, optim.init_state(config, params, 12), steps.zero_metric_sums(k))
   batch = {"image": jnp.zeros((k, 16, 32, 32, 1)), "label": jnp.zeros((k, 16), jnp.int32)}
@@ -328,3 +328,70 @@ def test_a_cnn_baseline_without_hidden_layers_is_widened_at_its_last_convolution
   # One more channel of the last convolution adds its kernel's 7*7*8 inputs, a bias and its share of the head.
   unit = 7 * 7 * 8 + 1 + matched.classifier.head.kernel[...].shape[0] // last[-1] * 10
   assert abs(models.count_params(matched) - st) <= unit
+
+
+def _addition_model(**overrides):
+  config = default.get_config()
+  config.model.classifier.kind = "fcn"
+  for key, value in overrides.items():
+    setattr(config.model, key, value)
+  return config, models.create_model(config.model, (32, 32, 2), seed=0, num_classes=19)
+
+
+def test_parallel_transformers_each_see_the_whole_input_and_concatenate_their_outputs():
+  _, model = _addition_model(num_transformers=2)
+  members = model.transformer.members
+  assert isinstance(model.transformer, models.ParallelTransformers) and len(members) == 2
+  # Move transformer 1 off the identity: the two then differ, and the concatenation keeps their order.
+  members[1].localization.out.bias[...] = jnp.asarray([0.6, 0.1, 0.2, -0.1, 0.7, -0.2])
+  x = jnp.asarray(np.random.default_rng(4).random((3, 32, 32, 2)), jnp.float32)
+  out = np.asarray(model.transformer(x))
+  assert out.shape == (3, 32, 32, 4)
+  np.testing.assert_array_equal(out[..., :2], np.asarray(x))  # transformer 0 is still the identity
+  np.testing.assert_array_equal(out[..., 2:], np.asarray(members[1](x)))
+  expected = stn_jax.warp(x, jnp.broadcast_to(jnp.asarray([[0.6, 0.1, 0.2], [-0.1, 0.7, -0.2]]), (3, 2, 3)))
+  np.testing.assert_allclose(out[..., 2:], np.asarray(expected), atol=1e-6)
+  theta, grids = model.transformer.params_and_grid(x)
+  assert theta.shape == (3, 2, 2, 3) and grids.shape == (3, 2, 32, 32, 2)
+  np.testing.assert_array_equal(np.asarray(theta[:, 1]), np.asarray(members[1].params_and_grid(x)[0]))
+  logits = model(x)
+  assert logits.shape == (3, 19)
+  # The classifier reads all four channels: changing transformer 1's output changes the logits.
+  members[1].localization.out.bias[...] = jnp.asarray([0.5, 0.0, 0.0, 0.0, 0.5, 0.0])
+  assert not np.allclose(np.asarray(model(x)), np.asarray(logits))
+  # Each transformer has its own localisation net, initialised independently.
+  k0, k1 = (np.asarray(m.localization.dense[0].kernel[...]) for m in members)
+  assert k0.shape == (32 * 32 * 2, 20) and not np.array_equal(k0, k1)
+
+
+@pytest.mark.parametrize("transform", ["affine", "tps"])
+def test_match_transformers_sizes_every_model_to_the_two_transformer_one(transform):
+  _, reference = _addition_model(transform=transform, num_transformers=2)
+  target = models.count_params(reference)
+  for overrides in (
+    dict(transform=transform, num_transformers=1, match_transformers=2),
+    dict(transform="none", match_params_of=transform, match_transformers=2),
+  ):
+    _, model = _addition_model(**overrides)
+    dense = [*model.classifier.dense, model.classifier.head]
+    unit = dense[0].kernel[...].shape[0] + 1 + dense[1].kernel[...].shape[1]
+    assert abs(models.count_params(model) - target) <= unit, overrides
+    _, unmatched = _addition_model(**{**overrides, "match_transformers": 0})
+    assert models.count_params(unmatched) < target - unit
+  # match_transformers equal to the model's own count changes nothing.
+  _, same = _addition_model(transform=transform, num_transformers=2, match_transformers=2)
+  assert models.count_params(same) == target
+
+
+def test_a_model_refuses_inputs_of_another_channel_count_and_bad_transformer_counts():
+  _, model = _addition_model(num_transformers=2)
+  with pytest.raises(ValueError, match=r"takes \(N, H, W, 2\) images of 2 channel\(s\); got 1 channel\(s\)"):
+    model(jnp.zeros((2, 32, 32, 1)))
+  one = _model()
+  with pytest.raises(ValueError, match=r"takes \(N, H, W, 1\) images of 1 channel\(s\); got 2 channel\(s\)"):
+    one(jnp.zeros((2, 32, 32, 2)))
+  for field, value in (("num_transformers", 0), ("num_transformers", -2), ("match_transformers", -1)):
+    config = default.get_config()
+    setattr(config.model, field, value)
+    with pytest.raises(ValueError, match=rf"config.model.{field} must be an int >= \d; got {value!r}"):
+      models.check_config(config.model, (32, 32, 1))

@@ -117,7 +117,7 @@ def test_matmul_precision_sets_the_models_own_products(precision):
   from tests.helpers import tiny_config
 
   config = tiny_config(matmul_precision=precision)
-  graphdef, params = train.create_params(config, 32)
+  graphdef, params = train.create_params(config)
   tx = optim.create_optimizer(config, params, 12)
   state = (params, tx.init(params), steps.zero_metric_sums())
   batch = {"image": jnp.zeros((16, 32, 32, 1)), "label": jnp.zeros((16,), jnp.int32)}
@@ -141,7 +141,7 @@ def test_bfloat16_runs_the_layers_in_bfloat16_and_keeps_the_grid_and_the_state_f
     compute_dtype="bfloat16",
     **{"model.localization.kind": "cnn", "model.localization.cnn.conv": conv, "model.classifier.cnn.conv": conv},
   )
-  graphdef, params = train.create_params(config, 32)
+  graphdef, params = train.create_params(config)
   tx = optim.create_optimizer(config, params, 12)
   state = (params, tx.init(params), steps.zero_metric_sums())
   rng = np.random.default_rng()
@@ -184,7 +184,7 @@ def test_bfloat16_logits_are_float32_and_near_the_float32_models():
   x = jnp.asarray(rng.random((8, 32, 32, 1)), jnp.float32)
   logits = {}
   for dtype in ("float32", "bfloat16"):
-    graphdef, params = train.create_params(tiny_config(compute_dtype=dtype), 32)  # the same parameters (seed 0)
+    graphdef, params = train.create_params(tiny_config(compute_dtype=dtype))  # the same parameters (seed 0)
     logits[dtype] = nnx.merge(graphdef, params)(x)
   assert logits["bfloat16"].dtype == jnp.float32
   scale = float(jnp.abs(logits["float32"]).max())

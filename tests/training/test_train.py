@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
+from stn_jax import data as data_lib
 from stn_jax.training import checkpoints, config_lib, feed, optim, steps, train
-from tests.helpers import synthetic_datasets, tensorboard_events, tiny_config, workdir_files
+from tests.helpers import synthetic_datasets, synthetic_digits, tensorboard_events, tiny_config, workdir_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -458,7 +461,7 @@ def test_vmap_and_unroll_seed_mappings_match_a_single_seed_step(datasets):
   import jax
 
   config = tiny_config(num_seeds=3, seed=5)
-  graphdef, params = train.create_params(config, datasets["train"].image_size)
+  graphdef, params = train.create_params(config)
   tx = optim.create_optimizer(config, steps.member_slice(params, 0, 3), 12)
   batch = train.population_batch(config, datasets["train"], 7)
   assert batch["image"].shape == (3, 16, 32, 32, 1)
@@ -469,7 +472,7 @@ def test_vmap_and_unroll_seed_mappings_match_a_single_seed_step(datasets):
     results[how] = jax.tree.map(np.asarray, step(*state, batch, 7))
   # the reference: seed 5 + 2 trained alone, from its own init, on its own data order
   single = tiny_config(seed=7)
-  graphdef1, params1 = train.create_params(single, datasets["train"].image_size)
+  graphdef1, params1 = train.create_params(single)
   state1 = (params1, tx.init(params1), steps.zero_metric_sums())
   ref = jax.tree.map(
     np.asarray,
@@ -578,3 +581,39 @@ def test_the_curves_log_axis_has_several_readable_ticks_at_any_range(low_high):
   assert len(ticks) >= 3 and all(low <= t <= high for t in ticks), ticks
   assert len(set(labels)) == len(labels) and all(len(label) <= 5 for label in labels), labels
   assert ticks == sorted(ticks)
+
+
+def _addition_sets(n_train=64):
+  rng = np.random.default_rng(6)
+  sets = {}
+  for split, n in (("train", n_train), ("validation", 16), ("test", 16)):
+    digits, labels = synthetic_digits(rng, n)
+    sets[split] = data_lib.DistortedMnist("addition", split, digits, labels, seed=0, fresh_each_epoch=split == "train")
+  return sets
+
+
+def test_a_two_channel_two_transformer_run_is_the_same_on_either_pipeline_and_draws_each_transformer(tmp_path):
+  """Addition (2 channels, 19 classes, new pairs each epoch) with two transformers: the device pipeline (uint8
+  epochs converted in the program) and the host one give bitwise the same run, and the loss it reports is the
+  model's cross-entropy on the epoch's pair-sum labels."""
+  sets = _addition_sets()
+  overrides = {"dataset.name": "addition", "model.num_transformers": 2, "model.classifier.kind": "fcn"}
+  runs = {}
+  for pipeline in ("device", "host"):
+    config = tiny_config(**overrides, input_pipeline=pipeline)  # 4 steps an epoch: steps 4-11 see new pairs
+    runs[pipeline] = train.train_and_evaluate(config, tmp_path / pipeline, datasets=sets)
+  assert runs["device"]["test_loss"] == runs["host"]["test_loss"]
+  assert _without_timing(_metrics(tmp_path / "device")) == _without_timing(_metrics(tmp_path / "host"))
+  config = checkpoints.read_config(tmp_path / "device")
+  graphdef, initial = train.create_params(config)
+  _, params = checkpoints.restore_params(tmp_path / "device", initial)
+  model = nnx.merge(graphdef, params)
+  batch = next(data_lib.eval_batches(sets["test"], 16))
+  logits = model(batch["image"])
+  loss = -np.mean(np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), batch["label"][:, None], 1))
+  assert logits.shape == (16, 19)
+  assert loss == pytest.approx(runs["device"]["test_loss"], rel=1e-5)
+  assert (tmp_path / "device" / "figures" / "transform_final.png").is_file()
+  with pytest.raises(config_lib.ConfigError, match=r"config.model.num_transformers must be an int >= 1; got 0"):
+    train.train_and_evaluate(tiny_config(**{**overrides, "model.num_transformers": 0}), tmp_path / "bad", datasets=sets)
+  assert not (tmp_path / "bad").exists()
