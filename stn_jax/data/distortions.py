@@ -36,6 +36,13 @@ The paper's MNIST addition (its Appendix A.1), as images of two channels:
                       drawn from example i's key: a function of (seed, split, epoch, i) like the distortions), each
                       distorted independently as paper-RTS; the label is the sum of the two digits' labels (0-18).
 
+The paper's co-localisation images (its Appendix A.2), each with the digit's box (`distort_boxes`: x0, y0, x1, y1 in
+pixels, the 28x28 frame the digit was placed in):
+
+  coloc          84x84  the digit at a uniformly random integer position in a black 84x84 canvas.
+  coloc-clutter  84x84  the same, plus 16 random 6x6 crops (from anywhere in random digits of the same split) at
+                        uniformly random positions; everything added and clipped to [0, 1], as paper-TC.
+
 The content transform A (where a point of the digit goes) is sampled; the sampler reads output -> input, so the
 warp uses its inverse.
 """
@@ -65,6 +72,7 @@ class Variant:
     description: one line on what it does.
     channels: C of its images: uint8 (S, S) when 1, (S, S, C) otherwise.
     num_classes: its labels are 0 .. num_classes - 1.
+    boxes: each image has the box of its digit (`distort_boxes`).
   """
 
   name: str
@@ -72,6 +80,7 @@ class Variant:
   description: str
   channels: int = 1
   num_classes: int = 10
+  boxes: bool = False
 
 
 VARIANTS = {
@@ -86,6 +95,8 @@ VARIANTS = {
   "paper-E": Variant("paper-E", 32, "the paper's E: scale 0.75-1, 16-point TPS moved by N(0, 1.5 px)"),
   "paper-TC": Variant("paper-TC", 60, "the paper's TC: placed in 60x60, 6 random 6x6 crops added and clipped"),
   "addition": Variant("addition", 42, "two paper-RTS digits in two channels; the label is their sum", 2, 19),
+  "coloc": Variant("coloc", 84, "the digit anywhere in a black 84x84 canvas, with its box", boxes=True),
+  "coloc-clutter": Variant("coloc-clutter", 84, "coloc with 16 random 6x6 crops added and clipped", boxes=True),
 }
 NAMES = tuple(VARIANTS)
 
@@ -205,6 +216,19 @@ def _paper_cluttered(key, digit, others, *, size=60, pieces=6, piece=6):
   return jnp.clip(canvas, 0.0, 1.0)
 
 
+def _placement(key: jax.Array, size: int) -> jax.Array:
+  """Where (row, col) a co-localisation image puts its 28x28 digit: uniform over the positions that fit."""
+  return jax.random.randint(jax.random.fold_in(key, 2), (2,), 0, size - 28 + 1)
+
+
+def _coloc(key, digit, others, *, size=84, pieces=0, piece=6):
+  canvas = _paste(jnp.zeros((size, size)), digit, _placement(key, size), jnp.add)
+  if pieces:
+    k = jax.random.split(key, 3)
+    canvas = _clutter(k, canvas, others, pieces=pieces, piece=piece, margin=0, combine=jnp.add)
+  return jnp.clip(canvas, 0.0, 1.0)
+
+
 def _cluttered(key, digit, others, *, size=60, pieces=8, piece=6):
   k = jax.random.split(key, 4)
   offset = jax.random.randint(k[0], (2,), 0, size - 28 + 1)
@@ -244,8 +268,10 @@ _FUNCTIONS = {
   "paper-E": _paper_elastic,
   "paper-TC": _paper_cluttered,
   "addition": _addition,
+  "coloc": _coloc,
+  "coloc-clutter": functools.partial(_coloc, pieces=16),
 }
-CLUTTERED = ("TC", "paper-TC")  # variants drawing their clutter from the other digits of the split
+CLUTTERED = ("TC", "paper-TC", "coloc-clutter")  # variants drawing their clutter from the other digits of the split
 _FROM_SPLIT = (*CLUTTERED, "addition")  # variants that read other digits of the split than their own
 
 
@@ -345,6 +371,35 @@ def distort_labels(name: str, labels: np.ndarray, *, seed: int, split: str, epoc
     return labels[indices]
   partners = jax.vmap(lambda k: partner(k, len(labels)))(example_keys(seed, split, epoch, indices))
   return labels[indices] + labels[np.asarray(partners)]
+
+
+def distort_boxes(name: str, *, seed: int, split: str, epoch: int = 0, indices) -> np.ndarray:
+  """The digit's box in each of `distort`'s images of a variant with boxes (coloc, coloc-clutter).
+
+  Args:
+    name: a variant whose `boxes` is True.
+    seed: as `distort` takes it.
+    split: as `distort` takes it.
+    epoch: as `distort` takes it.
+    indices: the examples' indices in the split.
+
+  Returns:
+    int32 (len(indices), 4): x0, y0, x1, y1 in pixels (x1, y1 exclusive) of the 28x28 frame the digit was placed in.
+
+  Raises:
+    ValueError: a variant without boxes, or an unknown name or split.
+  """
+  _check_name_and_split(name, split)
+  variant = VARIANTS[name]
+  if not variant.boxes:
+    with_boxes = ", ".join(repr(n) for n, v in VARIANTS.items() if v.boxes)
+    raise ValueError(f"dataset {name!r} has no boxes; the variants with boxes are {with_boxes}.")
+  indices = np.asarray(indices, np.int64)
+  if not len(indices):
+    return np.zeros((0, 4), np.int32)
+  rows_cols = np.asarray(jax.vmap(lambda k: _placement(k, variant.size))(example_keys(seed, split, epoch, indices)))
+  y0, x0 = rows_cols[:, 0], rows_cols[:, 1]
+  return np.stack([x0, y0, x0 + 28, y0 + 28], axis=1).astype(np.int32)
 
 
 def _check_name_and_split(name: str, split: str) -> None:

@@ -377,3 +377,54 @@ def test_an_addition_dataset_feeds_two_channel_batches_with_the_epochs_labels(di
   assert evaluation["image"].shape == (32, 42, 42, 2) and evaluation["mask"].sum() == len(digits)
   with pytest.raises(ValueError, match="channel axis of 2"):
     datasets.uint8_to_unit_float(np.zeros((4, 42, 42), np.uint8), 2)
+
+
+@pytest.mark.parametrize("name", ["coloc", "coloc-clutter"])
+def test_coloc_images_hold_their_digit_in_the_box_they_report(name):
+  rng = np.random.default_rng(8)
+  digits = rng.integers(100, 256, (30, 28, 28), dtype=np.uint8)  # ink everywhere in the frame: the box is exact
+  images = distortions.distort(name, digits, seed=4, split="test")
+  boxes = distortions.distort_boxes(name, seed=4, split="test", indices=np.arange(30))
+  assert images.shape == (30, 84, 84) and boxes.shape == (30, 4) and boxes.dtype == np.int32
+  assert (boxes[:, 2:] - boxes[:, :2] == 28).all() and boxes.min() >= 0 and boxes.max() <= 84
+  for image, (x0, y0, x1, y1), digit in zip(images, boxes, digits, strict=True):
+    inside = image[y0:y1, x0:x1]
+    if name == "coloc":
+      np.testing.assert_array_equal(inside, digit)
+      assert image.astype(int).sum() == inside.astype(int).sum()  # nothing outside the box
+    else:
+      assert (inside >= digit).all()  # clutter only adds (and clips)
+      assert image.astype(int).sum() > inside.astype(int).sum()  # 16 crops, most of them outside the box
+  assert len({tuple(b) for b in boxes}) > 20  # placed anywhere, not in a few spots
+  some = distortions.distort_boxes(name, seed=4, split="test", indices=[7, 2])
+  np.testing.assert_array_equal(some, boxes[[7, 2]])
+  with pytest.raises(
+    ValueError, match=r"dataset 'R' has no boxes; the variants with boxes are 'coloc', 'coloc-clutter'"
+  ):
+    distortions.distort_boxes("R", seed=4, split="test", indices=[0])
+
+
+def test_data_cli_filters_a_digit_and_writes_the_boxes(tmp_path, monkeypatch):
+  from stn_jax.data import __main__ as data_cli
+
+  rng = np.random.default_rng(9)
+  labels = np.array([3, 8, 8, 1, 8, 0, 8], np.int32)
+  digits = {s: (rng.integers(0, 256, (7, 28, 28), dtype=np.uint8), labels) for s in mnist.SPLITS}
+  monkeypatch.setattr(data_cli.mnist, "load_mnist", lambda **kwargs: mnist.Mnist(digits, "fake"))
+  out = tmp_path / "eights.npz"
+  flags.FLAGS(["prog", "--dataset=coloc", "--split=test", "--num=3", "--digit=8", f"--out={out}"])
+  try:
+    data_cli.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+  with np.load(out) as z:
+    assert z["images"].shape == (3, 84, 84) and list(z["labels"]) == [8, 8, 8]
+    where = dict(seed=0, split="test", indices=[1, 2, 4])  # each the image of its index in the whole split
+    np.testing.assert_array_equal(z["images"], distortions.distort("coloc", digits["test"][0], **where))
+    np.testing.assert_array_equal(z["boxes"], distortions.distort_boxes("coloc", **where))
+  flags.FLAGS(["prog", "--dataset=coloc", "--split=test", "--num=5", "--digit=8", f"--out={tmp_path / 'x.npz'}"])
+  try:
+    with pytest.raises(SystemExit, match=r"--num=5 exceeds the 4 examples of digit 8 in the test split"):
+      data_cli.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
