@@ -44,7 +44,7 @@ from ml_collections import config_flags
 
 from stn_jax import models
 from stn_jax.data.mnist import SPLIT_SIZES
-from stn_jax.training import config_lib, optim
+from stn_jax.training import coloc, config_lib, optim
 from stn_jax.training.cli import USAGE_ERROR, one_line, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (optionally with a sweep(add) function).")
@@ -488,9 +488,12 @@ def main(argv):
     print("fixed for every run: " + " ".join(f"--config.{k}={flag_value(v)}" for k, v in fixed.items()))
   if _DRY_RUN.value:
     for r in runs:
-      params = models.param_count(
-        r["config"].model, config_lib.input_shape(r["config"]), config_lib.num_classes(r["config"])
-      )
+      if coloc.is_coloc(r["config"]):
+        params = coloc.param_count(r["config"])
+      else:
+        params = models.param_count(
+          r["config"].model, config_lib.input_shape(r["config"]), config_lib.num_classes(r["config"])
+        )
       members = ""
       if "members" in r:
         members = f", {r['config'].num_seeds} members: {', '.join(m['name'] for m in r['members'])}"

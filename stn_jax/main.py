@@ -1,6 +1,7 @@
-r"""Trains an STN classifier from a config file.
+r"""Trains an STN classifier (or, for a config of task 'coloc', a co-localiser) from a config file.
 
   python -m stn_jax.main --config=configs/default.py --workdir=runs/default [--config.learning_rate=3e-4 ...]
+  python -m stn_jax.main --config=configs/paper_coloc.py --workdir=runs/coloc_0 --config.dataset.digit=0
   python -m stn_jax.main --config=configs/paper_table1.py:cpu --list [--markdown]  # the fields, values, meanings
 
 A workdir with a run of the same config in it is resumed from its newest checkpoint, or, when that run is finished,
@@ -17,7 +18,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from stn_jax.training import config_lib, distributed, train
+from stn_jax.training import coloc, config_lib, distributed, train
 from stn_jax.training.cli import USAGE_ERROR, one_line, parse_flags, quiet_orbax
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, figures and results.")
@@ -53,6 +54,10 @@ def main(argv):
   quiet_orbax()
   try:
     config_lib.validate(config)  # before any work starts
+    if coloc.is_coloc(config):
+      results = coloc.train_and_evaluate(config, _WORKDIR.value)
+      print(f"IoU > 0.5 rate {results['iou_rate']:.3f}; results, metrics and figures in {_WORKDIR.value}")
+      return
     distributed.maybe_initialize(config.distributed)
     results = train.train_and_evaluate(config, _WORKDIR.value, continue_run=_CONTINUE.value)
   except config_lib.ConfigError as e:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from stn_jax.models import options
-from stn_jax.models.layers import apply_conv_stack, conv_stack
+from stn_jax.models.layers import apply_conv_layer, apply_conv_stack, conv_stack
 
 
 def dense_stack(width: int, hidden: Sequence[int], *, dtype=None, rngs: nnx.Rngs) -> tuple[nnx.List, int]:
@@ -106,6 +106,28 @@ class CNNClassifier(nnx.Module):
       x = jax.nn.relu(layer(x))
     return self.head(x).astype(jnp.float32)
 
+  def embed(self, x: jax.Array) -> jax.Array:
+    """Every hidden layer's activations (each convolution block's, each dense layer's) and the logits, flattened and
+    concatenated: the co-localisation encoder e() (the paper's A.2 concatenates its CNN's hidden layers and its
+    pre-softmax layer).
+
+    Args:
+      x: (N, H, W, C) inputs.
+
+    Returns:
+      float32 (N, D).
+    """
+    parts = []
+    for conv, pooled in zip(self.convs, self.pools, strict=True):
+      x = apply_conv_layer(conv, pooled, x)
+      parts.append(x.reshape(x.shape[0], -1))
+    x = parts[-1] if parts else x.reshape(x.shape[0], -1)
+    for layer in self.dense:
+      x = jax.nn.relu(layer(x))
+      parts.append(x)
+    parts.append(self.head(x))
+    return jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
+
 
 class FCNClassifier(nnx.Module):
   """flatten -> dense ReLU layers -> the logits (the paper's FCN has three weight layers: two hidden + output).
@@ -139,6 +161,22 @@ class FCNClassifier(nnx.Module):
     for layer in self.dense:
       x = jax.nn.relu(layer(x))
     return self.head(x).astype(jnp.float32)
+
+  def embed(self, x: jax.Array) -> jax.Array:
+    """Every hidden layer's activations and the logits, concatenated (as CNNClassifier.embed).
+
+    Args:
+      x: (N, H, W, C) inputs.
+
+    Returns:
+      float32 (N, D).
+    """
+    x, parts = x.reshape(x.shape[0], -1), []
+    for layer in self.dense:
+      x = jax.nn.relu(layer(x))
+      parts.append(x)
+    parts.append(self.head(x))
+    return jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
 
 
 CLASSIFIERS = {"cnn": CNNClassifier, "fcn": FCNClassifier}

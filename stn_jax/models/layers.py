@@ -278,10 +278,22 @@ def apply_conv_stack(convs: nnx.List, pools: tuple[bool, ...], x: jax.Array) -> 
     The last layer's (N, H', W', C').
   """
   for conv, pooled in zip(convs, pools, strict=True):
-    if pooled and conv.impl == "cpu_kernel":
-      x = jax.nn.relu(max_pool(conv(x), 2, conv.impl))
-      continue
-    x = jax.nn.relu(conv(x))
-    if pooled:
-      x = max_pool(x, 2, conv.impl)
+    x = apply_conv_layer(conv, pooled, x)
   return x
+
+
+def apply_conv_layer(conv, pooled: bool, x: jax.Array) -> jax.Array:
+  """One layer of `apply_conv_stack`: conv -> ReLU (-> 2x2 max-pool).
+
+  Args:
+    conv: the layer's convolution.
+    pooled: whether it pools.
+    x: (N, H, W, C).
+
+  Returns:
+    (N, H', W', C').
+  """
+  if pooled and conv.impl == "cpu_kernel":
+    return jax.nn.relu(max_pool(conv(x), 2, conv.impl))
+  x = jax.nn.relu(conv(x))
+  return max_pool(x, 2, conv.impl) if pooled else x

@@ -112,6 +112,7 @@ class CNNLocalization(nnx.Module):
     downsample: the input is max-pooled by this factor (window and stride) before the convolutions; 1 = not.
     features: output channels of each convolution.
     kernel_size: side of the square kernels: one for every convolution, or one per convolution.
+    strides: stride of the convolutions: one for all, or one per convolution (the co-localisation net's 4).
     padding: 'SAME' or 'VALID': one for all, or one per convolution.
     pool: whether a 2x2 max-pooling follows the convolution: one for all, or one per convolution.
     hidden: widths of the dense ReLU layers after the convolutions.
@@ -135,6 +136,7 @@ class CNNLocalization(nnx.Module):
     downsample: int = 1,
     features: Sequence[int] = (20, 20),
     kernel_size: Sequence[int] = (5,),
+    strides: Sequence[int] = (1,),
     padding: Sequence[str] = ("SAME",),
     pool: Sequence[bool] = (True,),
     hidden: Sequence[int] = (20,),
@@ -154,7 +156,7 @@ class CNNLocalization(nnx.Module):
       (h // downsample, w // downsample, c),
       features=features,
       kernel_size=kernel_size,
-      strides=1,
+      strides=strides,
       padding=padding,
       pool=pool,
       impl=conv,

@@ -355,6 +355,13 @@ def validate(config) -> None:
     ConfigError: naming the field, its value and what is allowed.
   """
   config = ml_collections.ConfigDict(to_dict(config)) if isinstance(config, dict) else config
+  if config.get("task", "classify") != "classify":
+    from stn_jax.training import coloc  # a trainer of its own, with its own fields (it imports this module)
+
+    if config.task != coloc.TASK:
+      raise ConfigError(f"config.task must be 'classify' or {coloc.TASK!r}; got {config.task!r}.")
+    coloc.validate(config)
+    return
   version = config.get("version")
   if version != VERSION:
     raise ConfigError(f"config.version must be {VERSION}; got {version!r} (a config written for another version).")
@@ -778,6 +785,10 @@ def describe(config, *, markdown: bool = False, sweep: list[dict] | None = None)
     return "None" if value is None else json.dumps(value) if isinstance(value, (str, list)) else str(value)
 
   docs = field_docs()
+  if config.get("task", "classify") != "classify":
+    from stn_jax.training import coloc  # its own fields (it imports this module)
+
+    docs = {f: coloc.DOCS.get(f, coloc.DOCS.get(f.rsplit(".", 1)[0], "")) for f in flatten(to_dict(config))}
   swept: dict[str, list[str]] = {}
   for run in sweep or []:
     for field, value in run.items():

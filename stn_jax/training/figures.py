@@ -190,3 +190,36 @@ def save_curves(metrics: list[dict], path: str | Path, *, steps_per_epoch: int |
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def save_boxes(images: np.ndarray, truth: np.ndarray, history: list, path: str | Path, *, title: str = "") -> None:
+  """Co-localisation over training: each row an evaluation step, each column an image with the digit's box (green)
+  and the crop's box at that step (orange).
+
+  Args:
+    images: (N, S, S, 1) images.
+    truth: (N, 4) the digits' boxes, x0, y0, x1, y1 in pixels.
+    history: [(step, (N, 4) predicted boxes)], in order.
+    path: the .png to write.
+    title: the figure's title.
+  """
+  plt = pyplot()
+  images = np.asarray(images)[..., 0]
+  rows, columns = len(history), len(images)
+  fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.4 * rows + 0.4), squeeze=False)
+  for r, (step, boxes) in enumerate(history):
+    for c, ax in enumerate(axes[r]):
+      ax.imshow(images[c], cmap="gray", vmin=0, vmax=1)
+      for (x0, y0, x1, y1), colour in ((truth[c], "tab:green"), (boxes[c], "tab:orange")):
+        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1))
+      ax.set_xlim(-0.5, images.shape[2] - 0.5)
+      ax.set_ylim(images.shape[1] - 0.5, -0.5)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if c == 0:
+        ax.set_ylabel(f"step {step}", fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)

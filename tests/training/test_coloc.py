@@ -1,0 +1,127 @@
+"""Co-localisation: the triplet loss, boxes and IoU against references, the encoder's checks, and a whole run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stn_jax import models
+from stn_jax.data import distortions
+from stn_jax.training import coloc, config_lib, train
+from tests.helpers import synthetic_datasets, synthetic_digits, tiny_config
+
+
+def test_the_triplet_loss_is_the_papers_hinge_over_the_pairs_n_m():
+  rng = np.random.default_rng(0)
+  e, r = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+  margin = 0.7
+  terms = [
+    max(0.0, np.sum((e[n] - e[m]) ** 2) - np.sum((e[n] - r[n]) ** 2) + margin)
+    for n in range(6)
+    for m in range(6)
+    if n != m
+  ]
+  got = coloc.triplet_loss(jnp.asarray(e, jnp.float32), jnp.asarray(r, jnp.float32), margin)
+  assert float(got) == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+def test_attention_boxes_and_iou():
+  boxes = coloc.attention_boxes(np.array([[1 / 3, 0.0, 0.0], [0.5, -0.5, 0.5], [-1 / 3, 0.0, 0.0]]), 84)
+  np.testing.assert_allclose(boxes, [[28, 28, 56, 56], [0, 42, 42, 84], [28, 28, 56, 56]], atol=1e-9)
+  # The box is where the crop reads: a crop of an image that is 1 inside the box and 0 outside is all ones.
+  image = np.zeros((1, 84, 84, 1), np.float32)
+  image[0, 42:84, 0:42] = 1.0
+  import stn_jax
+
+  crop = stn_jax.warp(jnp.asarray(image), jnp.asarray([[0.5, -0.5, 0.5]]), kind="attention", size=(21, 21))
+  np.testing.assert_allclose(np.asarray(crop), 1.0, atol=1e-6)
+  a = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], float)
+  b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
+  np.testing.assert_allclose(coloc.iou(a, b), [1.0, 50 / 150, 0.0])
+
+
+def test_random_crops_lie_inside_the_image():
+  crops = np.asarray(coloc.random_crops(jax.random.key(0), 500, 0.25))
+  boxes = coloc.attention_boxes(crops, 84)
+  assert (crops[:, 0] == 0.25).all() and boxes.min() >= 0 and boxes.max() <= 84
+  assert np.ptp(boxes[:, 0]) > 50  # spread over where they fit
+
+
+def test_the_embedding_is_every_hidden_layer_and_the_logits():
+  config = tiny_config()
+  model = models.create_model(config.model, (32, 32, 1), seed=0)
+  x = jnp.asarray(np.random.default_rng(1).random((3, 32, 32, 1)), jnp.float32)
+  e = model.classifier.embed(x)
+  # the seed's CNN: conv 16 3x3/2 (16x16x16), conv 16 3x3/2 (8x8x16), dense 32 (tiny_config), logits 10
+  assert e.shape == (3, 16 * 16 * 16 + 8 * 8 * 16 + 32 + 10)
+  np.testing.assert_allclose(np.asarray(e[:, -10:]), np.asarray(model.classifier(x)), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+  """A classification workdir (the seed's CNN on synthetic R digits, 4 steps) to encode with."""
+  workdir = tmp_path_factory.mktemp("encoder")
+  train.train_and_evaluate(tiny_config(num_train_steps=4, num_epochs=0), workdir, datasets=synthetic_datasets())
+  return workdir
+
+
+def _config(encoder, **overrides):
+  config = coloc.default_config()
+  config.encoder_workdir = str(encoder)
+  config.num_seeds, config.num_train_steps, config.eval_every_steps = 2, 3, 2
+  for key, value in overrides.items():
+    target = config
+    *path, last = key.split(".")
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return config
+
+
+def _sets(name="coloc-clutter"):
+  digits, _ = synthetic_digits(np.random.default_rng(2), 12)
+  where = dict(seed=0, split="train", indices=np.arange(12))
+  images = distortions.distort(name, digits, **where).astype(np.float32)[..., None] / 255
+  return {
+    "train": (images[:8], distortions.distort_boxes(name, **where)[:8]),
+    "test": (images[8:], distortions.distort_boxes(name, **where)[8:]),
+  }
+
+
+def test_a_run_trains_reports_per_seed_and_keeps_its_workdir(encoder, tmp_path):
+  config = _config(encoder, **{"dataset.name": "coloc-clutter"})
+  results = coloc.train_and_evaluate(config, tmp_path, sets=_sets())
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["seed"], r["step"]) for r in rows] == [(0, 0), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3)]
+  assert all(np.isfinite(r["loss"]) for r in rows if r["step"]) and all(0 <= r["iou_rate"] <= 1 for r in rows)
+  assert results["iou_rate_per_seed"] == [rows[2]["iou_rate"], rows[5]["iou_rate"]]
+  assert len(results["test_iou_rate_per_seed"]) == 2 and results["num_params"] > 0
+  # The losses move: the transformer is trained through the frozen encoder.
+  assert rows[1]["loss"] != rows[2]["loss"]
+  assert (tmp_path / "figures" / "boxes.png").is_file()
+  # A finished run is reported as it is; another config there is refused, in one line.
+  again = coloc.train_and_evaluate(config, tmp_path, sets=_sets())
+  assert again == results
+  with pytest.raises(config_lib.ConfigError, match="holds a run of another config"):
+    coloc.train_and_evaluate(_config(encoder, margin=2.0), tmp_path, sets=_sets())
+
+
+def test_a_bad_config_or_encoder_is_refused_before_any_work(encoder, tmp_path):
+  cases = [
+    ({"encoder_workdir": ""}, "config.encoder_workdir is empty"),
+    ({"encoder_workdir": str(tmp_path / "none")}, "no config.json there; train the encoder first"),
+    ({"dataset.digit": 10}, r"config.dataset.digit must be a digit 0-9; got 10"),
+    ({"dataset.name": "R"}, r"config.dataset.name must be one of 'coloc', 'coloc-clutter'; got 'R'"),
+    ({"initial_scale": 1.5}, r"config.initial_scale must be in \(0, 1\]; got 1.5"),
+    ({"model.localization.features": (0,)}, r"config.model.localization: CNNLocalization: features"),
+  ]
+  for overrides, message in cases:
+    with pytest.raises(config_lib.ConfigError, match=message):
+      config_lib.validate(_config(encoder, **overrides))  # the entry point's check
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "config.json").write_text((encoder / "config.json").read_text())
+  with pytest.raises(config_lib.ConfigError, match="no checkpoint there yet"):
+    coloc.validate(_config(encoder, encoder_workdir=str(tmp_path / "empty")))
+  assert not (tmp_path / "run").exists()
