@@ -3,8 +3,8 @@ r"""Validation (and train) error against steps of paper-recipe runs, beside the 
   python experiments/paper_curves.py --runs=runs/gpu/rts_cnn,runs/gpu/rts_st_cnn_aff --out=docs/paper_curves_rts.png
 
 Reads each workdir's metrics.jsonl (a run stopped early has the evaluations it reached) and config.json, labels each
-curve by its model and dataset (configs/paper_table1.py's names), draws the paper's number as a dashed line of the
-same colour and prints a table of the last evaluation of each run.
+curve by its model and dataset (configs/paper_table1.py's names, or configs/paper_addition.py's), draws the paper's
+number as a dashed line of the same colour and prints a table of the last evaluation of each run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,19 @@ import matplotlib.pyplot as plt
 from stn_jax.training import config_lib
 from stn_jax.training.metrics import read_metrics
 
-paper_table1 = config_lib.import_sibling(Path(__file__).resolve().parents[1] / "configs" / "default.py", "paper_table1")
+_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "default.py"
+paper_table1 = config_lib.import_sibling(_CONFIGS, "paper_table1")
+paper_addition = config_lib.import_sibling(_CONFIGS, "paper_addition")
+
+
+def row_and_paper(config: dict) -> tuple[str, str, float | None]:
+  """(model, column, the paper's test error %) of a run: Table 1 / TC names, or configs/paper_addition.py's."""
+  if config["dataset"]["name"] == "addition":
+    model = paper_addition.row_name(config)
+    return model, "addition", paper_addition.PAPER.get(model)
+  model, column = paper_table1.row_name(config), paper_table1.column(config["dataset"]["name"])
+  return model, column, paper_table1.paper_number(model, column)
+
 
 _RUNS = flags.DEFINE_list("runs", None, "Workdirs of the runs to plot.", required=True)
 _OUT = flags.DEFINE_string("out", None, "The figure (png).", required=True)
@@ -33,7 +45,7 @@ def main(argv):
   print("| run | steps reached | val error % | train error % | paper test error % |\n|---|---:|---:|---:|---:|")
   for i, run in enumerate(Path(r) for r in _RUNS.value):
     config = config_lib.migrate(json.loads((run / "config.json").read_text()))
-    model, column = paper_table1.row_name(config), paper_table1.column(config["dataset"]["name"])
+    model, column, paper = row_and_paper(config)
     rows = [r for r in read_metrics(run / "metrics.jsonl") if "val_accuracy" in r]
     if not rows:
       print(f"| {run.name} | no evaluation yet | | | |")
@@ -43,7 +55,6 @@ def main(argv):
     label = f"{model} on {config['dataset']['name']}"
     ax.plot(steps, [100 * (1 - r["val_accuracy"]) for r in rows], color=color, marker="o", ms=3, label=f"{label}: val")
     ax.plot(steps, [100 * (1 - r["train_accuracy"]) for r in rows], color=color, ls=":", label=f"{label}: train")
-    paper = paper_table1.paper_number(model, column)
     if paper is not None:
       ax.axhline(paper, color=color, ls="--", lw=1, label=f"{model} {column}: the paper's test error")
     last = rows[-1]
