@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -379,15 +378,16 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
 
     key = jax.random.fold_in(jax.random.key(seed), 1)
     shown, history = images[:8], []
-    loss = math.nan
+    loss = None
     for i in range(config.num_train_steps + 1):
       if i % config.eval_every_steps == 0 or i == config.num_train_steps:
         overlaps = iou(attention_boxes(np.asarray(locate(params, images)), size), boxes)
-        row = {"seed": seed, "step": i, "loss": float(loss), "iou_rate": float(np.mean(overlaps > 0.5)),
-               "mean_iou": float(overlaps.mean())}  # fmt: skip
+        row = {"seed": seed, "step": i, "loss": None if i == 0 else float(loss),  # no step taken yet at 0
+               "iou_rate": float(np.mean(overlaps > 0.5)), "mean_iou": float(overlaps.mean())}  # fmt: skip
         rows.append(row)
         history.append((i, attention_boxes(np.asarray(locate(params, shown)), size)))
-        log.info("seed %d, step %d: %s", seed, i, {k: round(v, 4) for k, v in row.items() if k not in ("seed", "step")})
+        shown_row = {k: round(v, 4) for k, v in row.items() if k not in ("seed", "step") and v is not None}
+        log.info("seed %d, step %d: %s", seed, i, shown_row)
       if i == config.num_train_steps:
         break
       params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i))
@@ -406,7 +406,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
   for name in ("iou_rate", "mean_iou", "test_iou_rate"):
     values = [r[name] for r in per_seed if name in r]
     if values:
-      results.update(train.member_summary(name, values))
+      results.update(train.member_summary(name, values if len(values) > 1 else values[0]))
   results["num_params"] = param_count(config)
   utils.atomic_write(workdir / "results.json", json.dumps(results, indent=2))
   log.info("IoU > 0.5 rate %.3f (%d run(s)); results in %s", results["iou_rate"], config.num_seeds, workdir)
