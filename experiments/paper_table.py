@@ -3,6 +3,7 @@ r"""Our Table 1, TC and MNIST-addition errors beside the paper's, from a campaig
   python experiments/paper_table.py --runs=results/paper_runs            # experiments/paper_campaign.py's results
   python experiments/paper_table.py --table1=runs/table1_cpu --tc=runs/tc_cpu [--figures=docs/figures/table1]
   python experiments/paper_table.py --addition=runs/addition_cpu [--figures=docs/figures/addition]
+  python experiments/paper_table.py --coloc=runs/coloc
 
 Reads every results.json under the roots (with its config.json and metrics.jsonl), splits a fused program (a
 population of several variants, `config.population.dataset`) into its cells, and prints markdown tables of test
@@ -28,6 +29,7 @@ from stn_jax.training.metrics import read_metrics
 _CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "default.py"
 paper_table1 = config_lib.import_sibling(_CONFIGS, "paper_table1")
 paper_addition = config_lib.import_sibling(_CONFIGS, "paper_addition")
+paper_coloc = config_lib.import_sibling(_CONFIGS, "paper_coloc")
 ADDITION = "addition"  # the column of the addition runs
 
 
@@ -85,11 +87,48 @@ def cells(run_dir: Path) -> dict[tuple[str, str], dict]:
 
 
 def collect(root: Path) -> dict[tuple[str, str], dict]:
-  """{(row, column): cell} of every finished run under `root` (at any depth)."""
+  """{(row, column): cell} of every finished classification run under `root` (at any depth)."""
   out = {}
   for results in sorted(root.glob("**/results.json")):
-    out.update(cells(results.parent))
+    if json.loads((results.parent / "config.json").read_text()).get("task", "classify") == "classify":
+      out.update(cells(results.parent))
   return out
+
+
+def collect_coloc(root: Path) -> dict[tuple[str, int], dict]:
+  """{(dataset, digit): results.json} of every finished co-localisation run under `root`."""
+  out = {}
+  for path in sorted(root.glob("**/results.json")):
+    if json.loads((path.parent / "config.json").read_text()).get("task") == "coloc":
+      results = json.loads(path.read_text())
+      out[(results["dataset"], results["digit"])] = results
+  return out
+
+
+def coloc_table(found: dict[tuple[str, int], dict]) -> str:
+  """The markdown table of co-localisation runs: the IoU > 0.5 rate per digit, beside the paper's."""
+
+  def rate(r: dict | None, key: str) -> str:
+    if r is None or key not in r:
+      return "—"
+    std = f" ± {100 * r[key + '_std']:.0f}" if key + "_std" in r else ""
+    return f"{100 * r[key]:.0f}{std}"
+
+  budgets = sorted({(r["num_train_steps"], r["num_seeds"]) for r in found.values()})
+  lines = [
+    "co-localisation, IoU > 0.5 rate % on the run's 100 images (on test images of the digit), mean ± std over seeds; "
+    f"budgets (steps, seeds): {budgets}",
+    "",
+    "| digit | " + " | ".join(paper_coloc.DATASETS) + " |",
+    "|---|" + "---:|" * len(paper_coloc.DATASETS),
+  ]
+  for digit in paper_coloc.DIGITS:
+    row = [f"{rate(found.get((d, digit)), 'iou_rate')} ({rate(found.get((d, digit)), 'test_iou_rate')})"
+           for d in paper_coloc.DATASETS]  # fmt: skip
+    lines.append(f"| {digit} | " + " | ".join(row) + " |")
+  papers = [f"{lo:.0f}-{hi:.0f}" if lo != hi else f"{lo:.0f}" for lo, hi in paper_coloc.PAPER.values()]
+  lines.append("| the paper | " + " | ".join(papers) + " |")
+  return "\n".join(lines)
 
 
 def cell_text(result: dict | None, paper: float | None) -> str:
@@ -148,6 +187,7 @@ def define_flags() -> None:
   flags.DEFINE_string("table1", None, "Root of the Table 1 sweep.")
   flags.DEFINE_string("tc", None, "Root of the TC sweep.")
   flags.DEFINE_string("addition", None, "Root of the MNIST-addition sweep (configs/paper_addition.py).")
+  flags.DEFINE_string("coloc", None, "Root of the co-localisation sweep (configs/paper_coloc.py).")
   flags.DEFINE_string("figures", None, "Copy each dataset's ST-CNN-Aff and each addition model's figure here.")
 
 
@@ -158,7 +198,9 @@ def main(argv):
   for root in (f.runs, f.table1, f.tc, f.addition):
     if root:
       found.update(collect(Path(root)))
-  print("\n\n".join(t for t in (tables(found), addition_table(found) if f.addition else "") if t))
+  coloc_runs = collect_coloc(Path(f.coloc)) if f.coloc else {}
+  parts = (tables(found), addition_table(found) if f.addition else "", coloc_table(coloc_runs) if f.coloc else "")
+  print("\n\n".join(t for t in parts if t))
   if f.figures:
     target = Path(f.figures)
     target.mkdir(parents=True, exist_ok=True)
