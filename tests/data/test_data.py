@@ -246,7 +246,10 @@ def test_paper_tc_adds_six_crops_and_clips():
 
 
 def test_unknown_dataset_or_split():
-  with pytest.raises(ValueError, match=r"dataset must be one of 'seed40', 'R', .*'paper-TC', 'addition'; got 'X'"):
+  with pytest.raises(
+    ValueError,
+    match=r"dataset must be one of 'seed40', 'R', .*'paper-TC', 'addition', 'coloc', 'coloc-clutter'; got 'X'",
+  ):
     distortions.distort("X", np.zeros((1, 28, 28), np.uint8), seed=0, split="train")
   with pytest.raises(ValueError, match=r"split must be one of .*'validation'.*got 'dev'"):
     distortions.distort("R", np.zeros((1, 28, 28), np.uint8), seed=0, split="dev")

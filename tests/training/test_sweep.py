@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from stn_jax import models
-from stn_jax.training import config_lib
-from tests.helpers import experiment
+from stn_jax.training import config_lib, train
+from tests.helpers import experiment, synthetic_datasets, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 sweep = experiment("sweep")
@@ -20,12 +20,30 @@ SWEEP_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if "def sweep"
 DEFAULT = ROOT / "configs" / "default.py"
 
 
-@pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=lambda p: p.name)
+COLOC = ROOT / "configs" / "paper_coloc.py"  # its runs validate only with their encoder: the test below
+
+
+@pytest.mark.parametrize("path", [p for p in SWEEP_CONFIGS if p != COLOC], ids=lambda p: p.name)
 def test_every_swept_run_validates_and_names_are_unique(path):
   config, runs = sweep.load_sweep(path)
   planned = sweep.plan(config, runs, [{}], {})
   names = sweep.short_names(list(dict.fromkeys(k for r in runs for k in r)))
   assert len({sweep.run_name(r["overrides"], names) for r in planned}) == len(planned)
+
+
+def test_the_coloc_sweep_is_refused_without_its_encoder_and_validates_with_one(tmp_path):
+  config, runs = sweep.load_sweep(COLOC)
+  missing = sweep.resolve(config, {"encoder_workdir": str(tmp_path / "no_encoder")})
+  with pytest.raises(sweep.SweepError, match=r"run name=coloc,digit=0: .*no config.json there; train the encoder"):
+    sweep.plan(missing, runs, [{}], {})
+  train.train_and_evaluate(
+    tiny_config(num_train_steps=2, num_epochs=0), tmp_path / "enc", datasets=synthetic_datasets()
+  )
+  planned = sweep.plan(sweep.resolve(config, {"encoder_workdir": str(tmp_path / "enc")}), runs, [{}], {})
+  assert len(planned) == 20
+  assert {(r["config"].dataset.name, r["config"].dataset.digit) for r in planned} == {
+    (name, digit) for name in ("coloc", "coloc-clutter") for digit in range(10)
+  }
 
 
 def test_table1_and_tc_sweeps_cover_the_paper():
