@@ -114,14 +114,10 @@ def coloc_table(found: dict[tuple[str, int], dict]) -> str:
     std = f" ± {100 * r[key + '_std']:.0f}" if key + "_std" in r else ""
     return f"{100 * r[key]:.0f}{std}"
 
-  budgets = sorted({(r["num_train_steps"], r["num_seeds"]) for r in found.values()})
-  lines = [
-    "co-localisation, IoU > 0.5 rate % on the run's 100 images (on test images of the digit), mean ± std over seeds; "
-    f"budgets (steps, seeds): {budgets}",
-    "",
-    "| digit | " + " | ".join(paper_coloc.DATASETS) + " |",
-    "|---|" + "---:|" * len(paper_coloc.DATASETS),
-  ]
+  title = (
+    "co-localisation, IoU > 0.5 rate % on the run's 100 images (on test images of the digit), mean ± std over seeds"
+  )
+  lines = _head(title, found, "digit", paper_coloc.DATASETS)
   for digit in paper_coloc.DIGITS:
     row = [f"{rate(found.get((d, digit)), 'iou_rate')} ({rate(found.get((d, digit)), 'test_iou_rate')})"
            for d in paper_coloc.DATASETS]  # fmt: skip
@@ -129,6 +125,17 @@ def coloc_table(found: dict[tuple[str, int], dict]) -> str:
   papers = [f"{lo:.0f}-{hi:.0f}" if lo != hi else f"{lo:.0f}" for lo, hi in paper_coloc.PAPER.values()]
   lines.append("| the paper | " + " | ".join(papers) + " |")
   return "\n".join(lines)
+
+
+def _head(title: str, found: dict, first: str, columns) -> list[str]:
+  """A table's title line (with the budgets of the runs in it) and its markdown header."""
+  budgets = sorted({(r["num_train_steps"], r["num_seeds"]) for r in found.values()})
+  return [
+    f"{title}; budgets (steps, seeds): {budgets}",
+    "",
+    f"| {first} | " + " | ".join(columns) + " |",
+    "|---|" + "---:|" * len(columns),
+  ]
 
 
 def cell_text(result: dict | None, paper: float | None) -> str:
@@ -144,14 +151,11 @@ def cell_text(result: dict | None, paper: float | None) -> str:
 def addition_table(found: dict[tuple[str, str], dict]) -> str:
   """The markdown table of the addition runs (configs/paper_addition.py), one row per model."""
   runs = {row: r for (row, col), r in found.items() if col == ADDITION}
-  budgets = sorted({(r["num_train_steps"], r["num_seeds"]) for r in runs.values()})
-  lines = [
-    f"MNIST addition, test error %: ours (the paper's; ours - paper; the first step at which our validation error "
-    f"reached it); budgets (steps, seeds): {budgets}",
-    "",
-    "| model | test error % | parameters |",
-    "|---|---:|---:|",
-  ]
+  title = (
+    "MNIST addition, test error %: ours (the paper's; ours - paper; the first step at which our validation error "
+    "reached it)"
+  )
+  lines = _head(title, runs, "model", ("test error %", "parameters"))
   for name, paper in paper_addition.PAPER.items():
     result = runs.get(name)
     params = f"{result['num_params']:,}" if result and result.get("num_params") else ""
@@ -164,14 +168,11 @@ def tables(found: dict[tuple[str, str], dict]) -> str:
   found = {key: r for key, r in found.items() if key[1] != ADDITION}
   if not found:
     return ""
-  budgets = sorted({(r["num_train_steps"], r["num_seeds"]) for r in found.values()})
-  lines = [
+  title = (
     "test error %: ours, mean ± std over seeds (the paper's; ours - paper; the first step at which our validation "
-    f"error reached the paper's test error); budgets (steps, seeds): {budgets}",
-    "",
-    "| model | " + " | ".join(paper_table1.DATASETS) + " |",
-    "|---|" + "---:|" * len(paper_table1.DATASETS),
-  ]
+    "error reached the paper's test error)"
+  )
+  lines = _head(title, found, "model", paper_table1.DATASETS)
   for name, paper in paper_table1.PAPER.items():
     row = [cell_text(found.get((name, d)), p) for d, p in zip(paper_table1.DATASETS, paper, strict=True)]
     lines.append(f"| {name} | " + " | ".join(row) + " |")

@@ -85,6 +85,11 @@ def tiny_config(**overrides):
   config.eval_batch_size = 16
   config.model.classifier.cnn.hidden = (32,)
   config.optimizer.warmup_steps = 2
+  return set_fields(config, overrides)
+
+
+def set_fields(config, overrides: dict):
+  """`config` with each {dotted key: value} of `overrides` set ('model.classifier.cnn.hidden': (8,))."""
   for key, value in overrides.items():
     target = config
     *path, last = key.split(".")

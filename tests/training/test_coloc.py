@@ -10,7 +10,7 @@ import pytest
 from stn_jax import models
 from stn_jax.data import distortions
 from stn_jax.training import coloc, config_lib, train
-from tests.helpers import synthetic_datasets, synthetic_digits, tiny_config
+from tests.helpers import set_fields, synthetic_datasets, synthetic_digits, tiny_config
 
 
 def test_the_triplet_loss_is_the_papers_hinge_over_the_pairs_n_m():
@@ -71,13 +71,7 @@ def _config(encoder, **overrides):
   config = coloc.default_config()
   config.encoder_workdir = str(encoder)
   config.num_seeds, config.num_train_steps, config.eval_every_steps = 2, 3, 2
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return config
+  return set_fields(config, overrides)
 
 
 def _sets(name="coloc-clutter"):
