@@ -207,6 +207,23 @@ def member_summary(name: str, values) -> dict:
   }
 
 
+def warn_diverged(losses, what: str) -> list[int]:
+  """Logs a warning naming the members whose loss is not finite (a diverged model trains on, as NaN, in its
+  population: its metrics mean nothing).
+
+  Args:
+    losses: a scalar, or (K,) losses of K members.
+    what: which loss, for the message.
+
+  Returns:
+    The indices of those members ([] when every loss is finite).
+  """
+  bad = [int(k) for k in np.flatnonzero(~np.isfinite(np.atleast_1d(np.asarray(losses, np.float64))))]
+  if bad:
+    log.warning("member(s) %s diverged: their %s is not finite; their metrics and results mean nothing", bad, what)
+  return bad
+
+
 def transformer_outputs(graphdef, params, images):
   """What the model's spatial transformer makes of some images.
 
@@ -406,6 +423,7 @@ def train_and_evaluate(
           writer.write_scalars(done, row, jsonl=True, tensorboard_skip=("train_loss",))  # logged above, finer
           shown = {k: np.round(v, 4).tolist() for k, v in row.items() if v is not None and "_per_seed" not in k}
           log.info("eval at step %d: %s", done, shown)
+          warn_diverged(s["loss"], f"train loss at step {done}")
           show_transformer(params, done, f"step{done:06d}")
           sums = jax.tree.map(jnp.zeros_like, sums)
           logged = distributed.local_copy(sums)
@@ -437,6 +455,9 @@ def train_and_evaluate(
     "steps_per_sec": total / max(clock.total, 1e-9),  # over train_time_s (each process's compiling step untimed)
     "num_params": num_params,
   }
+  diverged = warn_diverged(test["loss"], "test loss")
+  if diverged:
+    results["diverged_members"] = diverged
   if num_members > 1:  # one row per member: its seed, hyperparameters and test metrics
     values = {name: optim.member_values(config, name) for name in optim.MEMBER_HYPERPARAMETERS}
     variants = config_lib.member_datasets(config)

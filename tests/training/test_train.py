@@ -617,3 +617,15 @@ def test_a_two_channel_two_transformer_run_is_the_same_on_either_pipeline_and_dr
   with pytest.raises(config_lib.ConfigError, match=r"config.model.num_transformers must be an int >= 1; got 0"):
     train.train_and_evaluate(tiny_config(**{**overrides, "model.num_transformers": 0}), tmp_path / "bad", datasets=sets)
   assert not (tmp_path / "bad").exists()
+
+
+def test_a_diverged_member_is_named_in_the_log_and_the_results(tmp_path, datasets, caplog):
+  """Member 1 at an absurd learning rate turns NaN; it trains on in its population, so the run says so."""
+  config = tiny_config(num_seeds=2, **{"population.learning_rate": (2e-3, 1e30)})
+  with caplog.at_level(logging.WARNING, logger="stn_jax.training.train"):
+    results = train.train_and_evaluate(config, tmp_path, datasets=datasets)
+  assert results["diverged_members"] == [1]
+  assert np.isfinite(results["test_loss_per_seed"][0]) and not np.isfinite(results["test_loss_per_seed"][1])
+  warned = [r.getMessage() for r in caplog.records if "diverged" in r.getMessage()]
+  assert warned and all(m.startswith("member(s) [1] diverged") for m in warned)
+  assert "diverged_members" not in train.train_and_evaluate(tiny_config(), tmp_path / "fine", datasets=datasets)
