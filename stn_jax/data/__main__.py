@@ -36,7 +36,7 @@ def preview_figure(
   images: np.ndarray, labels: np.ndarray, path: str, *, title: str = "", columns: int = 8, boxes=None
 ) -> None:
   """Saves a grid of up to 64 images with their labels (an image's channels side by side, boxes drawn)."""
-  from stn_jax.training.figures import channels_side_by_side, pyplot
+  from stn_jax.training.figures import channels_side_by_side, draw_box, pyplot
 
   plt = pyplot()
   n = min(len(images), 64)
@@ -50,8 +50,7 @@ def preview_figure(
     if i < n:
       ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
       if boxes is not None:
-        x0, y0, x1, y1 = boxes[i]
-        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="tab:orange", lw=1))
+        draw_box(ax, boxes[i], "tab:orange")
       ax.set_title(str(int(labels[i])), fontsize=8)
   if title:
     fig.suptitle(title, fontsize=9)

@@ -300,10 +300,9 @@ def random_crops(key: jax.Array, count: int, scale: float) -> jax.Array:
   return jnp.concatenate([jnp.full((count, 1), scale), centre], axis=1)
 
 
-def _set(config, split: str, count: int, *, at_most: bool = False):
-  """(images float32 (N, S, S, 1), boxes (N, 4)) of the first `count` examples of the config's digit in a split
-  (`at_most`: or all of them where the split has fewer)."""
-  mnist = data_lib.load_mnist()
+def _set(config, mnist, split: str, count: int, *, at_most: bool = False):
+  """(images float32 (N, S, S, 1), boxes (N, 4)) of the first `count` examples of the config's digit in a split of
+  the loaded MNIST (`at_most`: or all of them where the split has fewer)."""
   digits, labels = mnist.split(split)
   indices = np.flatnonzero(labels == config.dataset.digit)[:count]
   if len(indices) < count and not at_most:
@@ -345,9 +344,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
   embed, (h, w, _), encoder_step = load_encoder(config.encoder_workdir)
   log.info("encoder: the classifier of %s at step %d, crops of %dx%d", config.encoder_workdir, encoder_step, h, w)
   if sets is None:
-    sets = {"train": _set(config, config.dataset.split, config.dataset.num_images)}
+    mnist = data_lib.load_mnist()
+    sets = {"train": _set(config, mnist, config.dataset.split, config.dataset.num_images)}
     if config.dataset.num_test_images:
-      sets["test"] = _set(config, "test", config.dataset.num_test_images, at_most=True)
+      sets["test"] = _set(config, mnist, "test", config.dataset.num_test_images, at_most=True)
   images, boxes = (jnp.asarray(sets["train"][0]), sets["train"][1])
   size = images.shape[1]
   rows, per_seed = [], []
@@ -381,11 +381,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
     loss = None
     for i in range(config.num_train_steps + 1):
       if i % config.eval_every_steps == 0 or i == config.num_train_steps:
-        overlaps = iou(attention_boxes(np.asarray(locate(params, images)), size), boxes)
+        located = attention_boxes(np.asarray(locate(params, images)), size)
+        overlaps = iou(located, boxes)
         row = {"seed": seed, "step": i, "loss": None if i == 0 else float(loss),  # no step taken yet at 0
                "iou_rate": float(np.mean(overlaps > 0.5)), "mean_iou": float(overlaps.mean())}  # fmt: skip
         rows.append(row)
-        history.append((i, attention_boxes(np.asarray(locate(params, shown)), size)))
+        history.append((i, located[: len(shown)]))
         shown_row = {k: round(v, 4) for k, v in row.items() if k not in ("seed", "step") and v is not None}
         log.info("seed %d, step %d: %s", seed, i, shown_row)
       if i == config.num_train_steps:

@@ -210,8 +210,8 @@ def save_boxes(images: np.ndarray, truth: np.ndarray, history: list, path: str |
   for r, (step, boxes) in enumerate(history):
     for c, ax in enumerate(axes[r]):
       ax.imshow(images[c], cmap="gray", vmin=0, vmax=1)
-      for (x0, y0, x1, y1), colour in ((truth[c], "tab:green"), (boxes[c], "tab:orange")):
-        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1))
+      draw_box(ax, truth[c], "tab:green")
+      draw_box(ax, boxes[c], "tab:orange")
       ax.set_xlim(-0.5, images.shape[2] - 0.5)
       ax.set_ylim(images.shape[1] - 0.5, -0.5)
       ax.set_xticks([])
@@ -223,3 +223,17 @@ def save_boxes(images: np.ndarray, truth: np.ndarray, history: list, path: str |
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
+
+
+def draw_box(ax, box, colour: str) -> None:
+  """A pixel box's outline on an image's axes.
+
+  Args:
+    ax: the matplotlib axes showing the image (pixel centres at integers).
+    box: x0, y0, x1, y1 in pixels (x1, y1 exclusive).
+    colour: the outline's colour.
+  """
+  from matplotlib.patches import Rectangle
+
+  x0, y0, x1, y1 = box
+  ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1))
