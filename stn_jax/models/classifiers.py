@@ -106,16 +106,16 @@ class CNNClassifier(nnx.Module):
       x = jax.nn.relu(layer(x))
     return self.head(x).astype(jnp.float32)
 
-  def embed(self, x: jax.Array) -> jax.Array:
-    """Every hidden layer's activations (each convolution block's, each dense layer's) and the logits, flattened and
-    concatenated: the co-localisation encoder e() (the paper's A.2 concatenates its CNN's hidden layers and its
+  def embed_parts(self, x: jax.Array) -> list[jax.Array]:
+    """Every hidden layer's activations (each convolution block's, each dense layer's) and the logits, each flattened:
+    the parts of the co-localisation encoder e() (the paper's A.2 concatenates its CNN's hidden layers and its
     pre-softmax layer).
 
     Args:
       x: (N, H, W, C) inputs.
 
     Returns:
-      float32 (N, D).
+      A float32 (N, D_i) array per layer, the first convolution block's first and the logits last.
     """
     parts = []
     for conv, pooled in zip(self.convs, self.pools, strict=True):
@@ -126,7 +126,18 @@ class CNNClassifier(nnx.Module):
       x = jax.nn.relu(layer(x))
       parts.append(x)
     parts.append(self.head(x))
-    return jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
+    return [p.astype(jnp.float32) for p in parts]
+
+  def embed(self, x: jax.Array) -> jax.Array:
+    """`embed_parts` concatenated: float32 (N, sum of D_i).
+
+    Args:
+      x: (N, H, W, C) inputs.
+
+    Returns:
+      float32 (N, D).
+    """
+    return jnp.concatenate(self.embed_parts(x), axis=-1)
 
 
 class FCNClassifier(nnx.Module):
@@ -162,8 +173,24 @@ class FCNClassifier(nnx.Module):
       x = jax.nn.relu(layer(x))
     return self.head(x).astype(jnp.float32)
 
+  def embed_parts(self, x: jax.Array) -> list[jax.Array]:
+    """Every hidden layer's activations and the logits (as CNNClassifier.embed_parts).
+
+    Args:
+      x: (N, H, W, C) inputs.
+
+    Returns:
+      A float32 (N, D_i) array per layer, the logits last.
+    """
+    x, parts = x.reshape(x.shape[0], -1), []
+    for layer in self.dense:
+      x = jax.nn.relu(layer(x))
+      parts.append(x)
+    parts.append(self.head(x))
+    return [p.astype(jnp.float32) for p in parts]
+
   def embed(self, x: jax.Array) -> jax.Array:
-    """Every hidden layer's activations and the logits, concatenated (as CNNClassifier.embed).
+    """`embed_parts` concatenated.
 
     Args:
       x: (N, H, W, C) inputs.
@@ -171,12 +198,7 @@ class FCNClassifier(nnx.Module):
     Returns:
       float32 (N, D).
     """
-    x, parts = x.reshape(x.shape[0], -1), []
-    for layer in self.dense:
-      x = jax.nn.relu(layer(x))
-      parts.append(x)
-    parts.append(self.head(x))
-    return jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
+    return jnp.concatenate(self.embed_parts(x), axis=-1)
 
 
 CLASSIFIERS = {"cnn": CNNClassifier, "fcn": FCNClassifier}

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import scipy.ndimage
 from flax import nnx
 
 import stn_jax
@@ -42,6 +43,17 @@ from stn_jax.training.errors import ConfigError
 log = logging.getLogger(__name__)
 TASK = "coloc"
 DATASETS = tuple(name for name, v in distortions.VARIANTS.items() if v.boxes)
+NORMALISE = ("none", "per_layer")
+SCHEDULES = ("constant", "cosine")
+# Fields added after the first co-localisation runs, with the values those runs had: a config.json without them is
+# the same run.
+ADDED = {
+  "model.learn_scale": True,
+  "model.keep_inside": False,
+  "blur_sigma": 0.0,
+  "embedding": {"normalise": "none", "weights": []},
+  "schedule": "constant",
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -65,9 +77,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.localization = ml_collections.ConfigDict(
     {"features": (8,), "kernel_size": (9,), "strides": (4,), "padding": ("VALID",), "pool": (True,), "hidden": (8, 8)}
   )
+  c.model.learn_scale = True  # False: the crop's side stays initial_scale (translation only)
+  c.model.keep_inside = False  # True: the crop's centre bounded (tanh) so that the crop stays inside the image
   c.random_crop_scale = 1 / 3  # the side of a random crop, relative to the image's (the 28 px digit in 84 px)
   c.initial_scale = 1 / 3  # the attention's scale at initialisation (centred); 1 = the identity
+  c.blur_sigma = 0.0  # a Gaussian smoothing of the images (px) before anything sees them; 0 = none
+  # e(): 'none', the encoder's layers concatenated as they are; 'per_layer', each layer's activations L2-normalised,
+  # weighted by sqrt(w_i / sum(w)) (weights: one per layer, the logits last; () = equal), then concatenated.
+  c.embedding = ml_collections.ConfigDict({"normalise": "none", "weights": ()})
   c.learning_rate = 1e-3  # Adam
+  c.schedule = "constant"  # or 'cosine': Adam's rate decayed to 0 over num_train_steps
   c.num_train_steps = 300
   c.eval_every_steps = 50
   return c
@@ -93,7 +112,17 @@ DOCS = {
   "random_crop_scale": "the side of I_n^rand, the random crop of each image, relative to the image's",
   "initial_scale": "the attention transform's scale at initialisation, a centred crop of this relative side (1 = the "
   "whole image, the identity the classification models start at)",
+  "model.learn_scale": "whether the attention's scale is learnt (False: the crop's side stays initial_scale, a "
+  "translation-only attention)",
+  "model.keep_inside": "bound the crop's centre (tanh) so that the crop stays inside the image",
+  "blur_sigma": "a Gaussian smoothing (sigma in pixels) of the run's images before the transformer, the random crops "
+  "and the encoder see them (0 = none); the boxes figure shows the images unsmoothed",
+  "embedding.normalise": "e() from the encoder's layers: 'none' (concatenated as they are, the paper as read) or "
+  "'per_layer' (each layer's activations L2-normalised and weighted, so that e() has unit norm)",
+  "embedding.weights": "per_layer: one weight per encoder layer (its convolution blocks, dense layers, then the "
+  "logits), () = equal",
   "learning_rate": "Adam's learning rate",
+  "schedule": "'constant', or 'cosine' (the learning rate decayed to 0 over num_train_steps)",
   "num_train_steps": "full-batch steps (the whole set each step)",
   "eval_every_steps": "the IoU rate (and the boxes figure) every this many steps",
 }
@@ -138,7 +167,31 @@ def validate(config) -> None:
       raise ConfigError(f"config.{name} must be in (0, 1]; got {config[name]!r}.")
   if not config.learning_rate > 0:
     raise ConfigError(f"config.learning_rate must be > 0; got {config.learning_rate!r}.")
+  if not isinstance(config.blur_sigma, (int, float)) or config.blur_sigma < 0:
+    raise ConfigError(f"config.blur_sigma must be a number >= 0; got {config.blur_sigma!r}.")
+  for name in ("learn_scale", "keep_inside"):
+    if not isinstance(config.model[name], bool):
+      raise ConfigError(f"config.model.{name} must be True or False; got {config.model[name]!r}.")
+  if config.schedule not in SCHEDULES:
+    raise ConfigError(f"config.schedule must be one of {', '.join(map(repr, SCHEDULES))}; got {config.schedule!r}.")
+  e = config.embedding
+  if e.normalise not in NORMALISE:
+    raise ConfigError(
+      f"config.embedding.normalise must be one of {', '.join(map(repr, NORMALISE))}; got {e.normalise!r}."
+    )
+  weights = tuple(e.weights)
+  if weights and (e.normalise != "per_layer" or not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
+    raise ConfigError(
+      f"config.embedding.weights must be () or positive numbers with normalise='per_layer'; got {weights!r} "
+      f"with {e.normalise!r}."
+    )
   encoder_shape(config.encoder_workdir)
+  layers = encoder_layers(config.encoder_workdir)
+  if weights and len(weights) != layers:
+    raise ConfigError(
+      f"config.embedding.weights has {len(weights)} weights; the encoder in {config.encoder_workdir!r} has "
+      f"{layers} layers (its convolution blocks, dense layers and logits)."
+    )
   try:
     nnx.eval_shape(lambda: _transformer(config, (28, 28), seed=0))
   except ValueError as e:
@@ -173,6 +226,70 @@ def encoder_shape(workdir) -> tuple[int, int, int]:
   return shape
 
 
+def encoder_layers(workdir) -> int:
+  """How many layers e() concatenates for an encoder workdir: its classifier's convolution blocks (a CNN's), dense
+  layers and logits.
+
+  Args:
+    workdir: config.encoder_workdir (already checked by `encoder_shape`).
+
+  Returns:
+    The count.
+  """
+  classifier = checkpoints.read_config(workdir).model.classifier
+  options = classifier[classifier.kind]
+  convs = len(options.features) if classifier.kind == "cnn" else 0
+  return convs + len(options.hidden) + 1
+
+
+def combine(parts: list[jax.Array], normalise: str, weights=()) -> jax.Array:
+  """e() from the encoder's per-layer activations (config.embedding).
+
+  Args:
+    parts: float (N, D_i) per layer (the classifier's `embed_parts`).
+    normalise: 'none' (concatenated as they are) or 'per_layer' (each L2-normalised, scaled by sqrt(w_i / sum(w))).
+    weights: one per part, () = equal.
+
+  Returns:
+    (N, sum of D_i); of unit norm per row with 'per_layer'.
+  """
+  if normalise == "none":
+    return jnp.concatenate(parts, axis=-1)
+  w = np.asarray(weights if len(weights) else [1.0] * len(parts), np.float64)
+  scale = np.sqrt(w / w.sum())
+  unit = [p / jnp.maximum(jnp.linalg.norm(p, axis=-1, keepdims=True), 1e-6) for p in parts]
+  return jnp.concatenate([float(k) * u for k, u in zip(scale, unit, strict=True)], axis=-1)
+
+
+def attention_params(config, raw: jax.Array) -> jax.Array:
+  """The attention (scale, tx, ty) a co-localisation run crops with, from its localisation net's output.
+
+  Args:
+    config: the run's config (model.learn_scale, model.keep_inside, initial_scale).
+    raw: (N, 3) the localisation net's output.
+
+  Returns:
+    (N, 3): the scale held at initial_scale unless learnt; the centre bounded to keep the crop inside the image where
+    model.keep_inside.
+  """
+  s = raw[:, :1] if config.model.learn_scale else jnp.full_like(raw[:, :1], config.initial_scale)
+  t = raw[:, 1:]
+  if config.model.keep_inside:
+    t = (1 - jnp.abs(s)) * jnp.tanh(t)
+  return jnp.concatenate([s, t], axis=1)
+
+
+def _with_added(stored: dict) -> dict:
+  """A stored config.json with the fields added since (ADDED) filled in at the values its run had."""
+  for path, value in ADDED.items():
+    *parents, leaf = path.split(".")
+    node = stored
+    for p in parents:
+      node = node.setdefault(p, {})
+    node.setdefault(leaf, value)
+  return stored
+
+
 def load_encoder(workdir):
   """The frozen encoder e() of a classification workdir: its member 0's classifier.
 
@@ -180,7 +297,7 @@ def load_encoder(workdir):
     workdir: config.encoder_workdir.
 
   Returns:
-    (embed(crops (N, H, W, 1)) -> (N, D), (H, W, 1), the checkpoint's step).
+    (embed(crops (N, H, W, 1)) -> [(N, D_i) per layer], (H, W, 1), the checkpoint's step).
 
   Raises:
     ConfigError: as `encoder_shape`, or a checkpoint that does not hold the workdir's model.
@@ -196,7 +313,7 @@ def load_encoder(workdir):
   frozen_graph, frozen = nnx.split(classifier)
 
   def embed(crops):
-    return nnx.merge(frozen_graph, jax.lax.stop_gradient(frozen)).embed(crops)
+    return nnx.merge(frozen_graph, jax.lax.stop_gradient(frozen)).embed_parts(crops)
 
   return embed, shape, step
 
@@ -314,6 +431,12 @@ def _set(config, mnist, split: str, count: int, *, at_most: bool = False):
   return data_lib.uint8_to_unit_float(images), distortions.distort_boxes(config.dataset.name, **where)
 
 
+def _smooth(images, sigma: float) -> np.ndarray:
+  """float32 images (N, H, W, C) smoothed by a Gaussian of `sigma` pixels in H and W (0: as they are)."""
+  images = np.asarray(images, np.float32)
+  return scipy.ndimage.gaussian_filter(images, (0, sigma, sigma, 0)) if sigma else images
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict:
   """Trains `config.num_seeds` co-localisation runs of a config into `workdir` and reports their IoU rates.
 
@@ -333,7 +456,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
   workdir = Path(workdir)
   text = config_lib.to_json(config)
   if (workdir / "config.json").exists():
-    if json.loads((workdir / "config.json").read_text()) != json.loads(text):
+    if _with_added(json.loads((workdir / "config.json").read_text())) != json.loads(text):
       raise ConfigError(f"{workdir} holds a run of another config; use another --workdir or move it aside.")
     if (workdir / "results.json").exists():
       results = json.loads((workdir / "results.json").read_text())
@@ -348,23 +471,31 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
     sets = {"train": _set(config, mnist, config.dataset.split, config.dataset.num_images)}
     if config.dataset.num_test_images:
       sets["test"] = _set(config, mnist, "test", config.dataset.num_test_images, at_most=True)
-  images, boxes = (jnp.asarray(sets["train"][0]), sets["train"][1])
+  shown = np.asarray(sets["train"][0][:8])
+  images, boxes = jnp.asarray(_smooth(sets["train"][0], config.blur_sigma)), sets["train"][1]
   size = images.shape[1]
+  e = config.embedding
+  encode = lambda crops: combine(embed(crops), e.normalise, tuple(e.weights))
   rows, per_seed = [], []
   (workdir / "figures").mkdir(exist_ok=True)
   for k in range(config.num_seeds):
     seed = config.seed + k
     transformer = _transformer(config, (h, w), seed=seed)
     graphdef, params = nnx.split(transformer)
-    tx = optax.adam(config.learning_rate)
+    rate = config.learning_rate
+    tx = optax.adam(optax.cosine_decay_schedule(rate, config.num_train_steps) if config.schedule == "cosine" else rate)
     opt_state = tx.init(params)
 
-    def loss_fn(params, key, graphdef=graphdef):
+    def crop(params, x, graphdef=graphdef):
+      """(the attention parameters, the crops) of images x."""
       model = nnx.merge(graphdef, params)
-      crops = model(images)
+      theta = attention_params(config, model.localization(x))
+      return theta, stn_jax.warp(x, theta, kind="attention", size=(h, w), implementation=model.implementation)
+
+    def loss_fn(params, key):
       rand = stn_jax.warp(images, random_crops(key, images.shape[0], config.random_crop_scale), kind="attention",
                           size=(h, w))  # fmt: skip
-      return triplet_loss(embed(crops), embed(rand), config.margin)
+      return triplet_loss(encode(crop(params, images)[1]), encode(rand), config.margin)
 
     @jax.jit
     def step(params, opt_state, key, loss_fn=loss_fn, tx=tx):
@@ -373,11 +504,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
       return optax.apply_updates(params, updates), opt_state, loss
 
     @jax.jit
-    def locate(params, x, graphdef=graphdef):
-      return nnx.merge(graphdef, params).params_and_grid(x)[0]
+    def locate(params, x, crop=crop):
+      return crop(params, x)[0]
 
     key = jax.random.fold_in(jax.random.key(seed), 1)
-    shown, history = images[:8], []
+    history = []
     loss = None
     for i in range(config.num_train_steps + 1):
       if i % config.eval_every_steps == 0 or i == config.num_train_steps:
@@ -395,11 +526,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
     result = {"seed": seed, "iou_rate": rows[-1]["iou_rate"], "mean_iou": rows[-1]["mean_iou"]}
     if "test" in sets:
       test_images, test_boxes = sets["test"]
-      overlaps = iou(attention_boxes(np.asarray(locate(params, jnp.asarray(test_images))), size), test_boxes)
+      located = locate(params, jnp.asarray(_smooth(test_images, config.blur_sigma)))
+      overlaps = iou(attention_boxes(np.asarray(located), size), test_boxes)
       result["test_iou_rate"] = float(np.mean(overlaps > 0.5))
     per_seed.append(result)
     if k == 0:
-      figures.save_boxes(np.asarray(shown), boxes[:8], history, workdir / "figures" / "boxes.png",
+      figures.save_boxes(shown, boxes[:8], history, workdir / "figures" / "boxes.png",
                          title=f"{config.dataset.name}, digit {config.dataset.digit}, seed {seed}")  # fmt: skip
   utils.atomic_write(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
   results = {"num_seeds": config.num_seeds, "num_train_steps": config.num_train_steps, "digit": config.dataset.digit,

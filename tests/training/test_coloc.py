@@ -57,6 +57,46 @@ def test_the_embedding_is_every_hidden_layer_and_the_logits():
   # the seed's CNN: conv 16 3x3/2 (16x16x16), conv 16 3x3/2 (8x8x16), dense 32 (tiny_config), logits 10
   assert e.shape == (3, 16 * 16 * 16 + 8 * 8 * 16 + 32 + 10)
   np.testing.assert_allclose(np.asarray(e[:, -10:]), np.asarray(model.classifier(x)), rtol=1e-6)
+  parts = model.classifier.embed_parts(x)
+  assert [p.shape[1] for p in parts] == [16 * 16 * 16, 8 * 8 * 16, 32, 10]
+  np.testing.assert_array_equal(np.concatenate([np.asarray(p) for p in parts], 1), np.asarray(e))
+
+
+def test_per_layer_embeddings_are_unit_norm_and_weighted():
+  rng = np.random.default_rng(3)
+  parts = [rng.normal(size=(4, d)) * rng.uniform(0.1, 50) for d in (7, 3, 5)]
+  weights = (1.0, 2.0, 5.0)
+  got = np.asarray(coloc.combine([jnp.asarray(p, jnp.float32) for p in parts], "per_layer", weights))
+  want = np.concatenate(
+    [
+      p / np.linalg.norm(p, axis=1, keepdims=True) * np.sqrt(w / sum(weights))
+      for p, w in zip(parts, weights, strict=True)
+    ],
+    1,
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+  equal = np.asarray(coloc.combine([jnp.asarray(p, jnp.float32) for p in parts], "per_layer"))
+  np.testing.assert_allclose(np.linalg.norm(equal[:, 7:10], axis=1), np.sqrt(1 / 3), rtol=1e-5)
+  np.testing.assert_array_equal(
+    np.asarray(coloc.combine([jnp.asarray(p, jnp.float32) for p in parts], "none")),
+    np.concatenate(parts, 1).astype(np.float32),
+  )
+
+
+def test_a_fixed_scale_and_a_crop_kept_inside_the_image():
+  config = coloc.default_config()
+  raw = jnp.asarray(np.random.default_rng(4).normal(scale=5.0, size=(50, 3)), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(coloc.attention_params(config, raw)), np.asarray(raw))  # the paper's
+  config.model.learn_scale, config.model.keep_inside = False, True
+  theta = np.asarray(coloc.attention_params(config, raw))
+  np.testing.assert_allclose(theta[:, 0], config.initial_scale, rtol=1e-6)
+  boxes = coloc.attention_boxes(theta, 84)
+  assert boxes.min() >= 0 and boxes.max() <= 84 and np.ptp(boxes[:, 0]) > 40
+  np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0], 28, rtol=1e-5)
+  # Near the centre the bounded translation is the raw one, to first order.
+  small = jnp.asarray([[0.0, 1e-3, -2e-3]])
+  np.testing.assert_allclose(np.asarray(coloc.attention_params(config, small))[0, 1:], [2e-3 / 3, -4e-3 / 3], rtol=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +140,31 @@ def test_a_run_trains_reports_per_seed_and_keeps_its_workdir(encoder, tmp_path):
   assert again == results
   with pytest.raises(config_lib.ConfigError, match="holds a run of another config"):
     coloc.train_and_evaluate(_config(encoder, margin=2.0), tmp_path, sets=_sets())
+  # A workdir written before the fields of coloc.ADDED existed is the same run (their values then were the defaults).
+  stored = json.loads((tmp_path / "config.json").read_text())
+  for field in ("blur_sigma", "schedule", "embedding"):
+    del stored[field]
+  del stored["model"]["learn_scale"], stored["model"]["keep_inside"]
+  (tmp_path / "config.json").write_text(json.dumps(stored))
+  assert coloc.train_and_evaluate(config, tmp_path, sets=_sets()) == results
+
+
+def test_the_tuned_options_train_a_translation_only_crop_inside_the_image(encoder, tmp_path):
+  overrides = {
+    "blur_sigma": 2.0,
+    "model.learn_scale": False,
+    "model.keep_inside": True,
+    "embedding.normalise": "per_layer",
+    "embedding.weights": (1.0, 1.0, 2.0, 4.0),  # the seed's CNN: two convolution blocks, a dense layer, the logits
+    "schedule": "cosine",
+    "learning_rate": 0.05,
+    "num_seeds": 1,
+    "num_train_steps": 4,
+  }
+  coloc.train_and_evaluate(_config(encoder, **overrides), tmp_path, sets=_sets("coloc"))
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [0, 2, 4] and all(np.isfinite(r["loss"]) for r in rows[1:])
+  assert rows[1]["loss"] != rows[2]["loss"]
 
 
 def test_a_bad_config_or_encoder_is_refused_before_any_work(encoder, tmp_path):
@@ -110,6 +175,14 @@ def test_a_bad_config_or_encoder_is_refused_before_any_work(encoder, tmp_path):
     ({"dataset.name": "R"}, r"config.dataset.name must be one of 'coloc', 'coloc-clutter'; got 'R'"),
     ({"initial_scale": 1.5}, r"config.initial_scale must be in \(0, 1\]; got 1.5"),
     ({"model.localization.features": (0,)}, r"config.model.localization: CNNLocalization: features"),
+    ({"blur_sigma": -1.0}, r"config.blur_sigma must be a number >= 0; got -1.0"),
+    ({"schedule": "linear"}, r"config.schedule must be one of 'constant', 'cosine'; got 'linear'"),
+    ({"embedding.normalise": "l2"}, r"config.embedding.normalise must be one of 'none', 'per_layer'; got 'l2'"),
+    ({"embedding.weights": (1.0, 2.0, 3.0, 4.0)}, r"must be \(\) or positive numbers with normalise='per_layer'"),
+    (
+      {"embedding.normalise": "per_layer", "embedding.weights": (1.0, 2.0)},
+      r"config.embedding.weights has 2 weights; the encoder in .* has 4 layers",
+    ),
   ]
   for overrides, message in cases:
     with pytest.raises(config_lib.ConfigError, match=message):
