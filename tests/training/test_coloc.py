@@ -10,7 +10,7 @@ import pytest
 from stn_jax import models
 from stn_jax.data import distortions
 from stn_jax.training import coloc, config_lib, train
-from tests.helpers import set_fields, synthetic_datasets, synthetic_digits, tiny_config
+from tests.helpers import experiment, set_fields, synthetic_datasets, synthetic_digits, tiny_config
 
 
 def test_the_triplet_loss_is_the_papers_hinge_over_the_pairs_n_m():
@@ -192,3 +192,28 @@ def test_a_bad_config_or_encoder_is_refused_before_any_work(encoder, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="no checkpoint there yet"):
     coloc.validate(_config(encoder, encoder_workdir=str(tmp_path / "empty")))
   assert not (tmp_path / "run").exists()
+
+
+def test_the_table_reports_the_seed_of_the_lowest_final_loss(tmp_path):
+  paper_table = experiment("paper_table")
+  rng = np.random.default_rng(5)
+  losses, rates, tests = rng.uniform(0.05, 0.6, 3), rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+  run = tmp_path / "name=coloc,digit=4"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({"task": "coloc"}))
+  rows = [{"seed": s, "step": t, "loss": None if t == 0 else float(losses[s] + (1.0 if t == 5 else 0.0)),
+           "iou_rate": float(rates[s]) if t == 10 else 0.0} for s in range(3) for t in (0, 5, 10)]  # fmt: skip
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  results = {"dataset": "coloc", "digit": 4, "num_seeds": 3, "num_train_steps": 10, "iou_rate": float(rates.mean()),
+             "iou_rate_std": float(rates.std()), "test_iou_rate_per_seed": tests.tolist()}  # fmt: skip
+  (run / "results.json").write_text(json.dumps(results))
+  found = paper_table.collect_coloc(tmp_path)
+  best = int(np.argmin(losses))
+  assert found[("coloc", 4)]["selected"] == {
+    "seed": best,
+    "loss": pytest.approx(losses[best]),
+    "iou_rate": pytest.approx(rates[best]),
+    "test_iou_rate": pytest.approx(tests[best]),
+  }
+  line = next(x for x in paper_table.coloc_table(found).splitlines() if x.startswith("| 4 |"))
+  assert line.split("|")[3].strip() == f"{100 * rates[best]:.0f} ({100 * tests[best]:.0f})"
