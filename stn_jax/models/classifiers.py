@@ -36,7 +36,22 @@ def dense_stack(width: int, hidden: Sequence[int], *, dtype=None, rngs: nnx.Rngs
   return nnx.List(layers), width
 
 
-class CNNClassifier(nnx.Module):
+class _Embedding:
+  """`embed`: a classifier's `embed_parts` concatenated."""
+
+  def embed(self, x: jax.Array) -> jax.Array:
+    """Every hidden layer's activations and the logits (`embed_parts`), concatenated: the co-localisation e().
+
+    Args:
+      x: (N, H, W, C) inputs.
+
+    Returns:
+      float32 (N, sum of D_i).
+    """
+    return jnp.concatenate(self.embed_parts(x), axis=-1)
+
+
+class CNNClassifier(_Embedding, nnx.Module):
   """conv (-> max-pool) blocks, then dense ReLU layers, then the logits.
 
   The defaults are the seed's network: conv 16 3x3 stride 2 ReLU -> conv 16 3x3 stride 2 ReLU -> flatten -> dense
@@ -128,19 +143,8 @@ class CNNClassifier(nnx.Module):
     parts.append(self.head(x))
     return [p.astype(jnp.float32) for p in parts]
 
-  def embed(self, x: jax.Array) -> jax.Array:
-    """`embed_parts` concatenated: float32 (N, sum of D_i).
 
-    Args:
-      x: (N, H, W, C) inputs.
-
-    Returns:
-      float32 (N, D).
-    """
-    return jnp.concatenate(self.embed_parts(x), axis=-1)
-
-
-class FCNClassifier(nnx.Module):
+class FCNClassifier(_Embedding, nnx.Module):
   """flatten -> dense ReLU layers -> the logits (the paper's FCN has three weight layers: two hidden + output).
 
   Args:
@@ -188,17 +192,6 @@ class FCNClassifier(nnx.Module):
       parts.append(x)
     parts.append(self.head(x))
     return [p.astype(jnp.float32) for p in parts]
-
-  def embed(self, x: jax.Array) -> jax.Array:
-    """`embed_parts` concatenated.
-
-    Args:
-      x: (N, H, W, C) inputs.
-
-    Returns:
-      float32 (N, D).
-    """
-    return jnp.concatenate(self.embed_parts(x), axis=-1)
 
 
 CLASSIFIERS = {"cnn": CNNClassifier, "fcn": FCNClassifier}
