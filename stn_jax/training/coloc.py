@@ -174,16 +174,15 @@ def validate(config) -> None:
       raise ConfigError(f"config.model.{name} must be True or False; got {config.model[name]!r}.")
   if config.schedule not in SCHEDULES:
     raise ConfigError(f"config.schedule must be one of {', '.join(map(repr, SCHEDULES))}; got {config.schedule!r}.")
-  e = config.embedding
-  if e.normalise not in NORMALISE:
+  normalise, weights = config.embedding.normalise, tuple(config.embedding.weights)
+  if normalise not in NORMALISE:
     raise ConfigError(
-      f"config.embedding.normalise must be one of {', '.join(map(repr, NORMALISE))}; got {e.normalise!r}."
+      f"config.embedding.normalise must be one of {', '.join(map(repr, NORMALISE))}; got {normalise!r}."
     )
-  weights = tuple(e.weights)
-  if weights and (e.normalise != "per_layer" or not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
+  if weights and (normalise != "per_layer" or not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
     raise ConfigError(
       f"config.embedding.weights must be () or positive numbers with normalise='per_layer'; got {weights!r} "
-      f"with {e.normalise!r}."
+      f"with {normalise!r}."
     )
   encoder_shape(config.encoder_workdir)
   layers = encoder_layers(config.encoder_workdir)
@@ -473,6 +472,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
       sets["test"] = _set(config, mnist, "test", config.dataset.num_test_images, at_most=True)
   shown = np.asarray(sets["train"][0][:8])
   images, boxes = jnp.asarray(_smooth(sets["train"][0], config.blur_sigma)), sets["train"][1]
+  if "test" in sets:  # smoothed once for every seed's test
+    test_images, test_boxes = jnp.asarray(_smooth(sets["test"][0], config.blur_sigma)), sets["test"][1]
   size = images.shape[1]
   e = config.embedding
   encode = lambda crops: combine(embed(crops), e.normalise, tuple(e.weights))
@@ -525,9 +526,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
       params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i))
     result = {"seed": seed, "iou_rate": rows[-1]["iou_rate"], "mean_iou": rows[-1]["mean_iou"]}
     if "test" in sets:
-      test_images, test_boxes = sets["test"]
-      located = locate(params, jnp.asarray(_smooth(test_images, config.blur_sigma)))
-      overlaps = iou(attention_boxes(np.asarray(located), size), test_boxes)
+      overlaps = iou(attention_boxes(np.asarray(locate(params, test_images)), size), test_boxes)
       result["test_iou_rate"] = float(np.mean(overlaps > 0.5))
     per_seed.append(result)
     if k == 0:
