@@ -1,6 +1,10 @@
 r"""Validation (and train) error against steps of paper-recipe runs, beside the paper's test error: one figure.
 
-  python experiments/paper_curves.py --runs=runs/gpu/rts_cnn,runs/gpu/rts_st_cnn_aff --out=docs/paper_curves_rts.png
+  python experiments/paper_curves.py --runs=runs/gpu/rts_cnn --runs=runs/gpu/rts_st_cnn_aff --out=docs/curves.png
+  python experiments/paper_curves.py --runs=runs/addition_cpu160 --out=docs/figures/addition_cpu160_curves.png
+
+Each --runs (repeatable) is a workdir (it holds config.json) or a sweep's root (every run directory under it, in
+name order). Sweep run names hold commas, so a value is never split on them.
 
 Reads each workdir's metrics.jsonl (a run stopped early has the evaluations it reached) and config.json, labels each
 curve by its model and dataset (configs/paper_table1.py's names, or configs/paper_addition.py's), draws the paper's
@@ -35,7 +39,26 @@ def row_and_paper(config: dict) -> tuple[str, str, float | None]:
   return model, column, paper_table1.paper_number(model, column)
 
 
-_RUNS = flags.DEFINE_list("runs", None, "Workdirs of the runs to plot.", required=True)
+_RUNS = flags.DEFINE_multi_string(
+  "runs", None, "A run's workdir or a sweep's root (its run directories); repeatable.", required=True
+)
+
+
+def expand_runs(values: list[str]) -> list[Path]:
+  """The workdirs named by --runs: each value a workdir (it holds config.json) or a sweep root (its run dirs)."""
+  runs = []
+  for value in values:
+    path = Path(value)
+    if (path / "config.json").is_file():
+      runs.append(path)
+      continue
+    children = sorted(d for d in path.iterdir() if (d / "config.json").is_file()) if path.is_dir() else []
+    if not children:
+      raise ValueError(f"--runs: {value!r} is neither a workdir (no config.json) nor a sweep root holding one.")
+    runs.extend(children)
+  return runs
+
+
 _OUT = flags.DEFINE_string("out", None, "The figure (png).", required=True)
 
 
@@ -43,7 +66,7 @@ def main(argv):
   del argv
   fig, ax = plt.subplots(figsize=(8, 5))
   print("| run | steps reached | val error % | train error % | paper test error % |\n|---|---:|---:|---:|---:|")
-  for i, run in enumerate(Path(r) for r in _RUNS.value):
+  for i, run in enumerate(expand_runs(_RUNS.value)):
     config = config_lib.migrate(json.loads((run / "config.json").read_text()))
     model, column, paper = row_and_paper(config)
     rows = [r for r in read_metrics(run / "metrics.jsonl") if "val_accuracy" in r]

@@ -160,3 +160,35 @@ def test_a_real_program_trains_to_its_total_and_comes_back_in_the_archive(tmp_pa
   assert not (done / key / "figures").exists()  # a baseline has no transformer to show
   cell = paper_table.collect(done)[("FCN", "RTS")]
   assert cell["num_seeds"] == 3 and cell["num_train_steps"] == 4 and 0 <= cell["test_error"] <= 1
+
+
+def test_paper_curves_takes_sweep_roots_whose_run_names_hold_commas(tmp_path):
+  import subprocess
+  import sys
+
+  rng = np.random.default_rng()
+  root = tmp_path / "sweep"
+  names = ["transform=none,classifier.kind=fcn", "transform=affine,classifier.kind=fcn,num_transformers=2"]
+  last = {}
+  for name, program in zip(names, campaign.programs()[-2:], strict=True):
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(campaign.config_lib.to_dict(program.config)))
+    accuracies = np.sort(rng.uniform(0.5, 0.95, 4))
+    rows = [{"step": 1000 * (i + 1), "val_accuracy": a, "train_accuracy": a} for i, a in enumerate(accuracies)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    last[name] = 100 * (1 - accuracies[-1])
+  curves = experiment("paper_curves")
+  assert curves.expand_runs([str(root)]) == [root / n for n in sorted(names)]
+  assert curves.expand_runs([str(root / names[0])]) == [root / names[0]]
+  with pytest.raises(ValueError, match=r"--runs: .* neither a workdir"):
+    curves.expand_runs([str(tmp_path / "nothing")])
+  script = Path(__file__).resolve().parents[2] / "experiments" / "paper_curves.py"
+  out = tmp_path / "curves.png"
+  command = [sys.executable, str(script), f"--runs={root}", f"--out={out}"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert out.stat().st_size > 1000
+  for name, error in last.items():
+    line = next(line for line in result.stdout.splitlines() if line.startswith(f"| {name} ("))
+    assert f"| {error:.2f} |" in line
