@@ -226,8 +226,8 @@ def encoder_shape(workdir) -> tuple[int, int, int]:
 
 
 def encoder_layers(workdir) -> int:
-  """How many layers e() concatenates for an encoder workdir: its classifier's convolution blocks (a CNN's), dense
-  layers and logits.
+  """How many layers e() concatenates for an encoder workdir: the length of its classifier's `embed_parts` (a CNN's
+  convolution blocks, the dense layers and the logits), found by abstract evaluation (nothing is computed).
 
   Args:
     workdir: config.encoder_workdir (already checked by `encoder_shape`).
@@ -235,10 +235,16 @@ def encoder_layers(workdir) -> int:
   Returns:
     The count.
   """
-  classifier = checkpoints.read_config(workdir).model.classifier
-  options = classifier[classifier.kind]
-  convs = len(options.features) if classifier.kind == "cnn" else 0
-  return convs + len(options.hidden) + 1
+  config = checkpoints.read_config(workdir)
+  shape = config_lib.input_shape(config)
+  dtype = steps.compute_dtype(config.get("compute_dtype", "float32"))
+  classes = config_lib.num_classes(config)
+
+  def parts():
+    model = models.create_model(config.model, shape, seed=0, dtype=dtype, num_classes=classes)
+    return model.classifier.embed_parts(jnp.zeros((1, *shape), jnp.float32))
+
+  return len(jax.eval_shape(parts))
 
 
 def combine(parts: list[jax.Array], normalise: str, weights=()) -> jax.Array:

@@ -217,3 +217,9 @@ def test_the_table_reports_the_seed_of_the_lowest_final_loss(tmp_path):
   }
   line = next(x for x in paper_table.coloc_table(found).splitlines() if x.startswith("| 4 |"))
   assert line.split("|")[3].strip() == f"{100 * rates[best]:.0f} ({100 * tests[best]:.0f})"
+
+
+def test_encoder_layers_counts_what_the_restored_encoder_returns(encoder):
+  embed, shape, _ = coloc.load_encoder(encoder)
+  x = jnp.asarray(np.random.default_rng().random((2, *shape)), jnp.float32)
+  assert coloc.encoder_layers(encoder) == len(embed(x)) == 4  # the seed's CNN: 2 convolution blocks, dense, logits
