@@ -422,9 +422,22 @@ def random_crops(key: jax.Array, count: int, scale: float) -> jax.Array:
   return jnp.concatenate([jnp.full((count, 1), scale), centre], axis=1)
 
 
-def _set(config, mnist, split: str, count: int, *, at_most: bool = False):
-  """(images float32 (N, S, S, 1), boxes (N, 4)) of the first `count` examples of the config's digit in a split of
-  the loaded MNIST (`at_most`: or all of them where the split has fewer)."""
+def digit_set(config, mnist, split: str, count: int, *, at_most: bool = False):
+  """A co-localisation set: the first `count` examples of the config's digit in a split, distorted.
+
+  Args:
+    config: a co-localisation ConfigDict (its dataset: name, digit, seed).
+    mnist: the loaded MNIST (stn_jax.data.load_mnist()).
+    split: 'train' or 'test'.
+    count: N.
+    at_most: take all the split's examples of the digit where it has fewer than `count` (else an error).
+
+  Returns:
+    (images float32 (N, S, S, 1) in [0, 1], boxes float (N, 4): x0, y0, x1, y1 in pixels).
+
+  Raises:
+    ConfigError: the split has fewer than `count` examples of the digit (and not at_most).
+  """
   digits, labels = mnist.split(split)
   indices = np.flatnonzero(labels == config.dataset.digit)[:count]
   if len(indices) < count and not at_most:
@@ -436,8 +449,16 @@ def _set(config, mnist, split: str, count: int, *, at_most: bool = False):
   return data_lib.uint8_to_unit_float(images), distortions.distort_boxes(config.dataset.name, **where)
 
 
-def _smooth(images, sigma: float) -> np.ndarray:
-  """float32 images (N, H, W, C) smoothed by a Gaussian of `sigma` pixels in H and W (0: as they are)."""
+def smooth(images, sigma: float) -> np.ndarray:
+  """Images smoothed as config.blur_sigma smooths a run's images.
+
+  Args:
+    images: (N, H, W, C).
+    sigma: the Gaussian's sigma in pixels, in H and W (0: the images as they are).
+
+  Returns:
+    float32 (N, H, W, C).
+  """
   images = np.asarray(images, np.float32)
   return scipy.ndimage.gaussian_filter(images, (0, sigma, sigma, 0)) if sigma else images
 
@@ -473,13 +494,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
   log.info("encoder: the classifier of %s at step %d, crops of %dx%d", config.encoder_workdir, encoder_step, h, w)
   if sets is None:
     mnist = data_lib.load_mnist()
-    sets = {"train": _set(config, mnist, config.dataset.split, config.dataset.num_images)}
+    sets = {"train": digit_set(config, mnist, config.dataset.split, config.dataset.num_images)}
     if config.dataset.num_test_images:
-      sets["test"] = _set(config, mnist, "test", config.dataset.num_test_images, at_most=True)
+      sets["test"] = digit_set(config, mnist, "test", config.dataset.num_test_images, at_most=True)
   shown = np.asarray(sets["train"][0][:8])
-  images, boxes = jnp.asarray(_smooth(sets["train"][0], config.blur_sigma)), sets["train"][1]
+  images, boxes = jnp.asarray(smooth(sets["train"][0], config.blur_sigma)), sets["train"][1]
   if "test" in sets:  # smoothed once for every seed's test
-    test_images, test_boxes = jnp.asarray(_smooth(sets["test"][0], config.blur_sigma)), sets["test"][1]
+    test_images, test_boxes = jnp.asarray(smooth(sets["test"][0], config.blur_sigma)), sets["test"][1]
   size = images.shape[1]
   e = config.embedding
   encode = lambda crops: combine(embed(crops), e.normalise, tuple(e.weights))

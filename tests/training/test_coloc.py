@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import stn_jax
 from stn_jax import models
 from stn_jax.data import distortions
 from stn_jax.training import coloc, config_lib, train
@@ -223,3 +224,37 @@ def test_encoder_layers_counts_what_the_restored_encoder_returns(encoder):
   embed, shape, _ = coloc.load_encoder(encoder)
   x = jnp.asarray(np.random.default_rng().random((2, *shape)), jnp.float32)
   assert coloc.encoder_layers(encoder) == len(embed(x)) == 4  # the seed's CNN: 2 convolution blocks, dense, logits
+
+
+def test_diagnostics_crops_invert_the_boxes_and_the_empty_corner_misses_the_digit():
+  diagnostics = experiment("coloc_diagnostics")
+  rng = np.random.default_rng()
+  size, side = 84, rng.uniform(10, 40, 20)
+  x0, y0 = rng.uniform(0, size - side), rng.uniform(0, size - side)
+  boxes = np.stack([x0, y0, x0 + side, y0 + side], 1)
+  np.testing.assert_allclose(coloc.attention_boxes(diagnostics.box_params(boxes, size), size), boxes, atol=1e-4)
+  dx, dy = rng.uniform(0, size - 28, (2, 20))  # 28 px digits anywhere, as coloc places them
+  digits = np.stack([dx, dy, dx + 28, dy + 28], 1)
+  assert np.all(coloc.iou(coloc.attention_boxes(diagnostics.empty_corner(digits, size), size), digits) == 0)
+
+
+def test_diagnostics_free_crops_start_where_asked_and_the_losses_are_the_runs(encoder):
+  diagnostics = experiment("coloc_diagnostics")
+  config = _config(encoder)
+  images, boxes = _sets("coloc")["train"]
+  embed, shape, _ = coloc.load_encoder(encoder)
+  key = jax.random.key(int(np.random.default_rng().integers(1 << 30)))
+  row = diagnostics.diagnose(config, jnp.asarray(images), boxes, embed, shape[:2], key, draws=2,
+                             offsets=["0", "30"], free_steps=0, free_lr=0.01)  # fmt: skip
+  assert row["free 0"] == (1.0, 1.0) and row["free 30"] == (0.0, 0.0)  # no steps: as started; 30 px: IoU < 0.5
+  assert 0 <= row["away"] <= 1
+  draws = jax.random.split(key, 3)[:2]
+  n = len(images)
+  true = jnp.asarray(diagnostics.box_params(boxes, images.shape[1]))
+  warp = lambda p: stn_jax.warp(jnp.asarray(images), p, kind="attention", size=shape[:2])
+  encode = lambda crops: coloc.combine(embed(crops), "none")
+  expected = np.mean([
+    coloc.triplet_loss(encode(warp(true)), encode(warp(coloc.random_crops(k, n, config.random_crop_scale))), 1.0)
+    for k in draws
+  ])  # fmt: skip
+  np.testing.assert_allclose(row["true"], expected, rtol=1e-5)
