@@ -15,7 +15,8 @@ crops. Columns:
 - `away %`: the share of images whose descent direction at `init` (minus the loss's gradient with respect to that
   image's crop centre, averaged over the draws) points away from the digit's centre (a negative dot product).
 - `free from D px`: per-image crop centres (no localisation net: each image's (tx, ty) a free parameter, the side
-  held at the true box's) started D px from the digit's centre in a random direction and descended by Adam
+  held at the true box's) started D px from the digit's centre in a random direction (`init`: at the image's centre,
+  where a run's crops start) and descended by Adam
   (--free_lr, --free_steps, fresh random crops each step): the IoU > 0.5 rate before -> after. A basin that holds
   them says the loss can keep a crop on the digit from there; crops that leave say it cannot.
 """
@@ -36,7 +37,9 @@ from stn_jax.training import coloc
 config_flags.DEFINE_config_file("config", None, "A co-localisation config (configs/paper_coloc.py[:variant]).")
 _DIGITS = flags.DEFINE_list("digits", [str(d) for d in range(10)], "The digit classes, one row each.")
 _DRAWS = flags.DEFINE_integer("draws", 10, "Draws of the random crops the fixed-crop losses and gradients average.")
-_OFFSETS = flags.DEFINE_list("offsets", ["5", "10"], "Start distances (px) of the free crops, one column each.")
+_OFFSETS = flags.DEFINE_list(
+  "offsets", ["5", "10", "init"], "Starts of the free crops, one column each: a distance (px) or 'init'."
+)
 _FREE_STEPS = flags.DEFINE_integer("free_steps", 300, "Adam steps of the free crops.")
 _FREE_LR = flags.DEFINE_float("free_lr", 0.01, "Adam's rate for the free crops (normalised coordinates).")
 _SEED = flags.DEFINE_integer("seed", 0, "The random crops' and start directions' seed.")
@@ -113,18 +116,21 @@ def diagnose(config, images, boxes, embed, crop_hw, key, *, draws: int, offsets,
     updates, opt_state = tx.update(g, opt_state, centres)
     return optax.apply_updates(centres, updates), opt_state, value
 
-  for offset in map(float, offsets):
+  for offset in offsets:
     key, angle_key, *step_keys = jax.random.split(key, free_steps + 2)
-    angle = np.asarray(jax.random.uniform(angle_key, (n,), maxval=2 * np.pi))
-    shift = 2 * offset / size * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    centres = jnp.asarray(true[:, 1:] + shift, jnp.float32)
+    if offset == "init":
+      centres = jnp.asarray(init[:, 1:])
+    else:
+      angle = np.asarray(jax.random.uniform(angle_key, (n,), maxval=2 * np.pi))
+      shift = 2 * float(offset) / size * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+      centres = jnp.asarray(true[:, 1:] + shift, jnp.float32)
     rate = lambda c: float(np.mean(coloc.iou(coloc.attention_boxes(np.concatenate([true[:, :1], c], 1), size), boxes)
                                    > 0.5))  # fmt: skip
     before = rate(np.asarray(centres))
     opt_state = tx.init(centres)
     for k in step_keys:
       centres, opt_state, _ = free_step(centres, opt_state, k)
-    row[f"free {offset:g}"] = (before, rate(np.asarray(centres)))
+    row[f"free {offset}"] = (before, rate(np.asarray(centres)))
   return row
 
 
@@ -141,8 +147,9 @@ def main(argv):
     f"{config.margin}, {_DRAWS.value} draws of the random crops; free crops: Adam {_FREE_LR.value}, "
     f"{_FREE_STEPS.value} steps; {jax.devices()[0].device_kind}\n"
   )
-  offsets = [f"free {float(o):g}" for o in _OFFSETS.value]
-  head = ["digit", "true", "init", "whole", "empty", "away %"] + [f"{o} px: IoU>0.5 % before -> after" for o in offsets]
+  offsets = [f"free {o}" for o in _OFFSETS.value]
+  starts = [f"free from {o}{'' if o == 'init' else ' px'}: IoU>0.5 % before -> after" for o in _OFFSETS.value]
+  head = ["digit", "true", "init", "whole", "empty", "away %", *starts]
   print("| " + " | ".join(head) + " |\n|" + "---:|" * len(head))
   for digit in map(int, _DIGITS.value):
     config.dataset.digit = digit

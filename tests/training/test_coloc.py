@@ -245,9 +245,9 @@ def test_diagnostics_free_crops_start_where_asked_and_the_losses_are_the_runs(en
   embed, shape, _ = coloc.load_encoder(encoder)
   key = jax.random.key(int(np.random.default_rng().integers(1 << 30)))
   row = diagnostics.diagnose(config, jnp.asarray(images), boxes, embed, shape[:2], key, draws=2,
-                             offsets=["0", "30"], free_steps=0, free_lr=0.01)  # fmt: skip
+                             offsets=["0", "30", "init"], free_steps=0, free_lr=0.01)  # fmt: skip
   assert row["free 0"] == (1.0, 1.0) and row["free 30"] == (0.0, 0.0)  # no steps: as started; 30 px: IoU < 0.5
-  assert 0 <= row["away"] <= 1
+  assert row["free init"][0] == row["free init"][1] and 0 <= row["away"] <= 1
   draws = jax.random.split(key, 3)[:2]
   n = len(images)
   true = jnp.asarray(diagnostics.box_params(boxes, images.shape[1]))
