@@ -34,15 +34,20 @@ import stn_jax
 from stn_jax import data as data_lib
 from stn_jax.training import coloc
 
-config_flags.DEFINE_config_file("config", None, "A co-localisation config (configs/paper_coloc.py[:variant]).")
-_DIGITS = flags.DEFINE_list("digits", [str(d) for d in range(10)], "The digit classes, one row each.")
-_DRAWS = flags.DEFINE_integer("draws", 10, "Draws of the random crops the fixed-crop losses and gradients average.")
-_OFFSETS = flags.DEFINE_list(
-  "offsets", ["5", "10", "init"], "Starts of the free crops, one column each: a distance (px) or 'init'."
-)
-_FREE_STEPS = flags.DEFINE_integer("free_steps", 300, "Adam steps of the free crops.")
-_FREE_LR = flags.DEFINE_float("free_lr", 0.01, "Adam's rate for the free crops (normalised coordinates).")
-_SEED = flags.DEFINE_integer("seed", 0, "The random crops' and start directions' seed.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The script's flags (defined when it runs, so that tests can import it beside other experiments)."""
+  config_flags.DEFINE_config_file("config", None, "A co-localisation config (configs/paper_coloc.py[:variant]).")
+  flags.DEFINE_list("digits", [str(d) for d in range(10)], "The digit classes, one row each.")
+  flags.DEFINE_integer("draws", 10, "Draws of the random crops the fixed-crop losses and gradients average.")
+  flags.DEFINE_list(
+    "offsets", ["5", "10", "init"], "Starts of the free crops, one column each: a distance (px) or 'init'."
+  )
+  flags.DEFINE_integer("free_steps", 300, "Adam steps of the free crops.")
+  flags.DEFINE_float("free_lr", 0.01, "Adam's rate for the free crops (normalised coordinates).")
+  flags.DEFINE_integer("seed", 0, "The random crops' and start directions' seed.")
 
 
 def box_params(boxes: np.ndarray, size: int) -> np.ndarray:
@@ -136,7 +141,7 @@ def diagnose(config, images, boxes, embed, crop_hw, key, *, draws: int, offsets,
 
 def main(argv):
   del argv
-  config = flags.FLAGS.config
+  config = FLAGS.config
   coloc.validate(config)
   embed, shape, step = coloc.load_encoder(config.encoder_workdir)
   mnist = data_lib.load_mnist()
@@ -144,25 +149,26 @@ def main(argv):
   print(
     f"{config.dataset.name}, {config.dataset.num_images} images per digit, encoder {config.encoder_workdir} (step "
     f"{step}), e(): {e.normalise} {tuple(e.weights) or ''}, blur {config.blur_sigma} px, margin "
-    f"{config.margin}, {_DRAWS.value} draws of the random crops; free crops: Adam {_FREE_LR.value}, "
-    f"{_FREE_STEPS.value} steps; {jax.devices()[0].device_kind}\n"
+    f"{config.margin}, {FLAGS.draws} draws of the random crops; free crops: Adam {FLAGS.free_lr}, "
+    f"{FLAGS.free_steps} steps; {jax.devices()[0].device_kind}\n"
   )
-  offsets = [f"free {o}" for o in _OFFSETS.value]
-  starts = [f"free from {o}{'' if o == 'init' else ' px'}: IoU>0.5 % before -> after" for o in _OFFSETS.value]
+  offsets = [f"free {o}" for o in FLAGS.offsets]
+  starts = [f"free from {o}{'' if o == 'init' else ' px'}: IoU>0.5 % before -> after" for o in FLAGS.offsets]
   head = ["digit", "true", "init", "whole", "empty", "away %", *starts]
   print("| " + " | ".join(head) + " |\n|" + "---:|" * len(head))
-  for digit in map(int, _DIGITS.value):
+  for digit in map(int, FLAGS.digits):
     config.dataset.digit = digit
     images, boxes = coloc.digit_set(config, mnist, config.dataset.split, config.dataset.num_images)
     images = jnp.asarray(coloc.smooth(images, config.blur_sigma))
-    key = jax.random.fold_in(jax.random.key(_SEED.value), digit)
-    row = diagnose(config, images, boxes, embed, shape[:2], key, draws=_DRAWS.value, offsets=_OFFSETS.value,
-                   free_steps=_FREE_STEPS.value, free_lr=_FREE_LR.value)  # fmt: skip
+    key = jax.random.fold_in(jax.random.key(FLAGS.seed), digit)
+    row = diagnose(config, images, boxes, embed, shape[:2], key, draws=FLAGS.draws, offsets=FLAGS.offsets,
+                   free_steps=FLAGS.free_steps, free_lr=FLAGS.free_lr)  # fmt: skip
     free = [f"{100 * row[o][0]:.0f} -> {100 * row[o][1]:.0f}" for o in offsets]
     fixed = [f"{row[c]:.3g}" for c in ("true", "init", "whole", "empty")]
     print(f"| {digit} | " + " | ".join([*fixed, f"{100 * row['away']:.0f}", *free]) + " |", flush=True)
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flag_as_required("config")
   app.run(main)
