@@ -68,8 +68,7 @@ def box_params(boxes: np.ndarray, size: int) -> np.ndarray:
 
 def empty_corner(boxes: np.ndarray, size: int, scale: float = 1 / 6) -> np.ndarray:
   """Crops of relative side `scale` in the corner of each image farthest from its box's centre."""
-  centre = 2 * (np.asarray(boxes, np.float64)[:, :2] + np.asarray(boxes, np.float64)[:, 2:]) / 2 / size - 1
-  corner = -np.sign(centre + 1e-9) * (1 - scale)
+  corner = -np.sign(box_params(boxes, size)[:, 1:] + 1e-9) * (1 - scale)
   return np.concatenate([np.full((len(boxes), 1), scale), corner], axis=1).astype(np.float32)
 
 
@@ -117,9 +116,13 @@ def diagnose(config, images, boxes, embed, crop_hw, key, *, draws: int, offsets,
 
   @jax.jit
   def free_step(centres, opt_state, key):
-    value, g = jax.value_and_grad(lambda c: loss(jnp.concatenate([true[:, :1], c], axis=1), key))(centres)
+    g = jax.grad(lambda c: loss(jnp.concatenate([true[:, :1], c], axis=1), key))(centres)
     updates, opt_state = tx.update(g, opt_state, centres)
-    return optax.apply_updates(centres, updates), opt_state, value
+    return optax.apply_updates(centres, updates), opt_state
+
+  def rate(centres):
+    located = coloc.attention_boxes(np.concatenate([true[:, :1], np.asarray(centres)], 1), size)
+    return float(np.mean(coloc.iou(located, boxes) > 0.5))
 
   for offset in offsets:
     key, angle_key, *step_keys = jax.random.split(key, free_steps + 2)
@@ -129,13 +132,11 @@ def diagnose(config, images, boxes, embed, crop_hw, key, *, draws: int, offsets,
       angle = np.asarray(jax.random.uniform(angle_key, (n,), maxval=2 * np.pi))
       shift = 2 * float(offset) / size * np.stack([np.cos(angle), np.sin(angle)], axis=1)
       centres = jnp.asarray(true[:, 1:] + shift, jnp.float32)
-    rate = lambda c: float(np.mean(coloc.iou(coloc.attention_boxes(np.concatenate([true[:, :1], c], 1), size), boxes)
-                                   > 0.5))  # fmt: skip
-    before = rate(np.asarray(centres))
+    before = rate(centres)
     opt_state = tx.init(centres)
     for k in step_keys:
-      centres, opt_state, _ = free_step(centres, opt_state, k)
-    row[f"free {offset}"] = (before, rate(np.asarray(centres)))
+      centres, opt_state = free_step(centres, opt_state, k)
+    row[f"free {offset}"] = (before, rate(centres))
   return row
 
 
