@@ -94,8 +94,7 @@ def diagnose(config, images, boxes, embed, crop_hw, key, *, draws: int, offsets,
 
   @jax.jit
   def loss(params, key):
-    rand = coloc.random_crops(key, n, config.random_crop_scale)
-    return coloc.triplet_loss(encode(warp(params)), encode(warp(rand)), config.margin)
+    return coloc.crops_loss(config, encode, images, warp(params), key)
 
   keys = jax.random.split(key, draws + 1)
   draws, key = keys[:-1], keys[-1]

@@ -422,6 +422,24 @@ def random_crops(key: jax.Array, count: int, scale: float) -> jax.Array:
   return jnp.concatenate([jnp.full((count, 1), scale), centre], axis=1)
 
 
+def crops_loss(config, encode, images: jax.Array, crops: jax.Array, key: jax.Array) -> jax.Array:
+  """The run's triplet loss of crops I_n^T of images against random crops I_n^rand of the same images.
+
+  Args:
+    config: the co-localisation config (random_crop_scale, margin).
+    encode: e(), crops -> (N, D).
+    images: (N, S, S, 1) the (smoothed) images.
+    crops: (N, H, W, 1) their crops, H x W the encoder's input.
+    key: draws the random crops.
+
+  Returns:
+    The scalar loss.
+  """
+  rand = random_crops(key, images.shape[0], config.random_crop_scale)
+  others = stn_jax.warp(images, rand, kind="attention", size=crops.shape[1:3])
+  return triplet_loss(encode(crops), encode(others), config.margin)
+
+
 def digit_set(config, mnist, split: str, count: int, *, at_most: bool = False):
   """A co-localisation set: the first `count` examples of the config's digit in a split, distorted.
 
@@ -521,9 +539,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
       return theta, stn_jax.warp(x, theta, kind="attention", size=(h, w), implementation=model.implementation)
 
     def loss_fn(params, key):
-      rand = stn_jax.warp(images, random_crops(key, images.shape[0], config.random_crop_scale), kind="attention",
-                          size=(h, w))  # fmt: skip
-      return triplet_loss(encode(crop(params, images)[1]), encode(rand), config.margin)
+      return crops_loss(config, encode, images, crop(params, images)[1], key)
 
     @jax.jit
     def step(params, opt_state, key, loss_fn=loss_fn, tx=tx):
