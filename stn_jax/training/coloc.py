@@ -51,6 +51,8 @@ ADDED = {
   "model.learn_scale": True,
   "model.keep_inside": False,
   "blur_sigma": 0.0,
+  "blur_start": 0.0,
+  "blur_steps": 0,
   "embedding": {"normalise": "none", "weights": []},
   "schedule": "constant",
 }
@@ -82,6 +84,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.random_crop_scale = 1 / 3  # the side of a random crop, relative to the image's (the 28 px digit in 84 px)
   c.initial_scale = 1 / 3  # the attention's scale at initialisation (centred); 1 = the identity
   c.blur_sigma = 0.0  # a Gaussian smoothing of the images (px) before anything sees them; 0 = none
+  # A smoothing that starts wider: sigma blur_start at step 0, moved linearly to blur_sigma by step blur_steps (in
+  # steps of BLUR_QUANTUM px), blur_sigma after; blur_steps 0 = blur_sigma throughout.
+  c.blur_start = 0.0
+  c.blur_steps = 0
   # e(): 'none', the encoder's layers concatenated as they are; 'per_layer', each layer's activations L2-normalised,
   # weighted by sqrt(w_i / sum(w)) (weights: one per layer, the logits last; () = equal), then concatenated.
   c.embedding = ml_collections.ConfigDict({"normalise": "none", "weights": ()})
@@ -116,7 +122,11 @@ DOCS = {
   "translation-only attention)",
   "model.keep_inside": "bound the crop's centre (tanh) so that the crop stays inside the image",
   "blur_sigma": "a Gaussian smoothing (sigma in pixels) of the run's images before the transformer, the random crops "
-  "and the encoder see them (0 = none); the boxes figure shows the images unsmoothed",
+  "and the encoder see them (0 = none); the boxes figure shows the images unsmoothed; with blur_steps, the sigma "
+  "the run ends at (and the test images' sigma)",
+  "blur_start": "with blur_steps > 0: the smoothing's sigma at step 0, moved linearly to blur_sigma by step "
+  "blur_steps (a wide smoothing first, to widen the loss's basin)",
+  "blur_steps": "the steps over which the smoothing goes from blur_start to blur_sigma (0 = blur_sigma throughout)",
   "embedding.normalise": "e() from the encoder's layers: 'none' (concatenated as they are, the paper as read) or "
   "'per_layer' (each layer's activations L2-normalised and weighted, so that e() has unit norm)",
   "embedding.weights": "per_layer: one weight per encoder layer (its convolution blocks, dense layers, then the "
@@ -167,8 +177,15 @@ def validate(config) -> None:
       raise ConfigError(f"config.{name} must be in (0, 1]; got {config[name]!r}.")
   if not config.learning_rate > 0:
     raise ConfigError(f"config.learning_rate must be > 0; got {config.learning_rate!r}.")
-  if not isinstance(config.blur_sigma, (int, float)) or config.blur_sigma < 0:
-    raise ConfigError(f"config.blur_sigma must be a number >= 0; got {config.blur_sigma!r}.")
+  for name in ("blur_sigma", "blur_start"):
+    if isinstance(config[name], bool) or not isinstance(config[name], (int, float)) or config[name] < 0:
+      raise ConfigError(f"config.{name} must be a number >= 0; got {config[name]!r}.")
+  if isinstance(config.blur_steps, bool) or not isinstance(config.blur_steps, int) or config.blur_steps < 0:
+    raise ConfigError(f"config.blur_steps must be an int >= 0; got {config.blur_steps!r}.")
+  if config.blur_steps > config.num_train_steps:
+    raise ConfigError(
+      f"config.blur_steps must be at most num_train_steps ({config.num_train_steps}); got {config.blur_steps!r}."
+    )
   for name in ("learn_scale", "keep_inside"):
     if not isinstance(config.model[name], bool):
       raise ConfigError(f"config.model.{name} must be True or False; got {config.model[name]!r}.")
@@ -481,6 +498,26 @@ def smooth(images, sigma: float) -> np.ndarray:
   return scipy.ndimage.gaussian_filter(images, (0, sigma, sigma, 0)) if sigma else images
 
 
+BLUR_QUANTUM = 0.25  # px: a blur schedule's sigmas are rounded to this, so that its smoothed images are few
+
+
+def blur_at(config, step: int) -> float:
+  """The smoothing's sigma at a step (config.blur_sigma, blur_start, blur_steps).
+
+  Args:
+    config: a co-localisation config.
+    step: the training step (0 = before the first update).
+
+  Returns:
+    The sigma in pixels: blur_start at step 0 moved linearly to blur_sigma at blur_steps, rounded to BLUR_QUANTUM;
+    blur_sigma from blur_steps on (and throughout where blur_steps is 0).
+  """
+  if config.blur_steps == 0 or step >= config.blur_steps:
+    return float(config.blur_sigma)
+  sigma = config.blur_start + (config.blur_sigma - config.blur_start) * step / config.blur_steps
+  return round(sigma / BLUR_QUANTUM) * BLUR_QUANTUM
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict:
   """Trains `config.num_seeds` co-localisation runs of a config into `workdir` and reports their IoU rates.
 
@@ -516,7 +553,16 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
     if config.dataset.num_test_images:
       sets["test"] = digit_set(config, mnist, "test", config.dataset.num_test_images, at_most=True)
   shown = np.asarray(sets["train"][0][:8])
-  images, boxes = jnp.asarray(smooth(sets["train"][0], config.blur_sigma)), sets["train"][1]
+  boxes = sets["train"][1]
+  smoothed = {}  # sigma -> the train images smoothed by it, shared by the seeds
+
+  def images_at(i):
+    sigma = blur_at(config, i)
+    if sigma not in smoothed:
+      smoothed[sigma] = jnp.asarray(smooth(sets["train"][0], sigma))
+    return smoothed[sigma]
+
+  images = images_at(0)
   if "test" in sets:  # smoothed once for every seed's test
     test_images, test_boxes = jnp.asarray(smooth(sets["test"][0], config.blur_sigma)), sets["test"][1]
   size = images.shape[1]
@@ -538,12 +584,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
       theta = attention_params(config, model.localization(x))
       return theta, stn_jax.warp(x, theta, kind="attention", size=(h, w), implementation=model.implementation)
 
-    def loss_fn(params, key):
-      return crops_loss(config, encode, images, crop(params, images)[1], key)
+    def loss_fn(params, x, key):
+      return crops_loss(config, encode, x, crop(params, x)[1], key)
 
     @jax.jit
-    def step(params, opt_state, key, loss_fn=loss_fn, tx=tx):
-      loss, grads = jax.value_and_grad(loss_fn)(params, key)
+    def step(params, opt_state, x, key, loss_fn=loss_fn, tx=tx):
+      loss, grads = jax.value_and_grad(loss_fn)(params, x, key)
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, loss
 
@@ -555,18 +601,21 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
     history = []
     loss = None
     for i in range(config.num_train_steps + 1):
+      images = images_at(i)
       if i % config.eval_every_steps == 0 or i == config.num_train_steps:
         located = attention_boxes(np.asarray(locate(params, images)), size)
         overlaps = iou(located, boxes)
         row = {"seed": seed, "step": i, "loss": None if i == 0 else float(loss),  # no step taken yet at 0
                "iou_rate": float(np.mean(overlaps > 0.5)), "mean_iou": float(overlaps.mean())}  # fmt: skip
+        if config.blur_steps:
+          row["blur_sigma"] = blur_at(config, i)
         rows.append(row)
         history.append((i, located[: len(shown)]))
         shown_row = {k: round(v, 4) for k, v in row.items() if k not in ("seed", "step") and v is not None}
         log.info("seed %d, step %d: %s", seed, i, shown_row)
       if i == config.num_train_steps:
         break
-      params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i))
+      params, opt_state, loss = step(params, opt_state, images, jax.random.fold_in(key, i))
     result = {"seed": seed, "iou_rate": rows[-1]["iou_rate"], "mean_iou": rows[-1]["mean_iou"]}
     if "test" in sets:
       overlaps = iou(attention_boxes(np.asarray(locate(params, test_images)), size), test_boxes)

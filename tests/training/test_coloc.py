@@ -143,7 +143,7 @@ def test_a_run_trains_reports_per_seed_and_keeps_its_workdir(encoder, tmp_path):
     coloc.train_and_evaluate(_config(encoder, margin=2.0), tmp_path, sets=_sets())
   # A workdir written before the fields of coloc.ADDED existed is the same run (their values then were the defaults).
   stored = json.loads((tmp_path / "config.json").read_text())
-  for field in ("blur_sigma", "schedule", "embedding"):
+  for field in ("blur_sigma", "blur_start", "blur_steps", "schedule", "embedding"):
     del stored[field]
   del stored["model"]["learn_scale"], stored["model"]["keep_inside"]
   (tmp_path / "config.json").write_text(json.dumps(stored))
@@ -168,6 +168,30 @@ def test_the_tuned_options_train_a_translation_only_crop_inside_the_image(encode
   assert rows[1]["loss"] != rows[2]["loss"]
 
 
+def test_a_blur_schedule_narrows_linearly_and_its_first_step_is_the_constant_blurs(encoder, tmp_path):
+  config = _config(encoder, blur_start=3.0, blur_sigma=0.5, blur_steps=4)
+  # Linear from 3 to 0.5 over 4 steps, rounded to BLUR_QUANTUM, then 0.5.
+  expected = [3.0, 2.5, 1.75, 1.0, 0.5, 0.5]
+  assert [coloc.blur_at(config, i) for i in range(6)] == pytest.approx(expected, abs=coloc.BLUR_QUANTUM / 2)
+  assert all(coloc.blur_at(config, i) / coloc.BLUR_QUANTUM == round(coloc.blur_at(config, i) / 0.25) for i in range(6))
+  assert coloc.blur_at(_config(encoder, blur_sigma=2.0), 0) == 2.0  # no schedule: blur_sigma throughout
+  run = lambda name, **o: coloc.train_and_evaluate(
+    _config(encoder, num_seeds=1, num_train_steps=4, eval_every_steps=1, learning_rate=0.05, **o),
+    tmp_path / name,
+    sets=_sets("coloc"),
+  )
+  rows = lambda name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+  run("schedule", blur_start=3.0, blur_sigma=0.5, blur_steps=4)
+  run("constant", blur_sigma=3.0)
+  scheduled, constant = rows("schedule"), rows("constant")
+  assert [r["blur_sigma"] for r in scheduled] == [coloc.blur_at(config, i) for i in range(5)]
+  # Step 0 sees the images at blur_start in both runs: the same boxes, the same first loss; then the schedule narrows.
+  for name in ("iou_rate", "mean_iou"):
+    assert scheduled[0][name] == constant[0][name]
+  np.testing.assert_allclose(scheduled[1]["loss"], constant[1]["loss"], rtol=1e-6)
+  assert abs(scheduled[2]["loss"] - constant[2]["loss"]) > 1e-6
+
+
 def test_a_bad_config_or_encoder_is_refused_before_any_work(encoder, tmp_path):
   cases = [
     ({"encoder_workdir": ""}, "config.encoder_workdir is empty"),
@@ -177,6 +201,9 @@ def test_a_bad_config_or_encoder_is_refused_before_any_work(encoder, tmp_path):
     ({"initial_scale": 1.5}, r"config.initial_scale must be in \(0, 1\]; got 1.5"),
     ({"model.localization.features": (0,)}, r"config.model.localization: CNNLocalization: features"),
     ({"blur_sigma": -1.0}, r"config.blur_sigma must be a number >= 0; got -1.0"),
+    ({"blur_start": -2.0}, r"config.blur_start must be a number >= 0; got -2.0"),
+    ({"blur_steps": -1}, r"config.blur_steps must be an int >= 0; got -1"),
+    ({"blur_steps": 5}, r"config.blur_steps must be at most num_train_steps \(3\); got 5"),
     ({"schedule": "linear"}, r"config.schedule must be one of 'constant', 'cosine'; got 'linear'"),
     ({"embedding.normalise": "l2"}, r"config.embedding.normalise must be one of 'none', 'per_layer'; got 'l2'"),
     ({"embedding.weights": (1.0, 2.0, 3.0, 4.0)}, r"must be \(\) or positive numbers with normalise='per_layer'"),
