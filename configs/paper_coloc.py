@@ -23,7 +23,11 @@ the digit.
 (docs/paper.md, "Co-localisation"), each change our choice: the encoder of configs/coloc_encoder.py (a CNN trained on
 paper-RTS, crops of 42x42), the images smoothed by a Gaussian of 4 px, the crop's side held at a third (translation
 only) and kept inside the image, e() with each layer L2-normalised and weighted 1, 1, 2, 4 (convolutions, dense,
-logits), Adam at 3e-3 decayed to 0 by a cosine over 400 steps.
+logits), Adam at 3e-3 decayed to 0 by a cosine over 400 steps. `widening` is `tuned` with a smoothing that starts
+wide (sigma 10 px at step 0, narrowed linearly to tuned's 4 px by step 200; our choice, from the basin widths that
+experiments/coloc_diagnostics.py measured):
+
+  python experiments/sweep.py --config=configs/paper_coloc.py:widening --workdir=runs/coloc_widening
 """
 
 from stn_jax.training import coloc
@@ -35,7 +39,7 @@ DATASETS = ("coloc", "coloc-clutter")
 PAPER = {"coloc": (100.0, 100.0), "coloc-clutter": (75.0, 93.0)}
 
 
-VARIANTS = ("paper", "tuned")
+VARIANTS = ("paper", "tuned", "widening")
 
 
 def get_config(variant: str = "paper"):
@@ -43,7 +47,7 @@ def get_config(variant: str = "paper"):
     raise ValueError(f"variant must be one of {', '.join(map(repr, VARIANTS))}; got {variant!r}.")
   config = coloc.default_config()
   config.encoder_workdir = "runs/default"
-  if variant == "tuned":
+  if variant in ("tuned", "widening"):
     config.encoder_workdir = "runs/coloc_encoder"
     config.blur_sigma = 4.0
     config.model.learn_scale = False
@@ -53,6 +57,9 @@ def get_config(variant: str = "paper"):
     config.learning_rate = 3e-3
     config.schedule = "cosine"
     config.num_train_steps = 400
+  if variant == "widening":
+    config.blur_start = 10.0
+    config.blur_steps = 200
   return config
 
 

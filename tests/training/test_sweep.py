@@ -46,6 +46,13 @@ def test_the_coloc_sweep_is_refused_without_its_encoder_and_validates_with_one(t
   }
 
 
+def test_the_widening_coloc_variant_is_tuned_with_a_narrowing_blur():
+  tuned, widening = (sweep.load_sweep(f"{COLOC}:{v}")[0].to_dict() for v in ("tuned", "widening"))
+  changed = {k for k in tuned if tuned[k] != widening[k]}
+  assert changed == {"blur_start", "blur_steps"}
+  assert widening["blur_start"] > widening["blur_sigma"] == tuned["blur_sigma"] and widening["blur_steps"] > 0
+
+
 def test_table1_and_tc_sweeps_cover_the_paper():
   _, runs = sweep.load_sweep(ROOT / "configs" / "paper_table1.py")
   assert len(runs) == 32
