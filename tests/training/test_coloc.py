@@ -173,7 +173,8 @@ def test_a_blur_schedule_narrows_linearly_and_its_first_step_is_the_constant_blu
   # Linear from 3 to 0.5 over 4 steps, rounded to BLUR_QUANTUM, then 0.5.
   expected = [3.0, 2.5, 1.75, 1.0, 0.5, 0.5]
   assert [coloc.blur_at(config, i) for i in range(6)] == pytest.approx(expected, abs=coloc.BLUR_QUANTUM / 2)
-  assert all(coloc.blur_at(config, i) / coloc.BLUR_QUANTUM == round(coloc.blur_at(config, i) / 0.25) for i in range(6))
+  quanta = [coloc.blur_at(config, i) / coloc.BLUR_QUANTUM for i in range(6)]
+  assert all(q == round(q) for q in quanta)
   assert coloc.blur_at(_config(encoder, blur_sigma=2.0), 0) == 2.0  # no schedule: blur_sigma throughout
   run = lambda name, **o: coloc.train_and_evaluate(
     _config(encoder, num_seeds=1, num_train_steps=4, eval_every_steps=1, learning_rate=0.05, **o),
