@@ -39,11 +39,6 @@ def row_and_paper(config: dict) -> tuple[str, str, float | None]:
   return model, column, paper_table1.paper_number(model, column)
 
 
-_RUNS = flags.DEFINE_multi_string(
-  "runs", None, "A run's workdir or a sweep's root (its run directories); repeatable.", required=True
-)
-
-
 def expand_runs(values: list[str]) -> list[Path]:
   """The workdirs named by --runs: each value a workdir (it holds config.json) or a sweep root (its run dirs)."""
   runs = []
@@ -59,14 +54,20 @@ def expand_runs(values: list[str]) -> list[Path]:
   return runs
 
 
-_OUT = flags.DEFINE_string("out", None, "The figure (png).", required=True)
+def define_flags() -> None:
+  """The command line's flags (defined when run as a script: importing this module defines none)."""
+  flags.DEFINE_multi_string(
+    "runs", None, "A run's workdir or a sweep's root (its run directories); repeatable.", required=True
+  )
+  flags.DEFINE_string("out", None, "The figure (png).", required=True)
 
 
 def main(argv):
   del argv
+  out = Path(flags.FLAGS.out)
   fig, ax = plt.subplots(figsize=(8, 5))
   print("| run | steps reached | val error % | train error % | paper test error % |\n|---|---:|---:|---:|---:|")
-  for i, run in enumerate(expand_runs(_RUNS.value)):
+  for i, run in enumerate(expand_runs(flags.FLAGS.runs)):
     config = config_lib.migrate(json.loads((run / "config.json").read_text()))
     model, column, paper = row_and_paper(config)
     rows = [r for r in read_metrics(run / "metrics.jsonl") if "val_accuracy" in r]
@@ -91,10 +92,11 @@ def main(argv):
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(_OUT.value, dpi=110)
-  print(f"wrote {_OUT.value}")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=110)
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
