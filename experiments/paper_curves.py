@@ -8,12 +8,15 @@ name order). Sweep run names hold commas, so a value is never split on them.
 
 Reads each workdir's metrics.jsonl (a run stopped early has the evaluations it reached) and config.json, labels each
 curve by its model and dataset (configs/paper_table1.py's names, or configs/paper_addition.py's), draws the paper's
-number as a dashed line of the same colour and prints a table of the last evaluation of each run.
+number as a dashed line of the same colour and prints a table of the last evaluation of each run. A population's
+curve is the mean over its seeds, less those whose last validation loss is not finite (they diverged: their count is
+in the label).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -54,6 +57,21 @@ def expand_runs(values: list[str]) -> list[Path]:
   return runs
 
 
+def diverged(rows: list[dict]) -> list[int]:
+  """The members of a run (a population's seeds) whose validation loss at its last evaluation is not finite."""
+  losses = rows[-1].get("val_loss_per_seed", [rows[-1].get("val_loss", 0.0)])
+  return [k for k, loss in enumerate(losses) if not math.isfinite(loss)]
+
+
+def error_curve(rows: list[dict], key: str, left_out: list[int]) -> list[float]:
+  """Error % at each row: the mean over the members not in `left_out` of the `key` accuracy (per seed, or the
+  row's plain value for one model); [] when every member is left out."""
+  if f"{key}_per_seed" not in rows[-1]:
+    return [] if left_out else [100 * (1 - r[key]) for r in rows]
+  keep = [k for k in range(len(rows[-1][f"{key}_per_seed"])) if k not in left_out]
+  return [100 * (1 - sum(r[f"{key}_per_seed"][k] for k in keep) / len(keep)) for r in rows] if keep else []
+
+
 def define_flags() -> None:
   """The command line's flags (defined when run as a script: importing this module defines none)."""
   flags.DEFINE_multi_string(
@@ -76,15 +94,21 @@ def main(argv):
       continue
     steps = [r["step"] for r in rows]
     color = f"C{i}"
-    label = f"{model} on {config['dataset']['name']}"
-    ax.plot(steps, [100 * (1 - r["val_accuracy"]) for r in rows], color=color, marker="o", ms=3, label=f"{label}: val")
-    ax.plot(steps, [100 * (1 - r["train_accuracy"]) for r in rows], color=color, ls=":", label=f"{label}: train")
+    bad, seeds = diverged(rows), len(rows[-1].get("val_loss_per_seed", [0]))
+    label = f"{model} on {config['dataset']['name']}" + (
+      f" ({len(bad)} of {seeds} seeds diverged, not drawn)" if bad else ""
+    )
+    val, train = (error_curve(rows, key, bad) for key in ("val_accuracy", "train_accuracy"))
+    if not val:
+      print(f"| {run.name} ({label}) | every seed diverged | | | {paper} |")
+      continue
+    ax.plot(steps, val, color=color, marker="o", ms=3, label=f"{label}: val")
+    ax.plot(steps, train, color=color, ls=":", label=f"{label}: train")
     if paper is not None:
       ax.axhline(paper, color=color, ls="--", lw=1, label=f"{model} {column}: the paper's test error")
-    last = rows[-1]
     print(
-      f"| {run.name} ({label}) | {last['step']:,} of {config.get('num_train_steps') or '?'} | "
-      f"{100 * (1 - last['val_accuracy']):.2f} | {100 * (1 - last['train_accuracy']):.2f} | {paper} |"
+      f"| {run.name} ({label}) | {rows[-1]['step']:,} of {config.get('num_train_steps') or '?'} | "
+      f"{val[-1]:.2f} | {train[-1]:.2f} | {paper} |"
     )
   ax.set_yscale("log")
   ax.set_xlabel("training step (batch 256)")

@@ -9,7 +9,9 @@ Reads every results.json under the roots (with its config.json and metrics.jsonl
 population of several variants, `config.population.dataset`) into its cells, and prints markdown tables of test
 error %: our mean ± standard deviation over the cell's seeds, the paper's number, the difference, and the step at
 which the cell's validation error (the mean over its seeds, at each evaluation) first reached the paper's test error:
-the cheapest budget of the paper's recipe that matches it, cell by cell ("not reached" if it never did). With
+the cheapest budget of the paper's recipe that matches it, cell by cell ("not reached" if it never did). A seed
+whose test loss is not finite (results.json's diverged_members) is left out of its cell's numbers, and the cell says
+how many of its seeds diverged. With
 --figures, copies each dataset's ST-CNN (affine) input/output figure there as <dataset>.png, and each addition
 transformer model's as <row>.png (the paper's Table 4 pictures: what each transformer makes of the two digits).
 """
@@ -52,8 +54,9 @@ def reached_step(rows: list[dict], indices: list[int], paper: float | None) -> i
 
 
 def cells(run_dir: Path) -> dict[tuple[str, str], dict]:
-  """{(row, column): {test_error, test_error_std, num_seeds, num_train_steps, reached, dir}} of one finished run
-  directory: one cell, or one per variant of a population of variants."""
+  """{(row, column): {test_error, test_error_std, num_seeds, num_diverged, num_train_steps, reached, dir}} of one
+  finished run directory: one cell, or one per variant of a population of variants. The error, its std and `reached`
+  are over the seeds that did not diverge."""
   config = config_lib.migrate(json.loads((run_dir / "config.json").read_text()))  # any version
   results = json.loads((run_dir / "results.json").read_text())
   rows = read_metrics(run_dir / "metrics.jsonl")
@@ -65,20 +68,27 @@ def cells(run_dir: Path) -> dict[tuple[str, str], dict]:
   groups: dict[str, list[int]] = {}
   for i, name in enumerate(variants):
     groups.setdefault(name, []).append(i)
+  diverged = set(results.get("diverged_members", []))
   out = {}
   for name, indices in groups.items():
     col = paper_table1.column(name)
     paper = paper_addition.PAPER.get(row) if addition else paper_table1.paper_number(row, col)
+    finite = [i for i in indices if i not in diverged]  # a diverged member's error means nothing: left out, counted
     if "members" in results:
-      errors = np.array([results["members"][i]["test_error"] for i in indices], np.float64)
+      errors = np.array([results["members"][i]["test_error"] for i in finite], np.float64)
     else:
-      errors = np.array([results["test_error"]], np.float64)
+      errors = np.array([results["test_error"]] if finite else [], np.float64)
+    if len(errors) > 1:
+      std = float(errors.std(ddof=1))
+    else:  # one seed: the population's std (NaN members in it) is not its
+      std = 0.0 if "members" in results or diverged else float(results.get("test_error_std", 0.0))
     out[(row, col)] = {
-      "test_error": float(errors.mean()),
-      "test_error_std": float(errors.std(ddof=1)) if len(errors) > 1 else float(results.get("test_error_std", 0.0)),
+      "test_error": float(errors.mean()) if len(errors) else float("nan"),
+      "test_error_std": std,
       "num_seeds": len(indices),
+      "num_diverged": len(indices) - len(finite),
       "num_train_steps": results["num_train_steps"],
-      "reached": reached_step(rows, indices, paper),
+      "reached": reached_step(rows, finite, paper) if finite else None,
       "num_params": results.get("num_params"),
       "dir": run_dir,
       "figure": name == variants[0],  # a run's figures show its member 0
@@ -156,13 +166,19 @@ def _head(title: str, found: dict, first: str, columns) -> list[str]:
 
 
 def cell_text(result: dict | None, paper: float | None) -> str:
+  """A cell: mean ± std over the seeds that did not diverge (their count named when some did), the paper's number,
+  the difference and the step that reached it."""
   if result is None:
     return f"— ({paper if paper is not None else 'n/a'})"
+  bad, seeds = result.get("num_diverged", 0), result["num_seeds"]
+  if bad == seeds:
+    return f"diverged ({seeds} of {seeds} seeds) ({paper if paper is not None else 'n/a'})"
   mean, std = 100 * result["test_error"], 100 * result["test_error_std"]
+  ours = f"{mean:.2f} ± {std:.2f}" + (f" [{seeds - bad} of {seeds} seeds: {bad} diverged]" if bad else "")
   if paper is None:
-    return f"{mean:.2f} ± {std:.2f} (n/a)"
+    return f"{ours} (n/a)"
   reached = f"{result['reached']:,}" if result["reached"] is not None else "not reached"
-  return f"{mean:.2f} ± {std:.2f} ({paper}; {mean - paper:+.2f}; {reached})"
+  return f"{ours} ({paper}; {mean - paper:+.2f}; {reached})"
 
 
 def addition_table(found: dict[tuple[str, str], dict]) -> str:

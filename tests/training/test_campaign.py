@@ -192,3 +192,52 @@ def test_paper_curves_takes_sweep_roots_whose_run_names_hold_commas(tmp_path):
   for name, error in last.items():
     line = next(line for line in result.stdout.splitlines() if line.startswith(f"| {name} ("))
     assert f"| {error:.2f} |" in line
+
+
+def test_a_diverged_seed_is_left_out_of_the_table_and_the_curves_and_counted(tmp_path):
+  """A population run with one NaN member: paper_table's cell and paper_curves' curve are the other seeds' means,
+  and both say how many diverged (their mean with the NaN member's ~99 % error was what the docs showed before)."""
+  rng = np.random.default_rng()
+  program = campaign.programs()[-1]  # an addition model, 3 seeds
+  run = tmp_path / "sweep" / "run"
+  run.mkdir(parents=True)
+  config = campaign.config_lib.to_dict(program.config)
+  (run / "config.json").write_text(json.dumps(config))
+  bad = int(rng.integers(3))
+  errors = rng.uniform(0.05, 0.5, 3)
+  errors[bad] = 0.99
+  val = rng.uniform(0.5, 0.95, (4, 3))
+  losses = rng.uniform(0.1, 2.0, (4, 3))
+  losses[2:, bad] = float("nan")
+  rows = [
+    {
+      "step": 100 * (i + 1),
+      "val_accuracy_per_seed": list(val[i]),
+      "val_accuracy": float(val[i].mean()),
+      "val_loss_per_seed": list(losses[i]),
+      "train_accuracy_per_seed": list(val[i] / 2),
+    }
+    for i in range(4)
+  ]
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  members = [{"seed": k, "test_error": float(e)} for k, e in enumerate(errors)]
+  results = {"num_seeds": 3, "num_train_steps": 400, "members": members, "diverged_members": [bad]}
+  (run / "results.json").write_text(json.dumps(results))
+
+  [(key, cell)] = paper_table.collect(tmp_path / "sweep").items()
+  finite = np.delete(errors, bad)
+  assert key == (paper_table.paper_addition.row_name(config), paper_table.ADDITION)
+  assert cell["num_seeds"] == 3 and cell["num_diverged"] == 1
+  np.testing.assert_allclose([cell["test_error"], cell["test_error_std"]], [finite.mean(), finite.std(ddof=1)])
+  text = paper_table.cell_text(cell, 5.0)
+  assert text.startswith(f"{100 * finite.mean():.2f} ± {100 * finite.std(ddof=1):.2f} [2 of 3 seeds: 1 diverged]")
+  results["diverged_members"] = [0, 1, 2]
+  (run / "results.json").write_text(json.dumps(results))
+  assert paper_table.cell_text(paper_table.collect(tmp_path / "sweep")[key], 5.0).startswith("diverged (3 of 3")
+
+  curves = experiment("paper_curves")
+  assert curves.diverged(rows) == [bad]
+  np.testing.assert_allclose(
+    curves.error_curve(rows, "val_accuracy", [bad]), 100 * (1 - np.delete(val, bad, 1).mean(1))
+  )
+  assert curves.error_curve(rows, "val_accuracy", [0, 1, 2]) == []
