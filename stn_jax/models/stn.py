@@ -26,7 +26,33 @@ from stn_jax.models.layers import apply_conv_stack, conv_stack, max_pool, resolv
 from stn_jax.spatial import cpu_kernels, transforms
 
 TRANSFORMS = (*stn_jax.KINDS, "none")
+PROJECTIVE_PARAMS = (8, 9)  # a homography's predicted entries: 8 (h33 fixed to 1, the paper's) or all 9
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu, "gelu": jax.nn.gelu}
+
+
+def localization_identity(transform: str, *, num_control_points: int = 16, projective_params: int = 8) -> np.ndarray:
+  """What a transformer's localisation net predicts at initialisation: the identity transform's parameters, less
+  the fixed h33 of an 8-parameter homography.
+
+  Args:
+    transform: 'affine', 'projective', 'tps' or 'attention'.
+    num_control_points: the TPS's control points.
+    projective_params: 8 or 9 (PROJECTIVE_PARAMS), projective only.
+
+  Returns:
+    The identity's parameters, shaped as the net's output ((8,) for an 8-parameter homography).
+
+  Raises:
+    ValueError: projective_params not in PROJECTIVE_PARAMS.
+  """
+  check_projective_params(projective_params)
+  identity = transforms.identity_array(transform, num_control_points=num_control_points)
+  return identity.reshape(-1)[:8] if transform == "projective" and projective_params == 8 else identity
+
+
+def check_projective_params(value, name: str = "projective_params") -> None:
+  if value not in PROJECTIVE_PARAMS or isinstance(value, bool):
+    raise ValueError(f"{name} must be 8 (h33 fixed to 1) or 9 (all entries predicted); got {value!r}.")
 
 
 def _identity_head(width: int, identity: np.ndarray, rngs: nnx.Rngs) -> nnx.Linear:
@@ -221,6 +247,9 @@ class SpatialTransformer(nnx.Module):
     localization: 'fcn' or 'cnn' (LOCALIZATIONS).
     localization_options: keyword arguments of that localisation net (see FCNLocalization, CNNLocalization).
     num_control_points: TPS control points, a perfect square.
+    projective_params: projective only: the localisation net predicts 8 entries of the homography and h33 is 1
+      (the paper's 8-parameter projective transformation, kornia's too), or all 9 (free scale: stn_jax's runs
+      before the option; its h33 drifts, and the horizon w = 0 can cross the output, where x / w diverges).
     align_corners: the grid and sampler convention.
     sampler: how the bilinear sampling runs (SAMPLERS): 'auto' (grid_sample's implementation=None: the CPU kernel
       on CPU when it is built, else XLA), 'xla' or 'cpu_kernel' (see stn_jax.grid_sample). A trainer records what
@@ -231,7 +260,7 @@ class SpatialTransformer(nnx.Module):
 
   Raises:
     ValueError: a sampler, transform or localization not among those allowed, num_control_points not a perfect
-      square >= 4 (tps), or a localisation option that net refuses.
+      square >= 4 (tps), projective_params not 8 or 9, or a localisation option that net refuses.
   """
 
   def __init__(
@@ -243,6 +272,7 @@ class SpatialTransformer(nnx.Module):
     localization: str = "fcn",
     localization_options: dict | None = None,
     num_control_points: int = 16,
+    projective_params: int = 8,
     align_corners: bool = False,
     sampler: str = "auto",
     dtype=None,
@@ -258,10 +288,21 @@ class SpatialTransformer(nnx.Module):
     self.out_size = tuple(out_size or in_shape[:2])
     self.align_corners = align_corners
     self.implementation = None if sampler == "auto" else sampler
-    identity = transforms.identity_array(transform, num_control_points=num_control_points)
+    identity = localization_identity(
+      transform, num_control_points=num_control_points, projective_params=projective_params
+    )
+    self.projective_params = projective_params
     self.localization = LOCALIZATIONS[localization](
       in_shape, identity, **(localization_options or {}), dtype=dtype, rngs=rngs
     )
+
+  def transform_params(self, x, *, train: bool = False, rngs=None) -> jax.Array:
+    """The predicted transform parameters ``(N, *param_shape)``: the localisation net's output, an 8-parameter
+    homography's completed with h33 = 1."""
+    params = self.localization(x, train=train, rngs=rngs)
+    if self.transform == "projective" and self.projective_params == 8:
+      params = jnp.concatenate([params, jnp.ones_like(params[:, :1])], axis=-1).reshape(-1, 3, 3)
+    return params
 
   def params_and_grid(self, x, *, train: bool = False, rngs=None):
     """The predicted transform parameters ``(N, *param_shape)`` and sampling grid (N, H_out, W_out, 2).
@@ -275,12 +316,12 @@ class SpatialTransformer(nnx.Module):
       (params, grid): the transform parameters ``(N, *param_shape)`` and the sampling grid (N, H_out, W_out, 2) of
       normalised input (x, y).
     """
-    params = self.localization(x, train=train, rngs=rngs)
+    params = self.transform_params(x, train=train, rngs=rngs)
     grid = stn_jax.params_to_grid(params, self.out_size, kind=self.transform, align_corners=self.align_corners)
     return params, grid
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
-    params = self.localization(x, train=train, rngs=rngs)  # float32, whatever x is, so the grid is too
+    params = self.transform_params(x, train=train, rngs=rngs)  # float32, whatever x is, so the grid is too
     options = dict(kind=self.transform, size=self.out_size, align_corners=self.align_corners)
     return stn_jax.warp(x, params, **options, implementation=self.implementation)
 
@@ -392,6 +433,7 @@ def default_config() -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.transform = "affine"  # TRANSFORMS
   m.num_control_points = 16  # tps only: a perfect square
+  m.projective_params = 8  # projective only: 8 (h33 = 1, the paper's) or 9 (all predicted: runs before the option)
   m.stn_output_size = ()  # () = the input's size
   m.match_params_of = ""  # baselines only: widen the classifier to this transform's parameter count
   m.num_transformers = 1  # spatial transformers in parallel, their outputs concatenated along channels
@@ -415,6 +457,9 @@ def config_docs() -> dict[str, str]:
   docs = {
     "transform": f"the spatial transformer's transform: {', '.join(TRANSFORMS)} (none = a baseline without one)",
     "num_control_points": "TPS control points (a perfect square >= 4; the paper's 16)",
+    "projective_params": "projective only: the homography entries the localisation net predicts: 8 (h33 fixed to "
+    "1: the paper's 8-parameter transformation) or 9 (all: stn_jax's runs before the option, whose free scale lets "
+    "w = 0 cross the output)",
     "stn_output_size": "the transformer's output (H, W); () = the input's",
     "match_params_of": "baselines only: widen the classifier's first hidden layer (a CNN without one: its last "
     "convolution) to the parameter count of this transform's model ('' = off)",
@@ -457,6 +502,7 @@ def _build(
         localization=m.localization.kind,
         localization_options=_options(m.localization),
         num_control_points=m.num_control_points,
+        projective_params=m.get("projective_params", 9),
         sampler=m.get("sampler", "xla"),
         dtype=dtype,
         rngs=rngs,
@@ -611,7 +657,10 @@ def check_config(model_config, in_shape: Sequence[int], num_classes: int = 10) -
   out_size = tuple(size) if size else tuple(in_shape[:2])
   parts = [("classifier", CLASSIFIERS, (*out_size, in_shape[2] * max(num_transformers(m), 1)), ())]
   if m.transform != "none":
-    identity = transforms.identity_array(m.transform, num_control_points=m.num_control_points)
+    check_projective_params(m.get("projective_params", 9), "config.model.projective_params")
+    identity = localization_identity(
+      m.transform, num_control_points=m.num_control_points, projective_params=m.get("projective_params", 9)
+    )
     parts.insert(0, ("localization", LOCALIZATIONS, tuple(in_shape), (identity,)))
   for section, kinds, shape, args in parts:
     cls, kwargs = kinds[m[section].kind], _options(m[section])

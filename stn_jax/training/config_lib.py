@@ -615,6 +615,7 @@ def with_defaults(config: dict) -> dict:
     model.setdefault("sampler", EARLIER_SAMPLER)
     model.setdefault("num_transformers", 1)  # one transformer (or none) in every run before the option
     model.setdefault("match_transformers", 0)
+    model.setdefault("projective_params", 9)  # every projective run before the option predicted all 9 entries
   for section in ("localization", "classifier"):
     for kind, options in defaults[section].items():
       if isinstance(options, dict) and isinstance(model.get(section, {}).get(kind), dict):

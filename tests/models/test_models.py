@@ -395,3 +395,45 @@ def test_a_model_refuses_inputs_of_another_channel_count_and_bad_transformer_cou
     setattr(config.model, field, value)
     with pytest.raises(ValueError, match=rf"config.model.{field} must be an int >= \d; got {value!r}"):
       models.check_config(config.model, (32, 32, 1))
+
+
+@pytest.mark.parametrize("count", models.PROJECTIVE_PARAMS)
+def test_a_projective_transformer_predicts_8_entries_with_h33_one_or_all_9(count):
+  """projective_params = 8: the localisation net has 8 outputs and h33 is 1 whatever its weights; 9: all entries
+  predicted. Either way the transformer warps with the full matrix, as stn_jax.warp does with it."""
+  rng = np.random.default_rng()
+  model = _model(transform="projective", projective_params=count)
+  out = model.transformer.localization.out
+  assert out.bias[...].shape == (count,)
+  np.testing.assert_array_equal(np.asarray(out.bias[...]), np.eye(3).reshape(-1)[:count])
+  out.kernel[...] = jnp.asarray(rng.normal(0, 1e-4, out.kernel[...].shape), jnp.float32)
+  out.bias[...] = out.bias[...] + jnp.asarray(rng.normal(0, 0.05, count), jnp.float32)
+  x = jnp.asarray(rng.random((3, 32, 32, 1)), jnp.float32)
+  theta, grid = model.transformer.params_and_grid(x)
+  raw = np.asarray(model.transformer.localization(x)).reshape(3, count)
+  assert theta.shape == (3, 3, 3)
+  np.testing.assert_array_equal(np.asarray(theta).reshape(3, 9)[:, :count], raw)
+  if count == 8:
+    np.testing.assert_array_equal(np.asarray(theta)[:, 2, 2], 1.0)
+  np.testing.assert_allclose(np.asarray(grid), np.asarray(stn_jax.projective_grid(theta, (32, 32))), atol=1e-6)
+  expected = stn_jax.warp(x, theta, kind="projective", size=(32, 32), implementation="xla")
+  np.testing.assert_allclose(np.asarray(model.transformer(x)), np.asarray(expected), atol=1e-5)
+  # The parameter count differs by the h33 output (its kernel column and bias) of the 8-parameter net.
+  other = _model(transform="projective", projective_params=17 - count)
+  width = out.kernel[...].shape[0]
+  assert models.count_params(model) - models.count_params(other) == (count - (17 - count)) * (width + 1)
+
+
+def test_bad_projective_params_are_refused_and_old_configs_read_as_nine():
+  from stn_jax.training import config_lib
+
+  for value in (7, 10, True):
+    config = default.get_config()
+    config.model.transform = "projective"
+    config.model.projective_params = value
+    with pytest.raises(ValueError, match=rf"config.model.projective_params must be 8 .* or 9 .*; got {value!r}"):
+      models.check_config(config.model, (32, 32, 1))
+  old = config_lib.to_dict(default.get_config())
+  del old["model"]["projective_params"]
+  assert config_lib.migrate(old)["model"]["projective_params"] == 9
+  assert default.get_config().model.projective_params == 8
