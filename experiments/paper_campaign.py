@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import sweep  # noqa: E402  (experiments/ is not a package)
 
+from stn_jax.data.mnist import SPLIT_SIZES  # noqa: E402
 from stn_jax.training import config_lib  # noqa: E402
 from stn_jax.training.cli import USAGE_ERROR, one_line  # noqa: E402
 
@@ -131,8 +132,18 @@ def programs(overrides: list[str] | None = None) -> list[Program]:
 
 
 def is_done(program: Program, done: Path) -> bool:
-  results = done / program.group / program.name / "results.json"
-  return results.exists() and json.loads(results.read_text()).get("num_train_steps") == program.steps
+  """Whether --done holds the program's results: its budget, of the same config (a run of another, an 8- against a
+  9-parameter homography say, is not this program's result)."""
+  run = done / program.group / program.name
+  if not (run / "results.json").exists() or json.loads((run / "results.json").read_text()).get("num_train_steps") != (
+    program.steps
+  ):
+    return False
+  if not (run / "config.json").exists():
+    return True  # results from before config.json was archived: their budget is all there is to compare
+  stored = json.loads((run / "config.json").read_text())
+  steps_per_epoch = SPLIT_SIZES["train"] // program.config.batch_size
+  return not config_lib.resume_differences(stored, program.config, steps_per_epoch)[0]
 
 
 def device_kind() -> str:

@@ -671,12 +671,15 @@ def in_use(config: dict) -> dict:
     config: a config as a dict.
 
   Returns:
-    The dict without the unused localisation-net and classifier kinds' sub-configs.
+    The dict without the unused localisation-net and classifier kinds' sub-configs, and without
+    model.projective_params unless a projective model is built (the transform, or the one a baseline is sized to).
   """
   config = to_dict(config)
   for section in ("localization", "classifier"):
     part = config["model"][section]
     config["model"][section] = {"kind": part["kind"], part["kind"]: part.get(part["kind"])}
+  if "projective" not in (config["model"].get("transform"), config["model"].get("match_params_of")):
+    config["model"].pop("projective_params", None)
   return config
 
 

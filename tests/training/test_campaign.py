@@ -241,3 +241,23 @@ def test_a_diverged_seed_is_left_out_of_the_table_and_the_curves_and_counted(tmp
     curves.error_curve(rows, "val_accuracy", [bad]), 100 * (1 - np.delete(val, bad, 1).mean(1))
   )
   assert curves.error_curve(rows, "val_accuracy", [0, 1, 2]) == []
+
+
+def test_a_done_program_is_one_of_the_same_config_not_only_the_same_budget(tmp_path):
+  """results/paper_runs/<program> counts as done only for its own config: a projective program's results from a
+  9-parameter homography (config.json from before model.projective_params) are not the 8-parameter program's."""
+  program = next(p for p in campaign.programs() if p.config.model.transform == "projective")
+  run = tmp_path / program.group / program.name
+  run.mkdir(parents=True)
+  assert not campaign.is_done(program, tmp_path)
+  (run / "results.json").write_text(json.dumps({"num_train_steps": program.steps}))
+  stored = campaign.config_lib.to_dict(program.config)
+  (run / "config.json").write_text(json.dumps(stored))
+  assert campaign.is_done(program, tmp_path)
+  del stored["model"]["projective_params"]  # read as 9
+  (run / "config.json").write_text(json.dumps(stored))
+  assert not campaign.is_done(program, tmp_path)
+  (run / "results.json").write_text(json.dumps({"num_train_steps": program.steps // 2}))
+  stored["model"]["projective_params"] = 8
+  (run / "config.json").write_text(json.dumps(stored))
+  assert not campaign.is_done(program, tmp_path)

@@ -330,3 +330,24 @@ def test_each_field_is_documented_once_in_config_lib_or_the_model_constructors_n
   assert set(fields) <= set(docs), sorted(set(fields) - set(docs))
   body = (ROOT / "configs" / "default.py").read_text().split("def get_config")[1]
   assert "#" not in body, "configs/default.py documents a field: its doc belongs in config_lib.DOCS"
+
+
+@pytest.mark.parametrize("transform", ["affine", "projective", "none"])
+def test_a_workdir_written_before_projective_params_resumes_unless_its_model_is_projective(transform):
+  """An old config.json (no model.projective_params) read as 9: an affine run resumes with today's config (8, unused
+  by it); a projective one, or a baseline sized to the projective model, is a conflict that names the field."""
+  spe = 390
+  for match in ("",) if transform != "none" else ("affine", "projective"):
+    old = _default()
+    old.model.transform, old.model.match_params_of = transform, match
+    written = config_lib.to_dict(old)
+    del written["model"]["projective_params"]
+    new = _default()
+    new.model.transform, new.model.match_params_of = transform, match
+    problems, _ = config_lib.resume_differences(written, new, spe)
+    if "projective" in (transform, match):
+      assert problems == ["model.projective_params: 9 -> 8"]
+      new.model.projective_params = 9
+      assert config_lib.resume_differences(written, new, spe)[0] == []
+    else:
+      assert problems == []
