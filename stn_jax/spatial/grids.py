@@ -173,8 +173,10 @@ def projective_grid(matrix: jax.Array, size, *, align_corners: bool = False) -> 
     align_corners: see the module docstring.
 
   Returns:
-    (..., H_out, W_out, 2) grid of input (x, y), dtype of `matrix`. Where w' is 0 the coordinates are infinite or NaN
-    and `grid_sample` treats them as it documents.
+    (..., H_out, W_out, 2) grid of input (x, y), dtype of `matrix`. Where |w'| < HOMOGENEOUS_EPS (an output point on
+    the transform's horizon, w' = 0, which float rounding hits exactly now and then) w' is taken as +-HOMOGENEOUS_EPS
+    (its sign; + for 0): the point lies about 1e12 times (x', y') away, far outside any image, and the grid and its
+    gradients stay finite (x' / 0 would be infinite and its gradient NaN). Elsewhere the grid is (x' / w', y' / w').
   """
   func = "projective_grid"
   matrix = v.as_array(func, "matrix", matrix)
@@ -189,6 +191,11 @@ def check_projective(func: str, name: str, matrix) -> None:
   v.check_trailing_shape(func, name, matrix, (3, 3), what="(..., 3, 3)")
 
 
+# The smallest |w'| a projective grid divides by: x' / eps stays far outside the image, and the gradient x' / eps^2 a
+# finite float32 (the sampler's zero gradient outside the image then cancels it, where an infinity made NaN).
+HOMOGENEOUS_EPS = 1e-12
+
+
 def projective_grid_core(matrix, size, align_corners):
   """`projective_grid` of checked arguments, unjitted (the transforms inline it)."""
   x, y = (jnp.asarray(c, matrix.dtype) for c in _identity_xy(size, align_corners))
@@ -196,6 +203,8 @@ def projective_grid_core(matrix, size, align_corners):
   hx = m[..., 0, 0] * x + m[..., 0, 1] * y + m[..., 0, 2]
   hy = m[..., 1, 0] * x + m[..., 1, 1] * y + m[..., 1, 2]
   hw = m[..., 2, 0] * x + m[..., 2, 1] * y + m[..., 2, 2]
+  eps = jnp.asarray(HOMOGENEOUS_EPS, hw.dtype)
+  hw = jnp.where(hw >= 0, jnp.maximum(hw, eps), jnp.minimum(hw, -eps))  # off the horizon; gradient 0 where clamped
   return jnp.stack([hx / hw, hy / hw], axis=-1)
 
 

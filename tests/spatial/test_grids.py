@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import stn_jax
+from stn_jax.spatial import cpu_kernels, grids
 from tests import helpers
 
 
@@ -209,3 +210,42 @@ def test_a_torch_style_size_is_refused_with_the_size_to_pass():
   with pytest.raises(TypeError, match=re.escape("torch's (N, C, H, W) size is (H, W) here, size[-2:] = (48, 64).")):
     stn_jax.affine_grid(theta, (2, 3, 48, 64))
   assert stn_jax.affine_grid(theta, (48, 64)).shape == (2, 48, 64, 2)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "cpu_kernel"])
+def test_a_horizon_through_the_output_keeps_the_grid_and_the_gradients_finite(implementation):
+  """w' = 0 exactly at some output points (the horizon of the homography through them; float rounding in training
+  hits it): the grid there is far outside the image (|w'| taken as HOMOGENEOUS_EPS, its sign kept), elsewhere
+  x' / w'; the warp and its gradient with respect to the matrix are finite (they were inf and NaN)."""
+  if implementation == "cpu_kernel" and not cpu_kernels.available():
+    pytest.skip("the CPU kernel is not built")
+  rng = np.random.default_rng()
+  size = (5, 7)  # odd: the middle column's x is exactly 0 (align_corners=False)
+  a, b = rng.uniform(0.5, 2.0, 2)
+  matrix = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [a, 0.0, 0.0]], np.float32)  # w' = a x
+  matrix[:2] += rng.normal(0, 0.1, (2, 3)).astype(np.float32)
+  matrix[2, 1] = 0.0
+  grid = np.asarray(stn_jax.projective_grid(matrix, size))
+  x, y = np.meshgrid(stn_jax.pixel_centers(size[1]), stn_jax.pixel_centers(size[0]))
+  h = np.einsum("jk,hwk->hwj", matrix.astype(np.float64), np.stack([x, y, np.ones_like(x)], -1))
+  on = h[..., 2] == 0
+  assert on[:, size[1] // 2].all() and on.sum() == size[0]
+  eps = grids.HOMOGENEOUS_EPS
+  np.testing.assert_allclose(grid[~on], h[~on][:, :2] / h[~on][:, 2:], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(grid[on], h[on][:, :2] / eps, rtol=1e-4)
+  assert np.isfinite(grid).all()
+  image = jnp.asarray(rng.random((1, 6, 8, 2)), jnp.float32)
+  weights = jnp.asarray(rng.random((1, *size, 2)), jnp.float32)
+
+  def loss(m):
+    out = stn_jax.warp(image, m[None], kind="projective", size=size, implementation=implementation)
+    return jnp.sum(out * weights) * b
+
+  value, grad = jax.value_and_grad(loss)(jnp.asarray(matrix))
+  assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all()
+  # The gradient is the finite-difference slope of the loss (the horizon column samples zeros: constant).
+  direction = rng.normal(0, 1, (3, 3)).astype(np.float32)
+  direction[2] = 0.0  # moving the last row moves the horizon off the grid points: a jump, not a slope
+  step = 1e-3
+  slope = (loss(jnp.asarray(matrix + step * direction)) - loss(jnp.asarray(matrix - step * direction))) / (2 * step)
+  np.testing.assert_allclose(float(jnp.sum(grad * direction)), float(slope), rtol=2e-2, atol=2e-3)
