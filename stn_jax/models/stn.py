@@ -51,6 +51,15 @@ def localization_identity(transform: str, *, num_control_points: int = 16, proje
 
 
 def check_projective_params(value, name: str = "projective_params") -> None:
+  """Refuses a projective_params other than 8 or 9.
+
+  Args:
+    value: the value given.
+    name: what to call it in the message (a config field, say).
+
+  Raises:
+    ValueError: naming `name`, the value and what is allowed.
+  """
   if value not in PROJECTIVE_PARAMS or isinstance(value, bool):
     raise ValueError(f"{name} must be 8 (h33 fixed to 1) or 9 (all entries predicted); got {value!r}.")
 
