@@ -345,6 +345,10 @@ def run_state(workdir: Path, config) -> str:
   if not (workdir / "config.json").exists():
     return "new"
   stored = json.loads((workdir / "config.json").read_text())
+  if coloc.is_coloc(config):  # a co-localisation run is short: finished (the same config) or run anew, never resumed
+    if not coloc.same_run(stored, config):
+      return "conflict: the workdir holds a co-localisation run of another config"
+    return "done" if (workdir / "results.json").exists() else "new"
   steps_per_epoch = SPLIT_SIZES["train"] // config.batch_size
   problems, (old_total, new_total) = config_lib.resume_differences(stored, config, steps_per_epoch)
   if problems:

@@ -518,6 +518,20 @@ def blur_at(config, step: int) -> float:
   return round(sigma / BLUR_QUANTUM) * BLUR_QUANTUM
 
 
+def same_run(stored: dict, config) -> bool:
+  """Whether a workdir's config.json describes the run of `config` (the fields added since it was written read at the
+  values its run had): a run finished with it is this run's result; otherwise the workdir holds another run.
+
+  Args:
+    stored: the config.json's content.
+    config: the co-localisation ConfigDict.
+
+  Returns:
+    True when they are the same run.
+  """
+  return _with_added(json.loads(json.dumps(stored))) == json.loads(config_lib.to_json(config))
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict:
   """Trains `config.num_seeds` co-localisation runs of a config into `workdir` and reports their IoU rates.
 
@@ -537,7 +551,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, sets=None) -> dict
   workdir = Path(workdir)
   text = config_lib.to_json(config)
   if (workdir / "config.json").exists():
-    if _with_added(json.loads((workdir / "config.json").read_text())) != json.loads(text):
+    if not same_run(json.loads((workdir / "config.json").read_text()), config):
       raise ConfigError(f"{workdir} holds a run of another config; use another --workdir or move it aside.")
     if (workdir / "results.json").exists():
       results = json.loads((workdir / "results.json").read_text())

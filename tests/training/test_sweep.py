@@ -46,6 +46,27 @@ def test_the_coloc_sweep_is_refused_without_its_encoder_and_validates_with_one(t
   }
 
 
+def test_a_coloc_root_with_finished_runs_plans_them_done_new_or_in_conflict(tmp_path):
+  """Sweeping again into a co-localisation root (which crashed on the runs' missing batch_size): a finished run of
+  the same config is done, one without results is run anew, one of another config is a conflict."""
+  import random
+
+  from stn_jax.training import config_lib
+
+  config, runs = sweep.load_sweep(f"{COLOC}:widening")
+  run = sweep.resolve(config, random.choice(runs))
+  stored = config_lib.to_dict(run)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(stored))
+  assert sweep.run_state(workdir, run) == "new"
+  (workdir / "results.json").write_text("{}")
+  assert sweep.run_state(workdir, run) == "done"
+  del stored["blur_steps"]  # written before the blur schedule: blur_steps 0, not this run's
+  (workdir / "config.json").write_text(json.dumps(stored))
+  assert sweep.run_state(workdir, run).startswith("conflict: ")
+
+
 def test_the_widening_coloc_variant_is_tuned_with_a_narrowing_blur():
   tuned, widening = (sweep.load_sweep(f"{COLOC}:{v}")[0].to_dict() for v in ("tuned", "widening"))
   changed = {k for k in tuned if tuned[k] != widening[k]}
