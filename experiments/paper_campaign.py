@@ -135,9 +135,8 @@ def is_done(program: Program, done: Path) -> bool:
   """Whether --done holds the program's results: its budget, of the same config (a run of another, an 8- against a
   9-parameter homography say, is not this program's result)."""
   run = done / program.group / program.name
-  if not (run / "results.json").exists() or json.loads((run / "results.json").read_text()).get("num_train_steps") != (
-    program.steps
-  ):
+  results = run / "results.json"
+  if not results.exists() or json.loads(results.read_text()).get("num_train_steps") != program.steps:
     return False
   if not (run / "config.json").exists():
     return True  # results from before config.json was archived: their budget is all there is to compare

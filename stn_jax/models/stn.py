@@ -666,10 +666,9 @@ def check_config(model_config, in_shape: Sequence[int], num_classes: int = 10) -
   out_size = tuple(size) if size else tuple(in_shape[:2])
   parts = [("classifier", CLASSIFIERS, (*out_size, in_shape[2] * max(num_transformers(m), 1)), ())]
   if m.transform != "none":
-    check_projective_params(m.get("projective_params", 9), "config.model.projective_params")
-    identity = localization_identity(
-      m.transform, num_control_points=m.num_control_points, projective_params=m.get("projective_params", 9)
-    )
+    count = m.get("projective_params", 9)
+    check_projective_params(count, "config.model.projective_params")  # named as the config field, before the build
+    identity = localization_identity(m.transform, num_control_points=m.num_control_points, projective_params=count)
     parts.insert(0, ("localization", LOCALIZATIONS, tuple(in_shape), (identity,)))
   for section, kinds, shape, args in parts:
     cls, kwargs = kinds[m[section].kind], _options(m[section])
